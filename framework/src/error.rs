@@ -1,0 +1,94 @@
+//! The crate's error type. One enum for the crate, plus the subsystem errors it wraps, so a
+//! caller can tell a bad declaration from an unreachable service from a broker failure.
+
+use std::time::Duration;
+
+use crate::message::{EnvelopeError, NameError};
+
+/// `Result` with the crate's [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in choreo's infrastructure code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A message or topic name breaks the naming rules.
+    #[error(transparent)]
+    Name(#[from] NameError),
+
+    /// A message could not be decoded from its Kafka record.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+
+    /// The Kafka cluster did not answer.
+    #[error(
+        "cannot reach Kafka at {brokers}: {reason}; start it with `scripts/dev-services up` \
+         or set CHOREO_KAFKA_BROKERS"
+    )]
+    KafkaUnreachable { brokers: String, reason: String },
+
+    /// PostgreSQL did not answer.
+    #[error(
+        "cannot reach PostgreSQL at {target}: {reason}; start it with `scripts/dev-services up` \
+         or set CHOREO_DATABASE_URL"
+    )]
+    PostgresUnreachable { target: String, reason: String },
+
+    /// An existing topic differs from its declaration; we never change it silently.
+    #[error("topic {topic} does not match its declaration: {mismatch}")]
+    TopicMismatch { topic: String, mismatch: String },
+
+    /// A topic the code needs is missing.
+    #[error("topic {0} does not exist; create it with `choreo topics create` or `ensure_topics`")]
+    TopicMissing(String),
+
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// Publishing failed.
+    #[error(transparent)]
+    Publish(#[from] crate::kafka::PublishError),
+
+    /// A Kafka call failed.
+    #[error("kafka {op} failed: {source}")]
+    Kafka {
+        op: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
+    /// A PostgreSQL call failed.
+    #[error("postgres {op} failed: {source}")]
+    Postgres {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// Applying the framework's migrations failed.
+    #[error("migrating the choreo schema failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A partition was halted: processing it further could lose or corrupt data.
+    #[error("partition {topic}[{partition}] halted: {reason}")]
+    Halted {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
+
+    /// An operation did not finish in time.
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: String, after: Duration },
+
+    /// The consumer runtime stopped because of an unrecoverable error.
+    #[error("consumer runtime stopped: {0}")]
+    Runtime(String),
+}
+
+impl Error {
+    pub(crate) fn kafka(op: &'static str, source: rdkafka::error::KafkaError) -> Self {
+        Error::Kafka { op, source }
+    }
+}

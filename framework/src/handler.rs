@@ -1,0 +1,341 @@
+//! Event handlers in consumer groups: at-least-once, in order per partition.
+//!
+//! ```no_run
+//! # use choreo::{Event, EventHandlers, HandlerError, KafkaConfig, Received, Shutdown};
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct UserSignedUp { email: String }
+//! # impl Event for UserSignedUp { const NAME: &'static str = "v1.user.signedup";
+//! #     fn subject(&self) -> String { self.email.clone() } }
+//! # async fn run() -> choreo::Result<()> {
+//! EventHandlers::new("welcome-printer")
+//!     .on(|event: Received<UserSignedUp>| async move {
+//!         println!("{} signed up", event.payload.email);
+//!         Ok::<_, HandlerError>(())
+//!     })
+//!     .run(&KafkaConfig::from_env()?, Shutdown::on_signals())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A handler returns `Ok`, a [`HandlerError::Transient`] (retried with back-off, never
+//! skipped; the partition is paused while polling continues) or a [`HandlerError::Permanent`]
+//! (the record goes to `{group}.dlq` with the reason, and the partition moves on). A record
+//! that cannot be decoded goes to the dead letters too. A panic in a handler is caught and
+//! treated as permanent.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::FutureExt;
+use rdkafka::Message;
+
+use crate::codec;
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::kafka::consumer::panic_message;
+use crate::kafka::{
+    Batch, ConsumerRuntime, ConsumerSettings, DeadLetterWriter, PartitionControl, PartitionLogic,
+    PartitionWorker, Record, RunSummary, StartOffset, WorkerOutcome,
+};
+use crate::message::{EnvelopeError, Event, Metadata, Origin, Received};
+use crate::shutdown::Shutdown;
+
+/// How a handler failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// Worth retrying (a database or network hiccup). Retried with back-off, never skipped.
+    #[error("transient: {0:#}")]
+    Transient(anyhow::Error),
+    /// Will never succeed for this message (a business rule, bad data). Dead-lettered.
+    #[error("permanent: {0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl HandlerError {
+    pub fn transient(error: impl Into<anyhow::Error>) -> Self {
+        Self::Transient(error.into())
+    }
+
+    pub fn permanent(error: impl Into<anyhow::Error>) -> Self {
+        Self::Permanent(error.into())
+    }
+}
+
+/// `?` on an `anyhow::Error` retries: when in doubt, never skip.
+impl From<anyhow::Error> for HandlerError {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Transient(error)
+    }
+}
+
+/// What to do with a message type nobody registered (including a future major version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownTypes {
+    /// Skip it: the consumer declares it ignores types it does not know.
+    Skip,
+    /// Send it to `{group}.dlq` (the default).
+    DeadLetter,
+    /// Halt the partition until an operator intervenes.
+    Halt,
+}
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+type Route = Arc<
+    dyn Fn(Metadata, Option<&[u8]>, Origin) -> Result<HandlerFuture, EnvelopeError> + Send + Sync,
+>;
+
+/// A set of event handlers that run together in one consumer group.
+pub struct EventHandlers {
+    group: String,
+    routes: HashMap<String, Route>,
+    topics: BTreeSet<String>,
+    unknown: UnknownTypes,
+    settings: Option<ConsumerSettings>,
+    error: Option<Error>,
+}
+
+impl std::fmt::Debug for EventHandlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHandlers")
+            .field("group", &self.group)
+            .field("types", &self.routes.keys().collect::<Vec<_>>())
+            .field("topics", &self.topics)
+            .field("unknown", &self.unknown)
+            .finish()
+    }
+}
+
+impl EventHandlers {
+    /// Handlers in the consumer group `group` (instances with the same group share the
+    /// partitions).
+    pub fn new(group: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            routes: HashMap::new(),
+            topics: BTreeSet::new(),
+            unknown: UnknownTypes::DeadLetter,
+            settings: None,
+            error: None,
+        }
+    }
+
+    /// Handles events of type `E`; subscribes to `E`'s topic.
+    pub fn on<E, F, Fut>(mut self, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(Received<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let name = E::name();
+        if self.routes.contains_key(name.as_str()) {
+            self.error.get_or_insert(Error::Config(format!(
+                "{name} has two handlers in group {}",
+                self.group
+            )));
+            return self;
+        }
+        self.topics.insert(E::topic());
+        let handler = Arc::new(handler);
+        let route: Route = Arc::new(
+            move |meta: Metadata, payload: Option<&[u8]>, origin: Origin| {
+                let event: E = codec::decode(&meta, payload)?;
+                let handler = Arc::clone(&handler);
+                Ok(Box::pin(async move {
+                    handler(Received {
+                        meta,
+                        payload: event,
+                        origin,
+                    })
+                    .await
+                }) as HandlerFuture)
+            },
+        );
+        self.routes.insert(name.as_str().to_owned(), route);
+        self
+    }
+
+    /// Also subscribes to `topic` (under the config's namespace; its types are handled if registered, else per
+    /// [`EventHandlers::unknown_types`]).
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.insert(topic.into());
+        self
+    }
+
+    /// What to do with types no handler is registered for.
+    pub fn unknown_types(mut self, policy: UnknownTypes) -> Self {
+        self.unknown = policy;
+        self
+    }
+
+    /// Adjusts the consumer settings (batch size, queue bounds, raw properties...).
+    pub fn configure(mut self, adjust: impl FnOnce(ConsumerSettings) -> ConsumerSettings) -> Self {
+        let base = self
+            .settings
+            .take()
+            .unwrap_or_else(|| ConsumerSettings::new(self.group.clone(), Vec::new()));
+        self.settings = Some(adjust(base));
+        self
+    }
+
+    /// What the consumer owns while it runs (assigned and halted partitions).
+    pub fn status(&mut self) -> crate::kafka::ConsumerStatus {
+        let settings = self
+            .settings
+            .get_or_insert_with(|| ConsumerSettings::new(self.group.clone(), Vec::new()));
+        settings.status.clone()
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Joins the group and handles events until `shutdown` fires; then finishes the batch in
+    /// hand, commits, leaves the group.
+    pub async fn run(self, config: &KafkaConfig, shutdown: Shutdown) -> Result<RunSummary> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        if self.topics.is_empty() {
+            return Err(Error::Config(format!(
+                "group {} has no handlers",
+                self.group
+            )));
+        }
+        let mut settings = self
+            .settings
+            .unwrap_or_else(|| ConsumerSettings::new(self.group.clone(), Vec::new()));
+        settings.group_id = self.group.clone();
+        settings.topics = self.topics.iter().map(|t| config.topic_name(t)).collect();
+        settings.commit_offsets = true;
+        let logic = Arc::new(HandlerLogic {
+            routes: Arc::new(self.routes),
+            unknown: self.unknown,
+            dead_letters: DeadLetterWriter::new(config, &self.group)?,
+        });
+        ConsumerRuntime::run(config, settings, logic, shutdown).await
+    }
+}
+
+struct HandlerLogic {
+    routes: Arc<HashMap<String, Route>>,
+    unknown: UnknownTypes,
+    dead_letters: DeadLetterWriter,
+}
+
+impl PartitionLogic for HandlerLogic {
+    type Worker = HandlerWorker;
+
+    async fn start_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<StartOffset>> {
+        Ok(vec![StartOffset::Committed; partitions.len()])
+    }
+
+    fn worker(&self, _topic: &str, _partition: i32) -> HandlerWorker {
+        HandlerWorker {
+            routes: Arc::clone(&self.routes),
+            unknown: self.unknown,
+            dead_letters: self.dead_letters.clone(),
+        }
+    }
+}
+
+struct HandlerWorker {
+    routes: Arc<HashMap<String, Route>>,
+    unknown: UnknownTypes,
+    dead_letters: DeadLetterWriter,
+}
+
+/// What became of one record.
+enum Step {
+    Done,
+    Retry(HandlerError),
+    DeadLetter(String),
+    Halt(String),
+}
+
+impl HandlerWorker {
+    async fn handle(&self, record: &Record) -> Step {
+        let meta = match Metadata::from_record(record.headers(), record.key()) {
+            Ok(meta) => meta,
+            Err(e) => return Step::DeadLetter(format!("undecodable envelope: {e}")),
+        };
+        let Some(route) = self.routes.get(&meta.message_type) else {
+            return match self.unknown {
+                UnknownTypes::Skip => Step::Done,
+                UnknownTypes::DeadLetter => {
+                    Step::DeadLetter(format!("no handler for type {}", meta.message_type))
+                }
+                UnknownTypes::Halt => Step::Halt(format!(
+                    "no handler for type {} at offset {}",
+                    meta.message_type,
+                    record.offset()
+                )),
+            };
+        };
+        let origin = Origin {
+            topic: record.topic().to_owned(),
+            partition: record.partition(),
+            offset: record.offset(),
+        };
+        let span = tracing::debug_span!("handle", id = %meta.id, r#type = %meta.message_type,
+            subject = %meta.subject, topic = %origin.topic, partition = origin.partition, offset = origin.offset);
+        let _entered = span.enter();
+        let future = match route(meta, record.payload(), origin) {
+            Ok(future) => future,
+            Err(e) => return Step::DeadLetter(format!("undecodable payload: {e}")),
+        };
+        match AssertUnwindSafe(future).catch_unwind().await {
+            Ok(Ok(())) => Step::Done,
+            Ok(Err(HandlerError::Permanent(e))) => {
+                Step::DeadLetter(format!("handler rejected it: {e:#}"))
+            }
+            Ok(Err(transient)) => Step::Retry(transient),
+            Err(panic) => Step::DeadLetter(format!("handler panicked: {}", panic_message(&*panic))),
+        }
+    }
+}
+
+impl PartitionWorker for HandlerWorker {
+    async fn process(&mut self, batch: Batch, control: &PartitionControl) -> WorkerOutcome {
+        let mut next_offset = None;
+        for record in &batch {
+            let mut attempt = 0u32;
+            loop {
+                match self.handle(record).await {
+                    Step::Done => break,
+                    // Records handled before it in this batch are redelivered after a restart:
+                    // at-least-once.
+                    Step::Halt(reason) => return WorkerOutcome::Halt(reason),
+                    Step::Retry(error) => {
+                        tracing::warn!(topic = control.topic(), partition = control.partition(), offset = record.offset(),
+                            attempt, %error, "handler failed transiently; retrying");
+                        if !control.backoff(attempt).await {
+                            return WorkerOutcome::Processed { next_offset };
+                        }
+                        attempt += 1;
+                    }
+                    Step::DeadLetter(reason) => {
+                        tracing::warn!(topic = control.topic(), partition = control.partition(), offset = record.offset(),
+                            %reason, "dead-lettering record");
+                        match self.dead_letters.write(record, &reason, Utc::now()).await {
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "writing the dead letter failed; retrying");
+                                if !control.backoff(attempt).await {
+                                    return WorkerOutcome::Processed { next_offset };
+                                }
+                                attempt += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            next_offset = Some(record.offset() + 1);
+        }
+        WorkerOutcome::Processed { next_offset }
+    }
+}

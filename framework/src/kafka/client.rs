@@ -1,0 +1,91 @@
+//! Client-level helpers: reachability checks and the Java clients' partitioner.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+
+/// Fails with [`Error::KafkaUnreachable`] unless the cluster answers a metadata request.
+pub fn check_reachable(config: &KafkaConfig) -> Result<()> {
+    let timeout = config.connect_timeout_value();
+    let consumer: BaseConsumer = config
+        .client_config(&[(
+            "socket.connection.setup.timeout.ms",
+            &timeout.as_millis().to_string(),
+        )])
+        .create()
+        .map_err(|e| Error::Config(format!("kafka client settings rejected: {e}")))?;
+    consumer
+        .fetch_metadata(None, timeout.max(Duration::from_millis(100)))
+        .map(|_| ())
+        .map_err(|e| Error::KafkaUnreachable {
+            brokers: config.brokers().to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// The partition the Java clients (and librdkafka's `murmur2_random`) choose for a key:
+/// `(murmur2(key) & 0x7fffffff) % partitions`.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    let hash = murmur2(key) & 0x7fff_ffff;
+    (hash % partitions.max(1) as u32) as i32
+}
+
+/// Kafka's murmur2 (seed 0x9747b28c), as in `org.apache.kafka.common.utils.Utils.murmur2`.
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// Settings shared by every client choreo creates, before the user's raw properties.
+pub(crate) fn base(config: &KafkaConfig, extra: &[(&str, &str)]) -> ClientConfig {
+    config.client_config(extra)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Values from the Java client's UtilsTest / DefaultPartitionerTest.
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
+    }
+}

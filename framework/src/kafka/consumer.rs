@@ -1,0 +1,908 @@
+//! The consumer runtime every consumer stands on (DESIGN.md §4.2).
+//!
+//! One `BaseConsumer` is polled on a dedicated thread (not `StreamConsumer`: it serves
+//! rebalances inside `recv()` on an executor thread, where blocking deadlocks). Records go,
+//! in batches, to one task per assigned partition: order per partition, partitions
+//! concurrently. What the tasks do is the [`PartitionWorker`] of the part built on top
+//! (event handlers, projections, ...).
+//!
+//! Why each piece is where it is:
+//! - **Rebalances** are handled by our own `ConsumerContext::rebalance`. On assign the start
+//!   offsets (from the group, or from Postgres for projections) go into the partition list and
+//!   `incremental_assign` is called exactly once, no seek afterwards. On revoke the partition
+//!   tasks finish their batch (or abort it) and their offsets are committed *before* the
+//!   callback returns, so the next owner starts where this one stopped.
+//! - **Backpressure and transient errors**: a task that cannot make progress stops taking
+//!   records; when its queue passes a high-water mark the poll thread pauses the partition and
+//!   keeps polling, so `max.poll.interval.ms` never evicts the member. It resumes when the
+//!   queue drains.
+//! - **Offsets** are stored as *last processed + 1* only after the worker reports the batch
+//!   done (offsets have gaps: transaction markers), and committed by librdkafka's auto-commit.
+//! - **Seeks** (a projection whose compare-and-set failed) bump a per-partition epoch; records
+//!   dispatched before the seek carry the old epoch and are discarded by the task.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
+
+/// A consumed record, owned.
+pub type Record = OwnedMessage;
+
+/// Records of one partition, in offset order.
+pub type Batch = Vec<Record>;
+
+/// Where a newly assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOffset {
+    /// The group's committed offset; `auto.offset.reset` when there is none.
+    Committed,
+    /// The first retained record.
+    Beginning,
+    /// An explicit offset (a projection's checkpoint).
+    At(i64),
+}
+
+/// What a partition task reports after a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerOutcome {
+    /// The batch is done; store `next_offset` (last processed + 1) when given.
+    Processed { next_offset: Option<i64> },
+    /// Discard what is queued and read again from this offset.
+    Seek(i64),
+    /// Stop this partition (paused until the process restarts); the reason is logged and
+    /// returned in the [`RunSummary`].
+    Halt(String),
+    /// Stop everything: the runtime shuts down with this error.
+    Fatal(String),
+}
+
+/// The part built on the runtime: where partitions start and who processes them.
+pub trait PartitionLogic: Send + Sync + 'static {
+    /// The per-partition processor.
+    type Worker: PartitionWorker;
+
+    /// Start offsets for newly assigned partitions, in the order given. Runs on the poll
+    /// thread inside the rebalance callback; it may do I/O (Postgres checkpoints).
+    fn start_offsets(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> impl Future<Output = Result<Vec<StartOffset>>> + Send;
+
+    /// A processor for a newly assigned partition.
+    fn worker(&self, topic: &str, partition: i32) -> Self::Worker;
+}
+
+/// Processes the records of one partition, one batch at a time, in order.
+pub trait PartitionWorker: Send + 'static {
+    /// Processes a batch. Long retries should check [`PartitionControl::stopping`] (or use
+    /// [`PartitionControl::backoff`]) so a revoke or shutdown is not held up.
+    fn process(
+        &mut self,
+        batch: Batch,
+        control: &PartitionControl,
+    ) -> impl Future<Output = WorkerOutcome> + Send;
+}
+
+/// Handed to a [`PartitionWorker`]: is the partition being taken away, and a stop-aware
+/// back-off.
+#[derive(Debug, Clone)]
+pub struct PartitionControl {
+    stop: Arc<AtomicBool>,
+    topic: Arc<str>,
+    partition: i32,
+}
+
+impl PartitionControl {
+    /// True once the partition is being revoked or the runtime shuts down.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Sleeps an exponential back-off for retry `attempt` (100 ms doubling to 30 s); returns
+    /// false, early, when the partition is stopping.
+    pub async fn backoff(&self, attempt: u32) -> bool {
+        let delay = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(9)))
+            .min(Duration::from_secs(30));
+        let deadline = tokio::time::Instant::now() + delay;
+        while tokio::time::Instant::now() < deadline {
+            if self.stopping() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50).min(delay)).await;
+        }
+        !self.stopping()
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+}
+
+/// What a running consumer owns right now: for readiness checks, dashboards and tests.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerStatus {
+    inner: Arc<Mutex<StatusInner>>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    assigned: Vec<(String, i32)>,
+    halted: Vec<(String, i32, String)>,
+}
+
+impl ConsumerStatus {
+    /// Partitions assigned to this member now.
+    pub fn assigned(&self) -> Vec<(String, i32)> {
+        let mut out = self.lock().assigned.clone();
+        out.sort();
+        out
+    }
+
+    /// Partitions halted, with the reason.
+    pub fn halted(&self) -> Vec<(String, i32, String)> {
+        self.lock().halted.clone()
+    }
+
+    /// Ready: nothing halted.
+    pub fn is_ready(&self) -> bool {
+        self.lock().halted.is_empty()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StatusInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How a consumer joins its group and sizes its queues.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// `isolation.level=read_committed` (skip aborted transactions). On by default.
+    pub read_committed: bool,
+    /// Store and commit group offsets (plain handlers); projections keep theirs in Postgres.
+    pub commit_offsets: bool,
+    /// `auto.offset.reset` for partitions without a committed offset.
+    pub auto_offset_reset: String,
+    /// Most records handed to a partition task at once.
+    pub max_batch: usize,
+    /// Records queued for one partition before it is paused.
+    pub high_water: usize,
+    /// How long a revoke waits for a partition task to finish its batch before aborting it.
+    pub revoke_timeout: Duration,
+    /// Extra librdkafka consumer properties (they win over choreo's).
+    pub properties: Vec<(String, String)>,
+    /// Updated by the runtime as partitions come and go.
+    pub status: ConsumerStatus,
+}
+
+impl ConsumerSettings {
+    pub fn new(group_id: impl Into<String>, topics: Vec<String>) -> Self {
+        Self {
+            group_id: group_id.into(),
+            topics,
+            read_committed: true,
+            commit_offsets: true,
+            auto_offset_reset: "earliest".into(),
+            max_batch: 500,
+            high_water: 5_000,
+            revoke_timeout: Duration::from_secs(30),
+            properties: Vec::new(),
+            status: ConsumerStatus::default(),
+        }
+    }
+
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// What a finished run leaves behind.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Partitions halted during the run, with the reason.
+    pub halted: Vec<(String, i32, String)>,
+    /// How many times partitions were assigned to this member (1 in a calm run).
+    pub assignments: u64,
+}
+
+/// Runs a [`PartitionLogic`] in a consumer group until shutdown.
+#[derive(Debug)]
+pub struct ConsumerRuntime;
+
+type Tp = (Arc<str>, i32);
+
+enum Control {
+    Store(Tp, i64),
+    Seek(Tp, i64, u64),
+    Halt(Tp, String),
+    Fatal(String),
+    Exited(Tp),
+}
+
+struct Dispatch {
+    epoch: u64,
+    records: Batch,
+}
+
+struct WorkerHandle {
+    /// Taken (closing the queue) when the partition is revoked: the task then exits after
+    /// its batch instead of waiting for records that will not come.
+    tx: Option<mpsc::UnboundedSender<Dispatch>>,
+    stop: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
+    abort: tokio::task::AbortHandle,
+    /// Assignment generation when this task was spawned.
+    generation: u64,
+    epoch: u64,
+    paused: bool,
+    halted: bool,
+}
+
+struct State {
+    workers: HashMap<Tp, WorkerHandle>,
+    /// Last offset stored per partition (what a revoke commits).
+    stored: HashMap<Tp, i64>,
+    halted: Vec<(String, i32, String)>,
+    fatal: Option<String>,
+}
+
+struct Shared<L: PartitionLogic> {
+    logic: Arc<L>,
+    settings: ConsumerSettings,
+    handle: Handle,
+    state: Mutex<State>,
+    control_tx: std_mpsc::Sender<Control>,
+    control_rx: Mutex<std_mpsc::Receiver<Control>>,
+    generation: AtomicU64,
+    shutdown: Shutdown,
+}
+
+impl<L: PartitionLogic> Shared<L> {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way that matters
+        // more than stopping; keep going with the data.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The librdkafka context: our rebalance handling and logs into `tracing`.
+struct RuntimeContext<L: PartitionLogic> {
+    shared: Arc<Shared<L>>,
+}
+
+impl<L: PartitionLogic> ClientContext for RuntimeContext<L> {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(group = %self.shared.settings.group_id, %error, reason, "kafka client error");
+    }
+}
+
+pub(crate) fn forward_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", fac, "{message}");
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+impl<L: PartitionLogic> ConsumerContext for RuntimeContext<L> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => {
+                tracing::error!(group = %self.shared.settings.group_id, error = ?other, "rebalance error; releasing the assignment");
+                if let Ok(assigned) = consumer.assignment() {
+                    self.revoke(consumer, &mut assigned.clone());
+                }
+            }
+        }
+    }
+}
+
+impl<L: PartitionLogic> RuntimeContext<L> {
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let shared = &self.shared;
+        let partitions: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        tracing::info!(group = %shared.settings.group_id, ?partitions, "partitions assigned");
+        let offsets = self.start_offsets(&partitions);
+        let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut assign = TopicPartitionList::with_capacity(partitions.len());
+        let mut halt = Vec::new();
+        {
+            let mut state = shared.state();
+            for (i, (topic, partition)) in partitions.iter().enumerate() {
+                let offset = match &offsets {
+                    Ok(offsets) => {
+                        match offsets.get(i).copied().unwrap_or(StartOffset::Committed) {
+                            StartOffset::Committed => Offset::Stored,
+                            StartOffset::Beginning => Offset::Beginning,
+                            StartOffset::At(o) => Offset::Offset(o),
+                        }
+                    }
+                    Err(_) => Offset::Stored,
+                };
+                if let Err(e) = assign.add_partition_offset(topic, *partition, offset) {
+                    tracing::error!(%topic, partition, error = %e, "cannot set start offset");
+                }
+                let key: Tp = (Arc::from(topic.as_str()), *partition);
+                let handle = spawn_worker(shared, key.clone(), generation);
+                state.workers.insert(key.clone(), handle);
+                if let Err(e) = &offsets {
+                    halt.push((key, format!("cannot determine start offsets: {e}")));
+                }
+            }
+        }
+        // Exactly one incremental_assign, with the offsets in it; no seek afterwards.
+        shared
+            .settings
+            .status
+            .lock()
+            .assigned
+            .extend(partitions.iter().cloned());
+        if let Err(e) = consumer.incremental_assign(&assign) {
+            tracing::error!(error = %e, "incremental_assign failed");
+            shared
+                .state()
+                .fatal
+                .get_or_insert_with(|| format!("incremental_assign failed: {e}"));
+            shared.shutdown.trigger();
+        }
+        for (key, reason) in halt {
+            self.halt(consumer, &key, reason);
+        }
+    }
+
+    /// Asks the logic for start offsets, retrying I/O failures for a while.
+    fn start_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<StartOffset>> {
+        let shared = &self.shared;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut attempt = 0;
+        loop {
+            match shared
+                .handle
+                .block_on(shared.logic.start_offsets(partitions))
+            {
+                Ok(offsets) => return Ok(offsets),
+                Err(e) if Instant::now() < deadline && !shared.shutdown.is_triggered() => {
+                    tracing::warn!(error = %e, attempt, "start offsets unavailable; retrying");
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(200 * attempt.min(10)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let shared = &self.shared;
+        let lost = consumer.assignment_lost();
+        let revoked: Vec<Tp> = tpl
+            .elements()
+            .iter()
+            .map(|e| (Arc::from(e.topic()), e.partition()))
+            .collect();
+        tracing::info!(group = %shared.settings.group_id, partitions = ?revoked, lost, "partitions revoked");
+        // Tell the tasks to stop after their batch and wait for them, so their offsets are
+        // stored before we commit and give the partitions away.
+        let mut waiting: HashMap<Tp, WorkerHandle> = HashMap::new();
+        {
+            let mut state = shared.state();
+            for key in &revoked {
+                if let Some(mut handle) = state.workers.remove(key) {
+                    handle.stop.store(true, Ordering::Release);
+                    handle.tx = None;
+                    waiting.insert(key.clone(), handle);
+                }
+            }
+        }
+        let deadline = Instant::now() + shared.settings.revoke_timeout;
+        let mut exited: HashSet<Tp> = HashSet::new();
+        while exited.len() < waiting.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = {
+                let rx = shared
+                    .control_rx
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                rx.recv_timeout(left)
+            };
+            match message {
+                Ok(Control::Exited(key)) => {
+                    exited.insert(key);
+                }
+                Ok(other) => handle_control(shared, consumer, other, &waiting, lost),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for (key, handle) in &waiting {
+            if !exited.contains(key) {
+                tracing::warn!(topic = %key.0, partition = key.1, "partition task did not finish within the revoke timeout; aborting it (its batch is not committed and will be redelivered)");
+                handle.abort.abort();
+            }
+        }
+        drop(waiting);
+        if shared.settings.commit_offsets && !lost {
+            let mut commit = TopicPartitionList::new();
+            {
+                let state = shared.state();
+                for key in &revoked {
+                    if let Some(offset) = state.stored.get(key) {
+                        let _ = commit.add_partition_offset(&key.0, key.1, Offset::Offset(*offset));
+                    }
+                }
+            }
+            if commit.count() > 0
+                && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+            {
+                tracing::warn!(error = %e, "committing offsets of revoked partitions failed; the next owner may see some records again");
+            }
+        }
+        {
+            let mut state = shared.state();
+            for key in &revoked {
+                state.stored.remove(key);
+            }
+            shared
+                .settings
+                .status
+                .lock()
+                .assigned
+                .retain(|(t, p)| !revoked.iter().any(|(rt, rp)| **rt == **t && rp == p));
+        }
+        if let Err(e) = consumer.incremental_unassign(tpl) {
+            tracing::error!(error = %e, "incremental_unassign failed");
+        }
+    }
+
+    fn halt(&self, consumer: &BaseConsumer<Self>, key: &Tp, reason: String) {
+        halt_partition(&self.shared, consumer, key, reason);
+    }
+}
+
+fn halt_partition<L: PartitionLogic>(
+    shared: &Shared<L>,
+    consumer: &BaseConsumer<RuntimeContext<L>>,
+    key: &Tp,
+    reason: String,
+) {
+    tracing::error!(topic = %key.0, partition = key.1, %reason, "partition halted");
+    let mut state = shared.state();
+    if let Some(handle) = state.workers.get_mut(key) {
+        handle.halted = true;
+        handle.stop.store(true, Ordering::Release);
+        if !handle.paused {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&key.0, key.1);
+            if let Err(e) = consumer.pause(&tpl) {
+                tracing::warn!(error = %e, "cannot pause halted partition");
+            }
+            handle.paused = true;
+        }
+    }
+    shared
+        .settings
+        .status
+        .lock()
+        .halted
+        .push((key.0.to_string(), key.1, reason.clone()));
+    state.halted.push((key.0.to_string(), key.1, reason));
+}
+
+fn handle_control<L: PartitionLogic>(
+    shared: &Shared<L>,
+    consumer: &BaseConsumer<RuntimeContext<L>>,
+    control: Control,
+    revoking: &HashMap<Tp, WorkerHandle>,
+    lost: bool,
+) {
+    match control {
+        Control::Store(key, offset) => {
+            let mut state = shared.state();
+            let owned = state.workers.contains_key(&key) || (revoking.contains_key(&key) && !lost);
+            if !owned || !shared.settings.commit_offsets {
+                return;
+            }
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(offset));
+            match consumer.store_offsets(&tpl) {
+                Ok(()) => {
+                    state.stored.insert(key, offset);
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %key.0, partition = key.1, offset, error = %e, "storing offset failed")
+                }
+            }
+        }
+        Control::Seek(key, offset, epoch) => {
+            let mut state = shared.state();
+            if let Some(handle) = state.workers.get_mut(&key) {
+                handle.epoch = epoch;
+                let mut tpl = TopicPartitionList::new();
+                let _ = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(offset));
+                if let Err(e) = consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+                    drop(state);
+                    halt_partition(
+                        shared,
+                        consumer,
+                        &key,
+                        format!("seek to {offset} failed: {e}"),
+                    );
+                }
+            }
+        }
+        Control::Halt(key, reason) => {
+            if shared.state().workers.contains_key(&key) {
+                halt_partition(shared, consumer, &key, reason);
+            }
+        }
+        Control::Fatal(reason) => {
+            tracing::error!(%reason, "consumer runtime stopping");
+            shared.state().fatal.get_or_insert(reason);
+            shared.shutdown.trigger();
+        }
+        Control::Exited(_) => {}
+    }
+}
+
+fn spawn_worker<L: PartitionLogic>(
+    shared: &Arc<Shared<L>>,
+    key: Tp,
+    generation: u64,
+) -> WorkerHandle {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Dispatch>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let queued = Arc::new(AtomicUsize::new(0));
+    let control = PartitionControl {
+        stop: Arc::clone(&stop),
+        topic: Arc::clone(&key.0),
+        partition: key.1,
+    };
+    let mut worker = shared.logic.worker(&key.0, key.1);
+    let reports = shared.control_tx.clone();
+    let task_queued = Arc::clone(&queued);
+    let task = shared.handle.spawn(async move {
+        let mut epoch = 0u64;
+        while let Some(dispatch) = rx.recv().await {
+            let count = dispatch.records.len();
+            if control.stopping() {
+                task_queued.fetch_sub(count, Ordering::AcqRel);
+                break;
+            }
+            if dispatch.epoch != epoch {
+                // Dispatched before our last seek took effect: stale.
+                task_queued.fetch_sub(count, Ordering::AcqRel);
+                continue;
+            }
+            let outcome = AssertUnwindSafe(worker.process(dispatch.records, &control))
+                .catch_unwind()
+                .await;
+            task_queued.fetch_sub(count, Ordering::AcqRel);
+            let report = match outcome {
+                Ok(WorkerOutcome::Processed {
+                    next_offset: Some(next),
+                }) => Control::Store(key.clone(), next),
+                Ok(WorkerOutcome::Processed { next_offset: None }) => continue,
+                Ok(WorkerOutcome::Seek(offset)) => {
+                    epoch += 1;
+                    Control::Seek(key.clone(), offset, epoch)
+                }
+                Ok(WorkerOutcome::Halt(reason)) => Control::Halt(key.clone(), reason),
+                Ok(WorkerOutcome::Fatal(reason)) => Control::Fatal(reason),
+                Err(panic) => Control::Halt(
+                    key.clone(),
+                    format!("partition worker panicked: {}", panic_message(&*panic)),
+                ),
+            };
+            let stop_after = matches!(report, Control::Halt(..) | Control::Fatal(..));
+            let _ = reports.send(report);
+            if stop_after {
+                break;
+            }
+        }
+        let _ = reports.send(Control::Exited(key));
+    });
+    WorkerHandle {
+        tx: Some(tx),
+        stop,
+        queued,
+        abort: task.abort_handle(),
+        generation,
+        epoch: 0,
+        paused: false,
+        halted: false,
+    }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+impl ConsumerRuntime {
+    /// Joins the group and runs until `shutdown` fires (or a fatal error), then drains: tasks
+    /// finish their batch, offsets are committed, the member leaves the group.
+    pub async fn run<L: PartitionLogic>(
+        config: &KafkaConfig,
+        settings: ConsumerSettings,
+        logic: Arc<L>,
+        shutdown: Shutdown,
+    ) -> Result<RunSummary> {
+        super::check_reachable(config)?;
+        let admin = super::TopicAdmin::new(config)?;
+        for topic in &settings.topics {
+            if admin.describe(topic).await?.is_none() {
+                return Err(Error::TopicMissing(topic.clone()));
+            }
+        }
+        let read_committed = if settings.read_committed {
+            "read_committed"
+        } else {
+            "read_uncommitted"
+        };
+        let mut client = super::client::base(
+            config,
+            &[
+                ("group.id", settings.group_id.as_str()),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                // Offsets are stored by the runtime after the worker finished, never on poll.
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", settings.auto_offset_reset.as_str()),
+                ("isolation.level", read_committed),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("enable.partition.eof", "false"),
+            ],
+        );
+        for (key, value) in &settings.properties {
+            client.set(key, value);
+        }
+        let (control_tx, control_rx) = std_mpsc::channel();
+        let shared = Arc::new(Shared {
+            logic,
+            settings,
+            handle: Handle::current(),
+            state: Mutex::new(State {
+                workers: HashMap::new(),
+                stored: HashMap::new(),
+                halted: Vec::new(),
+                fatal: None,
+            }),
+            control_tx,
+            control_rx: Mutex::new(control_rx),
+            generation: AtomicU64::new(0),
+            shutdown: shutdown.clone(),
+        });
+        let consumer: BaseConsumer<RuntimeContext<L>> = client
+            .create_with_context(RuntimeContext {
+                shared: Arc::clone(&shared),
+            })
+            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
+        let topics: Vec<&str> = shared.settings.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| Error::kafka("subscribe", e))?;
+
+        let (done_tx, done_rx) = oneshot::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("choreo-poll-{}", shared.settings.group_id))
+            .spawn(move || {
+                poll_loop(&thread_shared, &consumer);
+                drop(consumer);
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start the poll thread: {e}")))?;
+        let _ = done_rx.await;
+        let state = shared.state();
+        match &state.fatal {
+            Some(reason) => Err(Error::Runtime(reason.clone())),
+            None => Ok(RunSummary {
+                halted: state.halted.clone(),
+                assignments: shared.generation.load(Ordering::Acquire),
+            }),
+        }
+    }
+}
+
+fn poll_loop<L: PartitionLogic>(
+    shared: &Arc<Shared<L>>,
+    consumer: &BaseConsumer<RuntimeContext<L>>,
+) {
+    let settings = &shared.settings;
+    let mut closing = false;
+    let mut last_error_log = Instant::now() - Duration::from_secs(60);
+    let mut batches: HashMap<Tp, Vec<Record>> = HashMap::new();
+    loop {
+        if shared.shutdown.is_triggered() && !closing {
+            tracing::info!(group = %settings.group_id, "shutting down: finishing in-flight batches, committing, leaving the group");
+            closing = true;
+            // Leaving the group runs our revoke (drain + commit) through the rebalance callback.
+            if let Err(e) = consumer.close_queue() {
+                tracing::warn!(error = %e, "closing the consumer failed");
+                break;
+            }
+        }
+        if closing && consumer.closed() {
+            break;
+        }
+        drain_controls(shared, consumer);
+        flow_control(shared, consumer);
+        if let Some(reason) = consumer.client().fatal_error() {
+            let mut state = shared.state();
+            state
+                .fatal
+                .get_or_insert_with(|| format!("fatal kafka error: {} {}", reason.0, reason.1));
+            drop(state);
+            shared.shutdown.trigger();
+        }
+
+        // Collect up to max_batch records, then hand them out per partition.
+        let generation = shared.generation.load(Ordering::Acquire);
+        let mut collected = 0usize;
+        let mut timeout = Duration::from_millis(100);
+        while collected < settings.max_batch {
+            match consumer.poll(timeout) {
+                None => break,
+                Some(Ok(message)) => {
+                    let key: Tp = (Arc::from(message.topic()), message.partition());
+                    batches.entry(key).or_default().push(message.detach());
+                    collected += 1;
+                    timeout = Duration::ZERO;
+                }
+                Some(Err(e)) => {
+                    if last_error_log.elapsed() > Duration::from_secs(5) {
+                        tracing::warn!(group = %settings.group_id, error = %e, "consumer error");
+                        last_error_log = Instant::now();
+                    }
+                    break;
+                }
+            }
+        }
+        if collected > 0 {
+            dispatch(shared, &mut batches, generation);
+        }
+    }
+    drain_controls(shared, consumer);
+}
+
+fn dispatch<L: PartitionLogic>(
+    shared: &Shared<L>,
+    batches: &mut HashMap<Tp, Vec<Record>>,
+    generation: u64,
+) {
+    let state = shared.state();
+    for (key, records) in batches.drain() {
+        if records.is_empty() {
+            continue;
+        }
+        let Some(handle) = state.workers.get(&key) else {
+            // Revoked meanwhile: not processed, not stored; the next owner reads it.
+            continue;
+        };
+        if handle.halted || handle.generation > generation {
+            // Halted, or fetched before a newer assignment of this partition.
+            continue;
+        }
+        handle.queued.fetch_add(records.len(), Ordering::AcqRel);
+        let count = records.len();
+        let sent = handle.tx.as_ref().is_some_and(|tx| {
+            tx.send(Dispatch {
+                epoch: handle.epoch,
+                records,
+            })
+            .is_ok()
+        });
+        if !sent {
+            handle.queued.fetch_sub(count, Ordering::AcqRel);
+        }
+    }
+}
+
+fn drain_controls<L: PartitionLogic>(
+    shared: &Shared<L>,
+    consumer: &BaseConsumer<RuntimeContext<L>>,
+) {
+    loop {
+        let message = {
+            let rx = shared
+                .control_rx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            rx.try_recv()
+        };
+        match message {
+            Ok(control) => handle_control(shared, consumer, control, &HashMap::new(), false),
+            Err(_) => break,
+        }
+    }
+}
+
+fn flow_control<L: PartitionLogic>(shared: &Shared<L>, consumer: &BaseConsumer<RuntimeContext<L>>) {
+    let high = shared.settings.high_water.max(1);
+    let mut state = shared.state();
+    for (key, handle) in state.workers.iter_mut() {
+        if handle.halted {
+            continue;
+        }
+        let queued = handle.queued.load(Ordering::Acquire);
+        let change = if !handle.paused && queued >= high {
+            Some(true)
+        } else if handle.paused && queued <= high / 4 {
+            Some(false)
+        } else {
+            None
+        };
+        if let Some(pause) = change {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&key.0, key.1);
+            let result = if pause {
+                consumer.pause(&tpl)
+            } else {
+                consumer.resume(&tpl)
+            };
+            match result {
+                Ok(()) => {
+                    handle.paused = pause;
+                    tracing::debug!(topic = %key.0, partition = key.1, queued, pause, "partition flow control");
+                }
+                Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
+            }
+        }
+    }
+}

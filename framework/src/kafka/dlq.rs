@@ -1,0 +1,182 @@
+//! Dead letters: `{group}.dlq`, holding the original key, payload and headers plus where the
+//! record came from, why it failed and when. A dead letter is written (and acknowledged)
+//! before the failed record's offset is stored, so a crash in between redelivers the record
+//! rather than losing it.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rdkafka::Message;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::consumer::Record;
+use super::publisher::{PRODUCER_DEFAULTS, PublishError, classify};
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+
+/// Header names added to a dead letter.
+pub mod dlq_headers {
+    pub const TOPIC: &str = "choreo_dlq_topic";
+    pub const PARTITION: &str = "choreo_dlq_partition";
+    pub const OFFSET: &str = "choreo_dlq_offset";
+    pub const ERROR: &str = "choreo_dlq_error";
+    pub const TIME: &str = "choreo_dlq_time";
+    pub const GROUP: &str = "choreo_dlq_group";
+    /// Prefix shared by all of them (stripped again on redrive).
+    pub const PREFIX: &str = "choreo_dlq_";
+}
+
+/// Longest error text kept in a dead letter.
+const MAX_ERROR_BYTES: usize = 4096;
+
+/// A dead letter read back from a `{group}.dlq` topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub error: String,
+    pub time: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// The original headers, without the `choreo_dlq_*` ones.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl DeadLetter {
+    /// Reads the origin and reason from a record of a dead-letter topic.
+    pub fn from_record(record: &Record) -> Option<Self> {
+        let mut letter = DeadLetter {
+            group: String::new(),
+            topic: String::new(),
+            partition: -1,
+            offset: -1,
+            error: String::new(),
+            time: String::new(),
+            key: record.key().map(<[u8]>::to_vec),
+            payload: record.payload().map(<[u8]>::to_vec),
+            headers: Vec::new(),
+        };
+        let mut found_origin = false;
+        for header in record.headers()?.iter() {
+            let text = || {
+                header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            match header.key {
+                dlq_headers::TOPIC => {
+                    letter.topic = text();
+                    found_origin = true;
+                }
+                dlq_headers::PARTITION => letter.partition = text().parse().unwrap_or(-1),
+                dlq_headers::OFFSET => letter.offset = text().parse().unwrap_or(-1),
+                dlq_headers::ERROR => letter.error = text(),
+                dlq_headers::TIME => letter.time = text(),
+                dlq_headers::GROUP => letter.group = text(),
+                other => letter
+                    .headers
+                    .push((other.to_owned(), header.value.map(<[u8]>::to_vec))),
+            }
+        }
+        found_origin.then_some(letter)
+    }
+}
+
+/// Writes dead letters for one consumer group.
+#[derive(Clone)]
+pub struct DeadLetterWriter {
+    producer: FutureProducer,
+    group: String,
+    topic: String,
+}
+
+impl fmt::Debug for DeadLetterWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetterWriter")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeadLetterWriter {
+    /// A writer to `{group}.dlq`.
+    pub fn new(config: &KafkaConfig, group: &str) -> Result<Self> {
+        let producer: FutureProducer = config
+            .client_config(PRODUCER_DEFAULTS)
+            .create()
+            .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))?;
+        Ok(Self {
+            producer,
+            group: group.to_owned(),
+            topic: format!("{group}.dlq"),
+        })
+    }
+
+    /// The dead-letter topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Writes `record` with the reason and waits for the broker's acknowledgement.
+    pub async fn write(
+        &self,
+        record: &Record,
+        error: &str,
+        time: DateTime<Utc>,
+    ) -> Result<(i32, i64), PublishError> {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = record.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
+            }
+        }
+        let mut error_text = error.to_owned();
+        if error_text.len() > MAX_ERROR_BYTES {
+            let mut cut = MAX_ERROR_BYTES;
+            while !error_text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            error_text.truncate(cut);
+        }
+        let partition = record.partition().to_string();
+        let offset = record.offset().to_string();
+        let time = time.to_rfc3339_opts(SecondsFormat::Micros, true);
+        for (key, value) in [
+            (dlq_headers::TOPIC, record.topic()),
+            (dlq_headers::PARTITION, partition.as_str()),
+            (dlq_headers::OFFSET, offset.as_str()),
+            (dlq_headers::ERROR, error_text.as_str()),
+            (dlq_headers::TIME, time.as_str()),
+            (dlq_headers::GROUP, self.group.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        if let Some(key) = record.key() {
+            out = out.key(key);
+        }
+        if let Some(payload) = record.payload() {
+            out = out.payload(payload);
+        }
+        match self.producer.send(out, Duration::from_secs(30)).await {
+            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+            Err((e, _)) => Err(PublishError {
+                kind: classify(&e),
+                topic: self.topic.clone(),
+                message_id: uuid::Uuid::nil(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}

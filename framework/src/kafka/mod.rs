@@ -1,0 +1,17 @@
+//! Everything that talks to Kafka: client settings, topics, the publisher, the consumer
+//! runtime every consumer stands on, and the dead-letter writer.
+
+mod client;
+pub mod consumer;
+mod dlq;
+mod publisher;
+mod topics;
+
+pub use client::{check_reachable, partition_for_key};
+pub use consumer::{
+    Batch, ConsumerRuntime, ConsumerSettings, ConsumerStatus, PartitionControl, PartitionLogic,
+    PartitionWorker, Record, RunSummary, StartOffset, WorkerOutcome,
+};
+pub use dlq::{DeadLetter, DeadLetterWriter, dlq_headers};
+pub use publisher::{Delivered, Outgoing, PublishError, PublishErrorKind, Publisher};
+pub use topics::{TopicAdmin, TopicKind, TopicSpec, TopicState};

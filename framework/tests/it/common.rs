@@ -1,0 +1,165 @@
+//! Shared test set-up: real Kafka and Postgres (never mocks), unique names per test.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use choreo::kafka::{TopicAdmin, TopicSpec};
+use choreo::{KafkaConfig, PostgresConfig};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use serde::{Deserialize, Serialize};
+
+/// The Kafka config for tests: `CHOREO_KAFKA_BROKERS` or the dev broker, in a namespace of
+/// its own so every test has its own topics. Panics with instructions when Kafka is down.
+pub fn kafka(test: &str) -> KafkaConfig {
+    let base = KafkaConfig::from_env().expect("kafka config");
+    assert!(
+        base.brokers()
+            .split(',')
+            .all(|b| b.starts_with("127.") || b.starts_with("localhost") || b.starts_with("[::1]")),
+        "tests send traffic only to loopback addresses; CHOREO_KAFKA_BROKERS={}",
+        base.brokers()
+    );
+    if let Err(e) =
+        choreo::kafka::check_reachable(&base.clone().connect_timeout(Duration::from_secs(5)))
+    {
+        panic!(
+            "integration tests need a running Kafka: {e}\n  start it with: scripts/dev-services up"
+        );
+    }
+    base.namespace(unique(test))
+}
+
+/// The Postgres config for tests; panics with instructions when Postgres is down.
+#[allow(dead_code)]
+pub async fn postgres() -> PostgresConfig {
+    let config = PostgresConfig::from_env().expect("postgres config");
+    if let Err(e) = choreo::postgres::connect(&config).await {
+        panic!(
+            "integration tests need a running PostgreSQL: {e}\n  start it with: scripts/dev-services up"
+        );
+    }
+    config
+}
+
+/// `t-{test}-{random}`: unique per run.
+pub fn unique(test: &str) -> String {
+    format!(
+        "t-{test}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+pub async fn create_events_topic(config: &KafkaConfig, entity: &str, partitions: i32) -> String {
+    let spec = TopicSpec::events(entity, partitions, 1).expect("spec");
+    let spec = TopicSpec {
+        name: config.topic_name(&spec.name),
+        ..spec
+    };
+    let name = spec.name.clone();
+    TopicAdmin::new(config)
+        .expect("admin")
+        .ensure(&[spec])
+        .await
+        .expect("create topic");
+    name
+}
+
+pub async fn create_dlq(config: &KafkaConfig, group: &str) -> String {
+    let spec = TopicSpec::dead_letters(group, 1).expect("spec");
+    let name = spec.name.clone();
+    TopicAdmin::new(config)
+        .expect("admin")
+        .ensure(&[spec])
+        .await
+        .expect("create dlq");
+    name
+}
+
+/// Reads a whole topic with a plain rdkafka consumer (no choreo code on the read path),
+/// until `expected` records arrived or `timeout` passed.
+pub fn read_all(
+    config: &KafkaConfig,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    read_committed: bool,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", config.brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .expect("raw consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(message.detach());
+        }
+    }
+    out
+}
+
+/// Headers of a raw record as text.
+pub fn header_map(message: &OwnedMessage) -> BTreeMap<String, String> {
+    use rdkafka::message::Headers;
+    let mut map = BTreeMap::new();
+    if let Some(headers) = message.headers() {
+        for h in headers.iter() {
+            map.insert(
+                h.key.to_owned(),
+                h.value
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    map
+}
+
+/// Waits until `check` holds, polling every 50 ms.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The event most tests publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserSignedUp {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+}
+
+impl choreo::Event for UserSignedUp {
+    const NAME: &'static str = "v1.user.signedup";
+    fn subject(&self) -> String {
+        self.email.clone()
+    }
+}
+
+pub fn signup(i: usize) -> UserSignedUp {
+    UserSignedUp {
+        user_id: format!("u-{i}"),
+        email: format!("user{i}@example.com"),
+        name: format!("User {i}"),
+    }
+}

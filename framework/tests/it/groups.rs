@@ -1,0 +1,151 @@
+//! Consumer groups: instances share the partitions; when one leaves, the other takes over.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use choreo::kafka::ConsumerStatus;
+use choreo::{EventHandlers, HandlerError, Publisher, Received, Shutdown};
+use tokio::task::JoinHandle;
+
+use crate::common::{self, UserSignedUp, signup};
+
+type Log = Arc<Mutex<Vec<(&'static str, i32, String)>>>;
+
+type Running = (
+    JoinHandle<choreo::Result<choreo::kafka::RunSummary>>,
+    ConsumerStatus,
+);
+
+fn start(
+    config: &choreo::KafkaConfig,
+    group: &str,
+    instance: &'static str,
+    log: &Log,
+    shutdown: &Shutdown,
+) -> Running {
+    let (config, group, log, shutdown) = (
+        config.clone(),
+        group.to_owned(),
+        Arc::clone(log),
+        shutdown.clone(),
+    );
+    let mut handlers = EventHandlers::new(group);
+    let status = handlers.status();
+    let task = tokio::spawn(async move {
+        handlers
+            .on(move |e: Received<UserSignedUp>| {
+                let log = Arc::clone(&log);
+                async move {
+                    log.lock().expect("lock").push((
+                        instance,
+                        e.origin.partition,
+                        e.payload.user_id,
+                    ));
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .run(&config, shutdown)
+            .await
+    });
+    (task, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_split_the_partitions_and_the_survivor_takes_over_without_loss() {
+    let config = common::kafka("groups");
+    common::create_events_topic(&config, "user", 6).await;
+    let group = common::unique("group");
+    common::create_dlq(&config, &group).await;
+    let publisher = Publisher::new(&config, "/test-service").expect("publisher");
+    let log: Log = Arc::default();
+    let (stop_a, stop_b) = (Shutdown::new(), Shutdown::new());
+    let (a, status_a) = start(&config, &group, "a", &log, &stop_a);
+    let (b, status_b) = start(&config, &group, "b", &log, &stop_b);
+    common::eventually(
+        "both instances to own partitions",
+        Duration::from_secs(60),
+        || {
+            let (pa, pb) = (status_a.assigned(), status_b.assigned());
+            !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 6
+        },
+    )
+    .await;
+
+    // Phase 1: both instances running.
+    let first: Vec<UserSignedUp> = (0..600).map(signup).collect();
+    for result in futures::future::join_all(first.iter().map(|e| publisher.publish(e))).await {
+        result.expect("publish");
+    }
+    common::eventually("phase 1 handled", Duration::from_secs(60), || {
+        log.lock().expect("lock").len() >= 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        let log = log.lock().expect("lock");
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, _, id) in log.iter() {
+            *seen.entry(id.as_str()).or_default() += 1;
+        }
+        assert_eq!(seen.len(), 600, "every event handled");
+        assert!(
+            seen.values().all(|&n| n == 1),
+            "each event exactly once in a clean run"
+        );
+        let by_a: BTreeSet<i32> = log
+            .iter()
+            .filter(|(i, ..)| *i == "a")
+            .map(|(_, p, _)| *p)
+            .collect();
+        let by_b: BTreeSet<i32> = log
+            .iter()
+            .filter(|(i, ..)| *i == "b")
+            .map(|(_, p, _)| *p)
+            .collect();
+        assert!(
+            !by_a.is_empty() && !by_b.is_empty(),
+            "both instances got partitions: a={by_a:?} b={by_b:?}"
+        );
+    }
+
+    // Phase 2: a leaves (graceful: finishes, commits, leaves the group); b takes over.
+    stop_a.trigger();
+    a.await.expect("join a").expect("run a");
+    let before = log.lock().expect("lock").len();
+    let second: Vec<UserSignedUp> = (600..1200).map(signup).collect();
+    for result in futures::future::join_all(second.iter().map(|e| publisher.publish(e))).await {
+        result.expect("publish");
+    }
+    assert_eq!(
+        status_b.assigned().len(),
+        6,
+        "the survivor owns all six partitions"
+    );
+    common::eventually("phase 2 handled", Duration::from_secs(60), || {
+        log.lock().expect("lock").len() >= before + 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_b.trigger();
+    b.await.expect("join b").expect("run b");
+    let log = log.lock().expect("lock");
+    let phase2: Vec<_> = log[before..].iter().collect();
+    assert!(
+        phase2.iter().all(|(i, ..)| *i == "b"),
+        "only the survivor handles after the leave"
+    );
+    let ids: BTreeSet<&str> = phase2.iter().map(|(_, _, id)| id.as_str()).collect();
+    assert_eq!(ids.len(), 600, "nothing lost after the takeover");
+    assert_eq!(
+        phase2.len(),
+        600,
+        "nothing handled twice: the leaver committed before giving partitions away"
+    );
+    let partitions: BTreeSet<i32> = phase2.iter().map(|(_, p, _)| *p).collect();
+    assert_eq!(
+        partitions.len(),
+        6,
+        "the survivor handled all six partitions"
+    );
+}

@@ -1,0 +1,282 @@
+//! Event handlers: dead letters for bad input, retries for transient failures.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use choreo::kafka::dlq_headers;
+use choreo::{EventHandlers, HandlerError, Publisher, Received, Shutdown, UnknownTypes};
+use rdkafka::Message;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::common::{self, UserSignedUp, signup};
+
+/// Sends a raw record, as a foreign or broken producer would.
+async fn send_raw(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: OwnedHeaders,
+) {
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("raw send");
+}
+
+fn valid_headers(out: &choreo::kafka::Outgoing, skip: &str) -> OwnedHeaders {
+    use rdkafka::message::Headers;
+    let mut headers = OwnedHeaders::new();
+    for h in out.meta.to_headers().iter().filter(|h| h.key != skip) {
+        headers = headers.insert(Header {
+            key: h.key,
+            value: h.value,
+        });
+    }
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_go_to_the_dead_letter_topic_with_the_reason_and_later_events_are_handled() {
+    let config = common::kafka("dlq");
+    let topic = common::create_events_topic(&config, "user", 1).await;
+    let group = common::unique("dlq-group");
+    let dlq = common::create_dlq(&config, &group).await;
+    let publisher = Publisher::new(&config, "/test-service").expect("publisher");
+    let raw: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", config.brokers())
+        .create()
+        .expect("producer");
+
+    publisher.publish(&signup(1)).await.expect("good event 1");
+    // 1. malformed JSON payload, valid headers
+    let out = publisher.prepare(&signup(2), None).expect("prepare");
+    send_raw(
+        &raw,
+        &topic,
+        &out.key,
+        b"{\"user_id\": 12",
+        valid_headers(&out, ""),
+    )
+    .await;
+    // 2. a missing header
+    let out = publisher.prepare(&signup(3), None).expect("prepare");
+    send_raw(
+        &raw,
+        &topic,
+        &out.key,
+        &out.payload,
+        valid_headers(&out, "ce_id"),
+    )
+    .await;
+    // 3. structured mode: the whole event as a JSON body
+    let structured = serde_json::json!({"specversion": "1.0", "id": "x", "type": "v1.user.signedup", "source": "/x", "data": {}});
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "content-type",
+        value: Some("application/cloudevents+json"),
+    });
+    send_raw(
+        &raw,
+        &topic,
+        "user4@example.com",
+        structured.to_string().as_bytes(),
+        headers,
+    )
+    .await;
+    // 4. a type nobody handles (a future major version)
+    let out = publisher.prepare(&signup(5), None).expect("prepare");
+    let mut headers = valid_headers(&out, "ce_type");
+    headers = headers.insert(Header {
+        key: "ce_type",
+        value: Some("v2.user.signedup"),
+    });
+    send_raw(&raw, &topic, &out.key, &out.payload, headers).await;
+    // 5. a key that differs from ce_subject
+    let out = publisher.prepare(&signup(6), None).expect("prepare");
+    send_raw(
+        &raw,
+        &topic,
+        "someone-else",
+        &out.payload,
+        valid_headers(&out, ""),
+    )
+    .await;
+    // 6. a handler that rejects permanently, 7. a handler that panics
+    publisher.publish(&signup(7)).await.expect("event 7");
+    publisher.publish(&signup(8)).await.expect("event 8");
+    // later good events
+    publisher.publish(&signup(9)).await.expect("good event 9");
+
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let shutdown = Shutdown::new();
+    let runner = tokio::spawn({
+        let (config, shutdown, handled, group) = (
+            config.clone(),
+            shutdown.clone(),
+            Arc::clone(&handled),
+            group.clone(),
+        );
+        async move {
+            EventHandlers::new(group)
+                .unknown_types(UnknownTypes::DeadLetter)
+                .on(move |e: Received<UserSignedUp>| {
+                    let handled = Arc::clone(&handled);
+                    async move {
+                        match e.payload.user_id.as_str() {
+                            "u-7" => {
+                                Err(HandlerError::permanent(anyhow::anyhow!("user 7 is banned")))
+                            }
+                            "u-8" => panic!("handler bug on user 8"),
+                            _ => {
+                                handled.lock().expect("lock").push(e.payload.user_id);
+                                Ok(())
+                            }
+                        }
+                    }
+                })
+                .run(&config, shutdown)
+                .await
+        }
+    });
+    common::eventually("good events handled", Duration::from_secs(30), || {
+        handled.lock().expect("lock").len() >= 2
+    })
+    .await;
+    let letters = common::read_all(&config, &dlq, 7, Duration::from_secs(30), true);
+    shutdown.trigger();
+    let summary = runner.await.expect("join").expect("run");
+    assert!(summary.halted.is_empty(), "{:?}", summary.halted);
+    assert_eq!(
+        *handled.lock().expect("lock"),
+        vec!["u-1".to_owned(), "u-9".to_owned()]
+    );
+
+    assert_eq!(letters.len(), 7, "seven dead letters");
+    let reasons: Vec<String> = letters
+        .iter()
+        .map(|m| {
+            let h = common::header_map(m);
+            assert_eq!(h[dlq_headers::TOPIC], topic, "origin topic");
+            assert_eq!(h[dlq_headers::GROUP], group);
+            assert!(h.contains_key(dlq_headers::TIME) && h.contains_key(dlq_headers::PARTITION));
+            h[dlq_headers::ERROR].clone()
+        })
+        .collect();
+    let offsets: BTreeSet<i64> = letters
+        .iter()
+        .map(|m| {
+            common::header_map(m)[dlq_headers::OFFSET]
+                .parse()
+                .expect("offset")
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        (1..=7).collect(),
+        "the origin offsets of the seven bad records"
+    );
+    for (i, needle) in [
+        "payload",
+        "ce_id",
+        "structured",
+        "no handler for type v2.user.signedup",
+        "differs from header ce_subject",
+        "user 7 is banned",
+        "panicked: handler bug on user 8",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(
+            reasons[i].contains(needle),
+            "dead letter {i}: {:?} should mention {needle:?}",
+            reasons[i]
+        );
+    }
+    // The original payload and key are kept.
+    assert_eq!(letters[0].payload(), Some(&b"{\"user_id\": 12"[..]));
+    assert_eq!(letters[4].key(), Some(&b"someone-else"[..]));
+    assert!(
+        common::header_map(&letters[1]).contains_key("ce_type"),
+        "original headers kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_longer_than_max_poll_interval_keeps_the_partition_and_then_succeeds() {
+    let config = common::kafka("transient");
+    common::create_events_topic(&config, "user", 2).await;
+    let group = common::unique("transient-group");
+    common::create_dlq(&config, &group).await;
+    let publisher = Publisher::new(&config, "/test-service").expect("publisher");
+    for i in 0..10 {
+        publisher.publish(&signup(i)).await.expect("publish");
+    }
+    let fail_until = Instant::now() + Duration::from_secs(14);
+    let attempts = Arc::new(AtomicU32::new(0));
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let shutdown = Shutdown::new();
+    let runner = tokio::spawn({
+        let (config, shutdown, handled, attempts) = (
+            config.clone(),
+            shutdown.clone(),
+            Arc::clone(&handled),
+            Arc::clone(&attempts),
+        );
+        async move {
+            EventHandlers::new(group)
+                // max.poll.interval.ms of 7 s: far shorter than the 14 s of failures.
+                .configure(|s| {
+                    s.property("session.timeout.ms", "6000")
+                        .property("max.poll.interval.ms", "7000")
+                })
+                .on(move |e: Received<UserSignedUp>| {
+                    let (handled, attempts) = (Arc::clone(&handled), Arc::clone(&attempts));
+                    async move {
+                        if e.payload.user_id == "u-0" && Instant::now() < fail_until {
+                            attempts.fetch_add(1, Ordering::Relaxed);
+                            return Err(HandlerError::transient(anyhow::anyhow!(
+                                "database is down"
+                            )));
+                        }
+                        handled.lock().expect("lock").push(e.payload.user_id);
+                        Ok(())
+                    }
+                })
+                .run(&config, shutdown)
+                .await
+        }
+    });
+    common::eventually("all ten handled", Duration::from_secs(60), || {
+        handled.lock().expect("lock").len() >= 10
+    })
+    .await;
+    shutdown.trigger();
+    let summary = runner.await.expect("join").expect("run");
+    let handled = handled.lock().expect("lock").clone();
+    let unique: BTreeSet<&String> = handled.iter().collect();
+    assert_eq!(unique.len(), 10, "every event handled: {handled:?}");
+    assert_eq!(
+        handled.len(),
+        10,
+        "none twice (the member never lost its partitions): {handled:?}"
+    );
+    assert!(
+        attempts.load(Ordering::Relaxed) >= 5,
+        "the failing event was retried with back-off"
+    );
+    assert_eq!(
+        summary.assignments, 1,
+        "assigned once: polling continued while the handler retried, so the member was never evicted"
+    );
+}

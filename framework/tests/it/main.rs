@@ -1,0 +1,9 @@
+//! Integration tests against the real Kafka and PostgreSQL started by
+//! `scripts/dev-services up` (the README's test command starts them). One test binary.
+
+mod common;
+mod errors;
+mod groups;
+mod handlers;
+mod publish;
+mod topics;
