@@ -31,6 +31,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use futures::FutureExt;
 use rdkafka::Message;
+use tracing::Instrument;
 
 use crate::codec;
 use crate::config::KafkaConfig;
@@ -212,6 +213,7 @@ impl EventHandlers {
         settings.group_id = self.group.clone();
         settings.topics = self.topics.iter().map(|t| config.topic_name(t)).collect();
         settings.commit_offsets = true;
+        settings.required_topics.push(format!("{}.dlq", self.group));
         let logic = Arc::new(HandlerLogic {
             routes: Arc::new(self.routes),
             unknown: self.unknown,
@@ -283,12 +285,14 @@ impl HandlerWorker {
         };
         let span = tracing::debug_span!("handle", id = %meta.id, r#type = %meta.message_type,
             subject = %meta.subject, topic = %origin.topic, partition = origin.partition, offset = origin.offset);
-        let _entered = span.enter();
         let future = match route(meta, record.payload(), origin) {
             Ok(future) => future,
             Err(e) => return Step::DeadLetter(format!("undecodable payload: {e}")),
         };
-        match AssertUnwindSafe(future).catch_unwind().await {
+        match AssertUnwindSafe(future.instrument(span))
+            .catch_unwind()
+            .await
+        {
             Ok(Ok(())) => Step::Done,
             Ok(Err(HandlerError::Permanent(e))) => {
                 Step::DeadLetter(format!("handler rejected it: {e:#}"))
@@ -303,10 +307,15 @@ impl PartitionWorker for HandlerWorker {
     async fn process(&mut self, batch: Batch, control: &PartitionControl) -> WorkerOutcome {
         let mut next_offset = None;
         for record in &batch {
+            // Revoked or shutting down: stop between records and report what is done, so a
+            // clean rebalance commits it instead of redelivering the whole batch.
+            if control.stopping() {
+                return WorkerOutcome::Processed { next_offset };
+            }
             let mut attempt = 0u32;
-            loop {
+            let reason = loop {
                 match self.handle(record).await {
-                    Step::Done => break,
+                    Step::Done => break None,
                     // Records handled before it in this batch are redelivered after a restart:
                     // at-least-once.
                     Step::Halt(reason) => return WorkerOutcome::Halt(reason),
@@ -318,18 +327,30 @@ impl PartitionWorker for HandlerWorker {
                         }
                         attempt += 1;
                     }
-                    Step::DeadLetter(reason) => {
-                        tracing::warn!(topic = control.topic(), partition = control.partition(), offset = record.offset(),
-                            %reason, "dead-lettering record");
-                        match self.dead_letters.write(record, &reason, Utc::now()).await {
-                            Ok(_) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "writing the dead letter failed; retrying");
-                                if !control.backoff(attempt).await {
-                                    return WorkerOutcome::Processed { next_offset };
-                                }
-                                attempt += 1;
+                    Step::DeadLetter(reason) => break Some(reason),
+                }
+            };
+            if let Some(reason) = reason {
+                tracing::warn!(topic = control.topic(), partition = control.partition(), offset = record.offset(),
+                    %reason, "dead-lettering record");
+                // Retry only the write (the handler's effects must not run again); a write that
+                // can never succeed halts the partition rather than skipping the record.
+                let mut attempt = 0u32;
+                loop {
+                    match self.dead_letters.write(record, &reason, Utc::now()).await {
+                        Ok(_) => break,
+                        Err(e) if e.is_retriable() => {
+                            tracing::warn!(error = %e, "writing the dead letter failed; retrying");
+                            if !control.backoff(attempt).await {
+                                return WorkerOutcome::Processed { next_offset };
                             }
+                            attempt += 1;
+                        }
+                        Err(e) => {
+                            return WorkerOutcome::Halt(format!(
+                                "cannot dead-letter offset {} ({reason}): {e}",
+                                record.offset()
+                            ));
                         }
                     }
                 }

@@ -48,5 +48,11 @@ pub use config::{KafkaConfig, PostgresConfig};
 pub use error::{Error, Result};
 pub use handler::{EventHandlers, HandlerError, UnknownTypes};
 pub use kafka::{Delivered, Publisher, TopicAdmin, TopicSpec};
-pub use message::{Causation, Command, Envelope, Event, Metadata, Origin, Received, Tense};
+pub use message::{
+    Causation, Command, Envelope, Event, EventSet, Metadata, Origin, Received, Tense,
+};
+pub use projection::{ApplyError, Projection, ProjectionRunner};
 pub use shutdown::Shutdown;
+pub mod projection;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,9 +1,12 @@
-//! Connecting to PostgreSQL with a clear error when it is not there.
+//! Connecting to PostgreSQL with a clear error when it is not there, and choreo's own schema.
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
+
+/// The framework's migrations (`migrations/` at the workspace top), embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Opens a pool and checks that the database answers.
 pub async fn connect(config: &PostgresConfig) -> Result<PgPool> {
@@ -25,4 +28,37 @@ pub async fn connect(config: &PostgresConfig) -> Result<PgPool> {
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     Ok(pool)
+}
+
+/// Connects and applies choreo's migrations (idempotent; concurrent callers wait on sqlx's
+/// advisory lock).
+pub async fn connect_and_migrate(config: &PostgresConfig) -> Result<PgPool> {
+    let pool = connect(config).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Applies choreo's migrations on one connection of `pool`.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut conn = pool.acquire().await.map_err(|e| Error::Postgres {
+        op: "acquire",
+        source: e,
+    })?;
+    // `run_direct` on a connection: `Migrator::run(&pool)` trips a higher-ranked lifetime
+    // error (its future is not provably `Send`) once it sits inside a spawned task.
+    MIGRATOR.run_direct(&mut *conn).await?;
+    Ok(())
+}
+
+/// Quotes an identifier we validated ourselves (`[a-z][a-z0-9_]*`).
+pub(crate) fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// SQLSTATE of a database error, if it is one.
+pub(crate) fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
 }

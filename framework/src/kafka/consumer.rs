@@ -21,7 +21,7 @@
 //! - **Seeks** (a projection whose compare-and-set failed) bump a per-partition epoch; records
 //!   dispatched before the seek carry the old epoch and are discarded by the task.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,7 +51,7 @@ pub type Record = OwnedMessage;
 pub type Batch = Vec<Record>;
 
 /// Where a newly assigned partition starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartOffset {
     /// The group's committed offset; `auto.offset.reset` when there is none.
     Committed,
@@ -59,6 +59,9 @@ pub enum StartOffset {
     Beginning,
     /// An explicit offset (a projection's checkpoint).
     At(i64),
+    /// Do not process this partition: it is assigned (the group needs an owner) but halted
+    /// with this reason until the process restarts.
+    Halt(String),
 }
 
 /// What a partition task reports after a batch.
@@ -199,6 +202,9 @@ pub struct ConsumerSettings {
     pub properties: Vec<(String, String)>,
     /// Updated by the runtime as partitions come and go.
     pub status: ConsumerStatus,
+    /// Topics that must exist besides the subscribed ones (the dead-letter topic): checked
+    /// at start so a missing one is a clear error, not an auto-created topic or a stuck retry.
+    pub required_topics: Vec<String>,
 }
 
 impl ConsumerSettings {
@@ -214,6 +220,7 @@ impl ConsumerSettings {
             revoke_timeout: Duration::from_secs(30),
             properties: Vec::new(),
             status: ConsumerStatus::default(),
+            required_topics: Vec::new(),
         }
     }
 
@@ -238,12 +245,21 @@ pub struct ConsumerRuntime;
 
 type Tp = (Arc<str>, i32);
 
-enum Control {
-    Store(Tp, i64),
-    Seek(Tp, i64, u64),
-    Halt(Tp, String),
+/// A partition task's report to the poll thread. It carries the task's assignment
+/// generation, so a report from a task of an earlier assignment of the same partition is
+/// ignored rather than applied to the new one.
+struct Report {
+    key: Tp,
+    generation: u64,
+    kind: ReportKind,
+}
+
+enum ReportKind {
+    Store(i64),
+    Seek(i64, u64),
+    Halt(String),
     Fatal(String),
-    Exited(Tp),
+    Exited,
 }
 
 struct Dispatch {
@@ -257,12 +273,14 @@ struct WorkerHandle {
     tx: Option<mpsc::UnboundedSender<Dispatch>>,
     stop: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
-    abort: tokio::task::AbortHandle,
+    task: Option<tokio::task::JoinHandle<()>>,
     /// Assignment generation when this task was spawned.
     generation: u64,
+    /// Bumped by each seek; records fetched before the seek carry an older epoch.
     epoch: u64,
     paused: bool,
     halted: bool,
+    exited: bool,
 }
 
 struct State {
@@ -278,10 +296,12 @@ struct Shared<L: PartitionLogic> {
     settings: ConsumerSettings,
     handle: Handle,
     state: Mutex<State>,
-    control_tx: std_mpsc::Sender<Control>,
-    control_rx: Mutex<std_mpsc::Receiver<Control>>,
+    reports_tx: std_mpsc::Sender<Report>,
+    reports_rx: Mutex<std_mpsc::Receiver<Report>>,
     generation: AtomicU64,
     shutdown: Shutdown,
+    /// Set when the `run` future is dropped: stop without touching the caller's signal.
+    abandoned: AtomicBool,
 }
 
 impl<L: PartitionLogic> Shared<L> {
@@ -291,6 +311,16 @@ impl<L: PartitionLogic> Shared<L> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.is_triggered() || self.abandoned.load(Ordering::Acquire)
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(group = %self.settings.group_id, %reason, "consumer runtime stopping");
+        self.state().fatal.get_or_insert(reason);
+        self.shutdown.trigger();
     }
 }
 
@@ -361,59 +391,81 @@ impl<L: PartitionLogic> RuntimeContext<L> {
         {
             let mut state = shared.state();
             for (i, (topic, partition)) in partitions.iter().enumerate() {
+                let key: Tp = (Arc::from(topic.as_str()), *partition);
                 let offset = match &offsets {
                     Ok(offsets) => {
-                        match offsets.get(i).copied().unwrap_or(StartOffset::Committed) {
+                        match offsets.get(i).cloned().unwrap_or(StartOffset::Committed) {
                             StartOffset::Committed => Offset::Stored,
                             StartOffset::Beginning => Offset::Beginning,
                             StartOffset::At(o) => Offset::Offset(o),
+                            StartOffset::Halt(reason) => {
+                                halt.push((key.clone(), reason));
+                                Offset::Stored
+                            }
                         }
                     }
-                    Err(_) => Offset::Stored,
+                    Err(e) => {
+                        halt.push((key.clone(), format!("cannot determine start offsets: {e}")));
+                        Offset::Stored
+                    }
                 };
                 if let Err(e) = assign.add_partition_offset(topic, *partition, offset) {
                     tracing::error!(%topic, partition, error = %e, "cannot set start offset");
                 }
-                let key: Tp = (Arc::from(topic.as_str()), *partition);
-                let handle = spawn_worker(shared, key.clone(), generation);
-                state.workers.insert(key.clone(), handle);
-                if let Err(e) = &offsets {
-                    halt.push((key, format!("cannot determine start offsets: {e}")));
+                match spawn_worker(shared, key.clone(), generation) {
+                    Ok(handle) => {
+                        state.workers.insert(key, handle);
+                    }
+                    Err(reason) => {
+                        drop(state);
+                        shared.fail(reason);
+                        state = shared.state();
+                    }
                 }
             }
         }
-        // Exactly one incremental_assign, with the offsets in it; no seek afterwards.
         shared
             .settings
             .status
             .lock()
             .assigned
             .extend(partitions.iter().cloned());
+        // Exactly one incremental_assign, with the offsets in it; no seek afterwards.
         if let Err(e) = consumer.incremental_assign(&assign) {
-            tracing::error!(error = %e, "incremental_assign failed");
-            shared
-                .state()
-                .fatal
-                .get_or_insert_with(|| format!("incremental_assign failed: {e}"));
-            shared.shutdown.trigger();
+            shared.fail(format!("incremental_assign failed: {e}"));
+        }
+        // An application pause survives unassign/reassign in librdkafka: a partition paused
+        // by flow control when it was revoked would come back paused forever.
+        if let Err(e) = consumer.resume(&assign) {
+            tracing::warn!(error = %e, "resuming newly assigned partitions failed");
         }
         for (key, reason) in halt {
-            self.halt(consumer, &key, reason);
+            halt_partition(shared, consumer, &key, reason);
         }
     }
 
-    /// Asks the logic for start offsets, retrying I/O failures for a while.
+    /// Asks the logic for start offsets, retrying I/O failures for a while. A panic in the
+    /// logic is an error, not a dead poll thread.
     fn start_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<StartOffset>> {
         let shared = &self.shared;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut attempt = 0;
         loop {
-            match shared
-                .handle
-                .block_on(shared.logic.start_offsets(partitions))
-            {
+            let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                shared
+                    .handle
+                    .block_on(shared.logic.start_offsets(partitions))
+            }));
+            let result = match call {
+                Ok(result) => result,
+                Err(panic) => Err(Error::Runtime(format!(
+                    "start_offsets panicked: {}",
+                    panic_message(&*panic)
+                ))),
+            };
+            match result {
                 Ok(offsets) => return Ok(offsets),
-                Err(e) if Instant::now() < deadline && !shared.shutdown.is_triggered() => {
+                Err(e) if Instant::now() < deadline && !shared.stopping() => {
                     tracing::warn!(error = %e, attempt, "start offsets unavailable; retrying");
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(200 * attempt.min(10)));
@@ -433,7 +485,8 @@ impl<L: PartitionLogic> RuntimeContext<L> {
             .collect();
         tracing::info!(group = %shared.settings.group_id, partitions = ?revoked, lost, "partitions revoked");
         // Tell the tasks to stop after their batch and wait for them, so their offsets are
-        // stored before we commit and give the partitions away.
+        // stored before we commit and give the partitions away. A lost assignment is already
+        // owned by someone else: stop at once.
         let mut waiting: HashMap<Tp, WorkerHandle> = HashMap::new();
         {
             let mut state = shared.state();
@@ -445,29 +498,40 @@ impl<L: PartitionLogic> RuntimeContext<L> {
                 }
             }
         }
-        let deadline = Instant::now() + shared.settings.revoke_timeout;
-        let mut exited: HashSet<Tp> = HashSet::new();
-        while exited.len() < waiting.len() {
+        let timeout = if lost {
+            Duration::ZERO
+        } else {
+            shared.settings.revoke_timeout
+        };
+        let deadline = Instant::now() + timeout;
+        while waiting.values().any(|h| !h.exited) {
             let left = deadline.saturating_duration_since(Instant::now());
-            let message = {
+            if left.is_zero() {
+                break;
+            }
+            let report = {
                 let rx = shared
-                    .control_rx
+                    .reports_rx
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 rx.recv_timeout(left)
             };
-            match message {
-                Ok(Control::Exited(key)) => {
-                    exited.insert(key);
-                }
-                Ok(other) => handle_control(shared, consumer, other, &waiting, lost),
+            match report {
+                Ok(report) => handle_report(shared, consumer, report, &mut waiting, lost),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        for (key, handle) in &waiting {
-            if !exited.contains(key) {
-                tracing::warn!(topic = %key.0, partition = key.1, "partition task did not finish within the revoke timeout; aborting it (its batch is not committed and will be redelivered)");
-                handle.abort.abort();
+        for (key, handle) in &mut waiting {
+            if !handle.exited
+                && let Some(task) = handle.task.take()
+            {
+                tracing::warn!(topic = %key.0, partition = key.1, lost, "partition task still busy; aborting it (its batch is not committed and will be redelivered)");
+                task.abort();
+                // Wait (bounded) until the abort took effect, so the aborted task does not run on
+                // while the partition belongs to someone else.
+                let _ = shared
+                    .handle
+                    .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
             }
         }
         drop(waiting);
@@ -499,13 +563,11 @@ impl<L: PartitionLogic> RuntimeContext<L> {
                 .assigned
                 .retain(|(t, p)| !revoked.iter().any(|(rt, rp)| **rt == **t && rp == p));
         }
+        // Leave no application pause behind (see assign).
+        let _ = consumer.resume(tpl);
         if let Err(e) = consumer.incremental_unassign(tpl) {
             tracing::error!(error = %e, "incremental_unassign failed");
         }
-    }
-
-    fn halt(&self, consumer: &BaseConsumer<Self>, key: &Tp, reason: String) {
-        halt_partition(&self.shared, consumer, key, reason);
     }
 }
 
@@ -520,14 +582,12 @@ fn halt_partition<L: PartitionLogic>(
     if let Some(handle) = state.workers.get_mut(key) {
         handle.halted = true;
         handle.stop.store(true, Ordering::Release);
-        if !handle.paused {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&key.0, key.1);
-            if let Err(e) = consumer.pause(&tpl) {
-                tracing::warn!(error = %e, "cannot pause halted partition");
-            }
-            handle.paused = true;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&key.0, key.1);
+        if let Err(e) = consumer.pause(&tpl) {
+            tracing::warn!(error = %e, "cannot pause halted partition");
         }
+        handle.paused = true;
     }
     shared
         .settings
@@ -538,18 +598,34 @@ fn halt_partition<L: PartitionLogic>(
     state.halted.push((key.0.to_string(), key.1, reason));
 }
 
-fn handle_control<L: PartitionLogic>(
+/// Applies a task's report. `revoking` holds the tasks of partitions being revoked right now.
+fn handle_report<L: PartitionLogic>(
     shared: &Shared<L>,
     consumer: &BaseConsumer<RuntimeContext<L>>,
-    control: Control,
-    revoking: &HashMap<Tp, WorkerHandle>,
+    report: Report,
+    revoking: &mut HashMap<Tp, WorkerHandle>,
     lost: bool,
 ) {
-    match control {
-        Control::Store(key, offset) => {
-            let mut state = shared.state();
-            let owned = state.workers.contains_key(&key) || (revoking.contains_key(&key) && !lost);
-            if !owned || !shared.settings.commit_offsets {
+    let Report {
+        key,
+        generation,
+        kind,
+    } = report;
+    let mut state = shared.state();
+    let current = state
+        .workers
+        .get(&key)
+        .is_some_and(|h| h.generation == generation);
+    let being_revoked = revoking
+        .get(&key)
+        .is_some_and(|h| h.generation == generation);
+    if !current && !being_revoked {
+        // From a task of an earlier assignment of this partition: stale.
+        return;
+    }
+    match kind {
+        ReportKind::Store(offset) => {
+            if !shared.settings.commit_offsets || (being_revoked && lost) {
                 return;
             }
             let mut tpl = TopicPartitionList::new();
@@ -563,34 +639,54 @@ fn handle_control<L: PartitionLogic>(
                 }
             }
         }
-        Control::Seek(key, offset, epoch) => {
-            let mut state = shared.state();
+        ReportKind::Seek(offset, epoch) => {
+            if being_revoked {
+                return;
+            }
             if let Some(handle) = state.workers.get_mut(&key) {
                 handle.epoch = epoch;
-                let mut tpl = TopicPartitionList::new();
-                let _ = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(offset));
-                if let Err(e) = consumer.seek_partitions(tpl, Duration::from_secs(10)) {
-                    drop(state);
-                    halt_partition(
-                        shared,
-                        consumer,
-                        &key,
-                        format!("seek to {offset} failed: {e}"),
-                    );
-                }
+            }
+            drop(state);
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(offset));
+            // seek_partitions reports per-partition failures inside the returned list.
+            let failure = match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+                Err(e) => Some(e.to_string()),
+                Ok(result) => result
+                    .elements()
+                    .iter()
+                    .find_map(|e| e.error().err().map(|e| e.to_string())),
+            };
+            if let Some(error) = failure {
+                halt_partition(
+                    shared,
+                    consumer,
+                    &key,
+                    format!("seek to {offset} failed: {error}"),
+                );
             }
         }
-        Control::Halt(key, reason) => {
-            if shared.state().workers.contains_key(&key) {
+        ReportKind::Halt(reason) => {
+            if let Some(handle) = revoking.get_mut(&key) {
+                handle.exited = true;
+            }
+            drop(state);
+            if current {
                 halt_partition(shared, consumer, &key, reason);
             }
         }
-        Control::Fatal(reason) => {
-            tracing::error!(%reason, "consumer runtime stopping");
-            shared.state().fatal.get_or_insert(reason);
-            shared.shutdown.trigger();
+        ReportKind::Fatal(reason) => {
+            drop(state);
+            shared.fail(reason);
         }
-        Control::Exited(_) => {}
+        ReportKind::Exited => {
+            if let Some(handle) = revoking.get_mut(&key) {
+                handle.exited = true;
+            }
+            if let Some(handle) = state.workers.get_mut(&key) {
+                handle.exited = true;
+            }
+        }
     }
 }
 
@@ -598,7 +694,7 @@ fn spawn_worker<L: PartitionLogic>(
     shared: &Arc<Shared<L>>,
     key: Tp,
     generation: u64,
-) -> WorkerHandle {
+) -> Result<WorkerHandle, String> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Dispatch>();
     let stop = Arc::new(AtomicBool::new(false));
     let queued = Arc::new(AtomicUsize::new(0));
@@ -607,61 +703,89 @@ fn spawn_worker<L: PartitionLogic>(
         topic: Arc::clone(&key.0),
         partition: key.1,
     };
-    let mut worker = shared.logic.worker(&key.0, key.1);
-    let reports = shared.control_tx.clone();
+    let mut worker =
+        std::panic::catch_unwind(AssertUnwindSafe(|| shared.logic.worker(&key.0, key.1))).map_err(
+            |panic| {
+                format!(
+                    "creating the partition worker panicked: {}",
+                    panic_message(&*panic)
+                )
+            },
+        )?;
+    let reports = shared.reports_tx.clone();
     let task_queued = Arc::clone(&queued);
     let task = shared.handle.spawn(async move {
+        let report = |kind| Report {
+            key: key.clone(),
+            generation,
+            kind,
+        };
         let mut epoch = 0u64;
         while let Some(dispatch) = rx.recv().await {
-            let count = dispatch.records.len();
+            let mut count = dispatch.records.len();
             if control.stopping() {
                 task_queued.fetch_sub(count, Ordering::AcqRel);
                 break;
             }
             if dispatch.epoch != epoch {
-                // Dispatched before our last seek took effect: stale.
+                // Fetched before our last seek took effect: stale.
                 task_queued.fetch_sub(count, Ordering::AcqRel);
                 continue;
             }
-            let outcome = AssertUnwindSafe(worker.process(dispatch.records, &control))
+            // Merge what else is queued (same epoch) into one batch: under load a projection
+            // then commits fewer, larger transactions.
+            let mut records = dispatch.records;
+            while records.len() < MAX_MERGED
+                && let Ok(more) = rx.try_recv()
+            {
+                count += more.records.len();
+                if more.epoch == epoch {
+                    records.extend(more.records);
+                }
+            }
+            let outcome = AssertUnwindSafe(worker.process(records, &control))
                 .catch_unwind()
                 .await;
             task_queued.fetch_sub(count, Ordering::AcqRel);
-            let report = match outcome {
+            let kind = match outcome {
                 Ok(WorkerOutcome::Processed {
                     next_offset: Some(next),
-                }) => Control::Store(key.clone(), next),
+                }) => ReportKind::Store(next),
                 Ok(WorkerOutcome::Processed { next_offset: None }) => continue,
                 Ok(WorkerOutcome::Seek(offset)) => {
                     epoch += 1;
-                    Control::Seek(key.clone(), offset, epoch)
+                    ReportKind::Seek(offset, epoch)
                 }
-                Ok(WorkerOutcome::Halt(reason)) => Control::Halt(key.clone(), reason),
-                Ok(WorkerOutcome::Fatal(reason)) => Control::Fatal(reason),
-                Err(panic) => Control::Halt(
-                    key.clone(),
-                    format!("partition worker panicked: {}", panic_message(&*panic)),
-                ),
+                Ok(WorkerOutcome::Halt(reason)) => ReportKind::Halt(reason),
+                Ok(WorkerOutcome::Fatal(reason)) => ReportKind::Fatal(reason),
+                Err(panic) => ReportKind::Halt(format!(
+                    "partition worker panicked: {}",
+                    panic_message(&*panic)
+                )),
             };
-            let stop_after = matches!(report, Control::Halt(..) | Control::Fatal(..));
-            let _ = reports.send(report);
+            let stop_after = matches!(kind, ReportKind::Halt(..) | ReportKind::Fatal(..));
+            let _ = reports.send(report(kind));
             if stop_after {
                 break;
             }
         }
-        let _ = reports.send(Control::Exited(key));
+        let _ = reports.send(report(ReportKind::Exited));
     });
-    WorkerHandle {
+    Ok(WorkerHandle {
         tx: Some(tx),
         stop,
         queued,
-        abort: task.abort_handle(),
+        task: Some(task),
         generation,
         epoch: 0,
         paused: false,
         halted: false,
-    }
+        exited: false,
+    })
 }
+
+/// Most records merged from a partition's queue into one batch.
+const MAX_MERGED: usize = 5_000;
 
 /// The text of a caught panic.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -670,6 +794,20 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// Stops the poll thread if the `run` future is dropped before it finished.
+struct AbandonGuard<L: PartitionLogic> {
+    shared: Arc<Shared<L>>,
+    finished: bool,
+}
+
+impl<L: PartitionLogic> Drop for AbandonGuard<L> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.abandoned.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl ConsumerRuntime {
@@ -683,7 +821,7 @@ impl ConsumerRuntime {
     ) -> Result<RunSummary> {
         super::check_reachable(config)?;
         let admin = super::TopicAdmin::new(config)?;
-        for topic in &settings.topics {
+        for topic in settings.topics.iter().chain(&settings.required_topics) {
             if admin.describe(topic).await?.is_none() {
                 return Err(Error::TopicMissing(topic.clone()));
             }
@@ -712,7 +850,7 @@ impl ConsumerRuntime {
         for (key, value) in &settings.properties {
             client.set(key, value);
         }
-        let (control_tx, control_rx) = std_mpsc::channel();
+        let (reports_tx, reports_rx) = std_mpsc::channel();
         let shared = Arc::new(Shared {
             logic,
             settings,
@@ -723,10 +861,11 @@ impl ConsumerRuntime {
                 halted: Vec::new(),
                 fatal: None,
             }),
-            control_tx,
-            control_rx: Mutex::new(control_rx),
+            reports_tx,
+            reports_rx: Mutex::new(reports_rx),
             generation: AtomicU64::new(0),
             shutdown: shutdown.clone(),
+            abandoned: AtomicBool::new(false),
         });
         let consumer: BaseConsumer<RuntimeContext<L>> = client
             .create_with_context(RuntimeContext {
@@ -738,21 +877,37 @@ impl ConsumerRuntime {
             .subscribe(&topics)
             .map_err(|e| Error::kafka("subscribe", e))?;
 
+        let mut guard = AbandonGuard {
+            shared: Arc::clone(&shared),
+            finished: false,
+        };
         let (done_tx, done_rx) = oneshot::channel();
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("choreo-poll-{}", shared.settings.group_id))
             .spawn(move || {
-                poll_loop(&thread_shared, &consumer);
-                drop(consumer);
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    poll_loop(&thread_shared, &consumer);
+                    drop(consumer);
+                }));
+                if let Err(panic) = outcome {
+                    thread_shared.fail(format!(
+                        "the poll thread panicked: {}",
+                        panic_message(&*panic)
+                    ));
+                }
                 let _ = done_tx.send(());
             })
             .map_err(|e| Error::Runtime(format!("cannot start the poll thread: {e}")))?;
-        let _ = done_rx.await;
+        let finished = done_rx.await;
+        guard.finished = true;
         let state = shared.state();
-        match &state.fatal {
-            Some(reason) => Err(Error::Runtime(reason.clone())),
-            None => Ok(RunSummary {
+        match (&state.fatal, finished) {
+            (Some(reason), _) => Err(Error::Runtime(reason.clone())),
+            (None, Err(_)) => Err(Error::Runtime(
+                "the poll thread ended without a result".into(),
+            )),
+            (None, Ok(())) => Ok(RunSummary {
                 halted: state.halted.clone(),
                 assignments: shared.generation.load(Ordering::Acquire),
             }),
@@ -769,7 +924,7 @@ fn poll_loop<L: PartitionLogic>(
     let mut last_error_log = Instant::now() - Duration::from_secs(60);
     let mut batches: HashMap<Tp, Vec<Record>> = HashMap::new();
     loop {
-        if shared.shutdown.is_triggered() && !closing {
+        if shared.stopping() && !closing {
             tracing::info!(group = %settings.group_id, "shutting down: finishing in-flight batches, committing, leaving the group");
             closing = true;
             // Leaving the group runs our revoke (drain + commit) through the rebalance callback.
@@ -781,19 +936,20 @@ fn poll_loop<L: PartitionLogic>(
         if closing && consumer.closed() {
             break;
         }
-        drain_controls(shared, consumer);
+        drain_reports(shared, consumer);
         flow_control(shared, consumer);
         if let Some(reason) = consumer.client().fatal_error() {
-            let mut state = shared.state();
-            state
-                .fatal
-                .get_or_insert_with(|| format!("fatal kafka error: {} {}", reason.0, reason.1));
-            drop(state);
-            shared.shutdown.trigger();
+            shared.fail(format!("fatal kafka error: {} {}", reason.0, reason.1));
         }
 
-        // Collect up to max_batch records, then hand them out per partition.
-        let generation = shared.generation.load(Ordering::Acquire);
+        // The epoch of each partition before polling: records polled now were fetched at or
+        // before it, so a seek applied meanwhile (inside a rebalance callback) makes them stale.
+        let snapshot: HashMap<Tp, (u64, u64)> = shared
+            .state()
+            .workers
+            .iter()
+            .map(|(k, h)| (k.clone(), (h.generation, h.epoch)))
+            .collect();
         let mut collected = 0usize;
         let mut timeout = Duration::from_millis(100);
         while collected < settings.max_batch {
@@ -815,16 +971,16 @@ fn poll_loop<L: PartitionLogic>(
             }
         }
         if collected > 0 {
-            dispatch(shared, &mut batches, generation);
+            dispatch(shared, &mut batches, &snapshot);
         }
     }
-    drain_controls(shared, consumer);
+    drain_reports(shared, consumer);
 }
 
 fn dispatch<L: PartitionLogic>(
     shared: &Shared<L>,
     batches: &mut HashMap<Tp, Vec<Record>>,
-    generation: u64,
+    snapshot: &HashMap<Tp, (u64, u64)>,
 ) {
     let state = shared.state();
     for (key, records) in batches.drain() {
@@ -835,8 +991,8 @@ fn dispatch<L: PartitionLogic>(
             // Revoked meanwhile: not processed, not stored; the next owner reads it.
             continue;
         };
-        if handle.halted || handle.generation > generation {
-            // Halted, or fetched before a newer assignment of this partition.
+        // Fetched under another assignment or before a seek: stale. Halted: not processed.
+        if handle.halted || snapshot.get(&key) != Some(&(handle.generation, handle.epoch)) {
             continue;
         }
         handle.queued.fetch_add(records.len(), Ordering::AcqRel);
@@ -854,20 +1010,20 @@ fn dispatch<L: PartitionLogic>(
     }
 }
 
-fn drain_controls<L: PartitionLogic>(
+fn drain_reports<L: PartitionLogic>(
     shared: &Shared<L>,
     consumer: &BaseConsumer<RuntimeContext<L>>,
 ) {
     loop {
-        let message = {
+        let report = {
             let rx = shared
-                .control_rx
+                .reports_rx
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             rx.try_recv()
         };
-        match message {
-            Ok(control) => handle_control(shared, consumer, control, &HashMap::new(), false),
+        match report {
+            Ok(report) => handle_report(shared, consumer, report, &mut HashMap::new(), false),
             Err(_) => break,
         }
     }

@@ -77,7 +77,8 @@ pub struct Outgoing {
     pub partition: Option<i32>,
     pub key: String,
     pub payload: Vec<u8>,
-    pub meta: Metadata,
+    /// Private: the headers are built from it once, so it cannot change afterwards.
+    meta: Metadata,
     headers: OwnedHeaders,
 }
 
@@ -93,6 +94,11 @@ impl Outgoing {
             meta,
             headers,
         }
+    }
+
+    /// The attributes this record carries.
+    pub fn meta(&self) -> &Metadata {
+        &self.meta
     }
 
     /// Sends to an explicit partition.

@@ -82,3 +82,82 @@ pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
         format!("{}.commands", Self::name().entity())
     }
 }
+
+/// A set of event types read together (by a projection, say): a single [`Event`] type, or an
+/// enum declared with [`crate::event_set!`].
+pub trait EventSet: Sized + Send + Sync + 'static {
+    /// The names of the types in the set.
+    fn names() -> Vec<MessageName>;
+
+    /// Decodes a record of one of the set's types; `Ok(None)` for a type outside the set.
+    fn decode(meta: &Metadata, payload: Option<&[u8]>) -> Result<Option<Self>, EnvelopeError>;
+
+    /// The topics the set's types live in (`{entity}.events`, deduplicated).
+    fn topics() -> Vec<String> {
+        let mut topics: Vec<String> = Self::names()
+            .iter()
+            .map(|n| format!("{}.events", n.entity()))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+}
+
+impl<E: Event> EventSet for E {
+    fn names() -> Vec<MessageName> {
+        vec![E::name()]
+    }
+
+    fn decode(meta: &Metadata, payload: Option<&[u8]>) -> Result<Option<Self>, EnvelopeError> {
+        if meta.message_type == E::NAME {
+            crate::codec::decode(meta, payload).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Declares an enum of event types that implements [`EventSet`]:
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct UserSignedUp { email: String }
+/// # impl choreo::Event for UserSignedUp { const NAME: &'static str = "v1.user.signedup";
+/// #     fn subject(&self) -> String { self.email.clone() } }
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct EmailSent { email: String }
+/// # impl choreo::Event for EmailSent { const NAME: &'static str = "v1.email.sent";
+/// #     fn subject(&self) -> String { self.email.clone() } }
+/// choreo::event_set! {
+///     pub enum SignupEvents {
+///         SignedUp(UserSignedUp),
+///         Emailed(EmailSent),
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! event_set {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident($ty:ty)),+ $(,)? }) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $($variant($ty)),+
+        }
+
+        impl $crate::message::EventSet for $name {
+            fn names() -> ::std::vec::Vec<$crate::message::MessageName> {
+                ::std::vec![$(<$ty as $crate::Event>::name()),+]
+            }
+
+            fn decode(
+                meta: &$crate::Metadata,
+                payload: ::std::option::Option<&[u8]>,
+            ) -> ::std::result::Result<::std::option::Option<Self>, $crate::message::EnvelopeError> {
+                $(
+                    if meta.message_type == <$ty as $crate::Event>::NAME {
+                        return $crate::codec::decode::<$ty>(meta, payload).map(|e| ::std::option::Option::Some($name::$variant(e)));
+                    }
+                )+
+                ::std::result::Result::Ok(::std::option::Option::None)
+            }
+        }
+    };
+}

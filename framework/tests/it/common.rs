@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 /// The Kafka config for tests: `CHOREO_KAFKA_BROKERS` or the dev broker, in a namespace of
 /// its own so every test has its own topics. Panics with instructions when Kafka is down.
 pub fn kafka(test: &str) -> KafkaConfig {
+    // RUST_LOG=info shows the runtime's account of a failing test.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     let base = KafkaConfig::from_env().expect("kafka config");
     assert!(
         base.brokers()
@@ -161,5 +168,82 @@ pub fn signup(i: usize) -> UserSignedUp {
         user_id: format!("u-{i}"),
         email: format!("user{i}@example.com"),
         name: format!("User {i}"),
+    }
+}
+
+/// A database of its own for one test (dropped by nobody: names are unique per run).
+#[allow(dead_code)]
+pub async fn fresh_database(test: &str) -> (PostgresConfig, sqlx::PgPool) {
+    let admin = postgres().await;
+    let pool = choreo::postgres::connect(&admin).await.expect("connect");
+    let name = unique(test).replace('-', "_");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .expect("create database");
+    pool.close().await;
+    let url = std::env::var("CHOREO_DATABASE_URL")
+        .unwrap_or_else(|_| choreo::config::DEFAULT_DATABASE_URL.to_owned());
+    let base = url
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .expect("database URL has a path");
+    let config = PostgresConfig::new(format!("{base}/{name}")).max_connections(8);
+    let pool = choreo::postgres::connect_and_migrate(&config)
+        .await
+        .expect("migrate fresh database");
+    (config, pool)
+}
+
+/// End offsets (high watermarks) of every partition of `topic`.
+#[allow(dead_code)]
+pub fn end_offsets(config: &KafkaConfig, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", config.brokers())
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+/// Waits until the projection's live checkpoints reached the end of every partition.
+#[allow(dead_code)]
+pub async fn wait_caught_up(
+    pool: &sqlx::PgPool,
+    config: &KafkaConfig,
+    projection: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) {
+    let ends = end_offsets(config, topic, partitions);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM choreo_meta.checkpoints WHERE projection = $1 AND slot = 'live' AND topic = $2",
+        )
+        .bind(projection)
+        .bind(topic)
+        .fetch_all(pool)
+        .await
+        .expect("checkpoints");
+        let done = (0..partitions).all(|p| {
+            rows.iter()
+                .any(|(rp, next)| *rp == p && *next >= ends[p as usize])
+        });
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "projection {projection} did not catch up with {ends:?} in {timeout:?}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -37,7 +37,7 @@ async fn send_raw(
 fn valid_headers(out: &choreo::kafka::Outgoing, skip: &str) -> OwnedHeaders {
     use rdkafka::message::Headers;
     let mut headers = OwnedHeaders::new();
-    for h in out.meta.to_headers().iter().filter(|h| h.key != skip) {
+    for h in out.meta().to_headers().iter().filter(|h| h.key != skip) {
         headers = headers.insert(Header {
             key: h.key,
             value: h.value,

@@ -5,5 +5,7 @@ mod common;
 mod errors;
 mod groups;
 mod handlers;
+#[cfg(feature = "testing")]
+mod projections;
 mod publish;
 mod topics;

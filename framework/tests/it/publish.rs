@@ -22,7 +22,7 @@ async fn every_envelope_field_survives_the_round_trip_and_is_plain_cloudevents_o
         causation_id: uuid::Uuid::now_v7(),
     };
     let mut out = publisher.prepare(&event, Some(cause)).expect("prepare");
-    let mut meta: Metadata = out.meta.clone();
+    let mut meta: Metadata = out.meta().clone();
     meta.sequence = Some(7);
     meta.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
     meta.extensions.insert("tenant".into(), "acme".into());

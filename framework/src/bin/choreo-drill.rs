@@ -1,0 +1,47 @@
+//! A process for fault drills (integration tests start it, kill it at failpoints with
+//! `CHOREO_FAILPOINT=<name>[@n]`, stop it with SIGSTOP, and restart it):
+//!
+//! - `choreo-drill project`: runs the drill projection's live view until SIGTERM.
+//! - `choreo-drill rebuild [--fresh]`: rebuilds it and prints the summary line.
+//!
+//! Settings come from `CHOREO_KAFKA_BROKERS`, `CHOREO_TOPIC_NAMESPACE`, `CHOREO_DATABASE_URL`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use choreo::projection::{RebuildOptions, rebuild};
+use choreo::testing::CounterProjection;
+use choreo::{KafkaConfig, PostgresConfig, ProjectionRunner, Shutdown};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let kafka = KafkaConfig::from_env()?;
+    let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;
+    match args.first().map(String::as_str) {
+        Some("project") => {
+            let runner = ProjectionRunner::new(Arc::new(CounterProjection));
+            let summary = runner
+                .run(&kafka, &pool, Shutdown::on_signals())
+                .await
+                .context("projection runner")?;
+            println!("stopped; halted: {:?}", summary.halted);
+        }
+        Some("rebuild") => {
+            let options = RebuildOptions {
+                fresh: args.iter().any(|a| a == "--fresh"),
+                ..RebuildOptions::default()
+            };
+            let report = rebuild(Arc::new(CounterProjection), &kafka, &pool, options)
+                .await
+                .context("rebuild")?;
+            println!("{report}");
+        }
+        _ => anyhow::bail!("usage: choreo-drill project | rebuild [--fresh]"),
+    }
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! One batch, one transaction: compare-and-set the checkpoint on the expected offset, apply
+//! the events, record the poison ones, advance to last + 1, commit. Shared by the live runner
+//! and the rebuild, so both produce the same view from the same events.
+
+use chrono::Utc;
+use rdkafka::Message;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::checkpoint::{self, Slot};
+use super::{ApplyError, Projection};
+use crate::failpoint;
+use crate::kafka::{DeadLetterWriter, Record};
+use crate::message::{EventSet, Metadata, Origin, Received};
+
+/// Where a batch goes.
+pub(crate) struct Target<'a> {
+    /// `{name}.v{version}`: checkpoint key and dead-letter consumer name.
+    pub projection: &'a str,
+    pub slot: Slot,
+    /// The schema `search_path` is set to.
+    pub schema: &'a str,
+    pub dead_letters: &'a DeadLetterWriter,
+}
+
+/// What became of a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Committed; the checkpoint is now `next`.
+    Committed {
+        next: i64,
+        applied: usize,
+        poisoned: usize,
+    },
+    /// Nothing to do (every record was below the checkpoint).
+    Nothing,
+    /// Someone else moved the checkpoint: it is `checkpoint` now.
+    Conflict { checkpoint: Option<i64> },
+    /// A bug that would poison every event: stop the partition.
+    Halt(String),
+}
+
+/// A failure worth retrying; the transaction was rolled back (or its outcome resolved).
+#[derive(Debug)]
+pub(crate) struct Transient(pub String);
+
+impl From<sqlx::Error> for Transient {
+    fn from(e: sqlx::Error) -> Self {
+        Transient(e.to_string())
+    }
+}
+
+struct Poison {
+    index: usize,
+    reason: String,
+}
+
+/// Applies `records` (one partition, in order) on top of checkpoint `expected`.
+///
+/// Boxed: proving the future `Send` here, with concrete lifetimes, spares every caller the
+/// higher-ranked lifetime errors sqlx's executor bounds otherwise cause at `tokio::spawn`.
+pub(crate) fn apply<'a, P: Projection>(
+    pool: &'a PgPool,
+    projection: &'a P,
+    target: &'a Target<'a>,
+    expected: i64,
+    records: &'a [Record],
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, Transient>> + Send + 'a>> {
+    Box::pin(apply_inner(pool, projection, target, expected, records))
+}
+
+async fn apply_inner<P: Projection>(
+    pool: &PgPool,
+    projection: &P,
+    target: &Target<'_>,
+    expected: i64,
+    records: &[Record],
+) -> Result<Outcome, Transient> {
+    let records: Vec<&Record> = records.iter().filter(|r| r.offset() >= expected).collect();
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Ok(Outcome::Nothing);
+    };
+    let (topic, partition) = (first.topic().to_owned(), first.partition());
+    let next = last.offset() + 1;
+
+    // Decode outside the transaction: it is pure, and poison found here needs no savepoint.
+    let mut events: Vec<Received<P::Events>> = Vec::with_capacity(records.len());
+    let mut event_records: Vec<usize> = Vec::with_capacity(records.len());
+    let mut poison: Vec<Poison> = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let meta = match Metadata::from_record(record.headers(), record.key()) {
+            Ok(meta) => meta,
+            Err(e) => {
+                poison.push(Poison {
+                    index,
+                    reason: format!("undecodable envelope: {e}"),
+                });
+                continue;
+            }
+        };
+        match P::Events::decode(&meta, record.payload()) {
+            Ok(Some(payload)) => {
+                let origin = Origin {
+                    topic: topic.clone(),
+                    partition,
+                    offset: record.offset(),
+                };
+                events.push(Received {
+                    meta,
+                    payload,
+                    origin,
+                });
+                event_records.push(index);
+            }
+            // Not one of the declared types: skipped by declaration.
+            Ok(None) => {}
+            Err(e) => poison.push(Poison {
+                index,
+                reason: format!("undecodable payload: {e}"),
+            }),
+        }
+    }
+
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    // A paused zombie must not hold the checkpoint row (or the connection) forever.
+    sqlx::query(
+        "SELECT set_config('lock_timeout', '10s', true), \
+                set_config('idle_in_transaction_session_timeout', '60s', true), \
+                set_config('search_path', $1, true)",
+    )
+    .bind(crate::postgres::quote_ident(target.schema))
+    .execute(&mut *tx)
+    .await?;
+    if !checkpoint::compare_and_set(
+        &mut tx,
+        target.projection,
+        target.slot,
+        &topic,
+        partition,
+        expected,
+        next,
+    )
+    .await?
+    {
+        tx.rollback().await?;
+        let now =
+            checkpoint::read(&mut conn, target.projection, target.slot, &topic, partition).await?;
+        return Ok(Outcome::Conflict { checkpoint: now });
+    }
+    failpoint::hit("projection.after_cas");
+
+    match apply_events(&mut tx, projection, &events, &event_records, &mut poison).await {
+        Ok(()) => {}
+        Err(ApplyError::Transient(e)) => {
+            tx.rollback().await.ok();
+            return Err(Transient(format!("{e:#}")));
+        }
+        Err(ApplyError::Halt(e)) => {
+            tx.rollback().await.ok();
+            return Ok(Outcome::Halt(format!(
+                "projection {} cannot apply events: {e:#}",
+                target.projection
+            )));
+        }
+        Err(ApplyError::Poison(e)) => {
+            // apply_events isolates poison itself; reaching here is a bug in that logic.
+            tx.rollback().await.ok();
+            return Err(Transient(format!("unisolated poison: {e:#}")));
+        }
+    }
+
+    poison.sort_by_key(|p| p.index);
+    for p in &poison {
+        let record = records[p.index];
+        record_dead_letter(&mut tx, target, record, &p.reason).await?;
+    }
+    sqlx::query("SELECT pg_notify('choreo_checkpoints', $1)")
+        .bind(target.projection)
+        .execute(&mut *tx)
+        .await?;
+    failpoint::hit("projection.before_commit");
+    let applied = events.len().saturating_sub(
+        poison
+            .iter()
+            .filter(|p| event_records.contains(&p.index))
+            .count(),
+    );
+    let poisoned = poison.len();
+    match tx.commit().await {
+        Ok(()) => Ok(Outcome::Committed {
+            next,
+            applied,
+            poisoned,
+        }),
+        Err(commit_error) => {
+            // The connection may have died after the server committed: the checkpoint says.
+            drop(conn);
+            let mut fresh = pool.acquire().await?;
+            match checkpoint::read(
+                &mut fresh,
+                target.projection,
+                target.slot,
+                &topic,
+                partition,
+            )
+            .await?
+            {
+                Some(now) if now == next => Ok(Outcome::Committed {
+                    next,
+                    applied,
+                    poisoned,
+                }),
+                Some(now) if now == expected => {
+                    Err(Transient(format!("commit failed: {commit_error}")))
+                }
+                now => Ok(Outcome::Conflict { checkpoint: now }),
+            }
+        }
+    }
+}
+
+/// Applies the batch; on a poison error, re-applies event by event under savepoints to find
+/// the poison ones (they are added to `poison`), applying the rest.
+async fn apply_events<P: Projection>(
+    tx: &mut PgConnection,
+    projection: &P,
+    events: &[Received<P::Events>],
+    event_records: &[usize],
+    poison: &mut Vec<Poison>,
+) -> Result<(), ApplyError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SAVEPOINT choreo_batch")
+        .execute(&mut *tx)
+        .await?;
+    match guarded(projection.apply(&mut *tx, events)).await {
+        Ok(()) => return Ok(()),
+        Err(ApplyError::Poison(_)) => {}
+        Err(other) => return Err(other),
+    }
+    sqlx::query("ROLLBACK TO SAVEPOINT choreo_batch")
+        .execute(&mut *tx)
+        .await?;
+    for (i, event) in events.iter().enumerate() {
+        sqlx::query("SAVEPOINT choreo_event")
+            .execute(&mut *tx)
+            .await?;
+        match guarded(projection.apply(&mut *tx, std::slice::from_ref(event))).await {
+            Ok(()) => {
+                sqlx::query("RELEASE SAVEPOINT choreo_event")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Err(ApplyError::Poison(e)) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT choreo_event")
+                    .execute(&mut *tx)
+                    .await?;
+                poison.push(Poison {
+                    index: event_records[i],
+                    reason: format!("apply rejected it: {e:#}"),
+                });
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(())
+}
+
+/// Runs user code with panics caught: a panic is a poison event, not a dead process.
+async fn guarded(
+    future: impl std::future::Future<Output = Result<(), ApplyError>>,
+) -> Result<(), ApplyError> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(future).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(ApplyError::Poison(anyhow::anyhow!(
+            "apply panicked: {}",
+            crate::kafka::consumer::panic_message(&*panic)
+        ))),
+    }
+}
+
+/// Dead-letters a record: to `{group}.dlq` (acknowledged) and into `choreo_meta.dead_letters` in
+/// the batch transaction, so the skip commits with the checkpoint that moves past it.
+async fn record_dead_letter(
+    tx: &mut PgConnection,
+    target: &Target<'_>,
+    record: &Record,
+    reason: &str,
+) -> Result<(), Transient> {
+    // A rebuild (or a retried batch) meets the same poison again: one dead letter is enough.
+    let known: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM choreo_meta.dead_letters WHERE consumer = $1 AND topic = $2 AND partition = $3 AND \"offset\" = $4",
+    )
+    .bind(target.projection)
+    .bind(record.topic())
+    .bind(record.partition())
+    .bind(record.offset())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if known.is_some() {
+        return Ok(());
+    }
+    tracing::warn!(projection = target.projection, topic = record.topic(), partition = record.partition(),
+        offset = record.offset(), %reason, "dead-lettering record");
+    target
+        .dead_letters
+        .write(record, reason, Utc::now())
+        .await
+        .map_err(|e| Transient(format!("writing the dead letter failed: {e}")))?;
+    let meta = Metadata::from_record(record.headers(), record.key()).ok();
+    sqlx::query(
+        "INSERT INTO choreo_meta.dead_letters (consumer, topic, partition, \"offset\", event_id, event_type, error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(target.projection)
+    .bind(record.topic())
+    .bind(record.partition())
+    .bind(record.offset())
+    .bind(meta.as_ref().map(|m| m.id.to_string()))
+    .bind(meta.as_ref().map(|m| m.message_type.clone()))
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,618 @@
+//! Rebuild (replay), blue/green: fill a shadow schema from the beginning of the log while the
+//! live view keeps serving, then swap it in with one transaction.
+//!
+//! 1. One rebuild per projection at a time: a session advisory lock.
+//! 2. The shadow schema `{live}__shadow` gets the projection's tables and checkpoints of its
+//!    own (slot `shadow`), starting at the log start. A killed rebuild leaves them behind and
+//!    the next run resumes from them (or discards them with `fresh`).
+//! 3. Partitions are assigned directly (no consumer group) and applied with the same batch
+//!    transaction as the live runner, so the shadow equals what the live view would be.
+//! 4. Caught up with the end offsets, one transaction locks the live checkpoints; if the
+//!    shadow has passed every one of them, it renames the schemas and makes the shadow
+//!    checkpoints the live ones. Live runners then fail their next compare-and-set, re-read
+//!    the checkpoint and seek: no event is applied twice or skipped. If the live view moved
+//!    ahead meanwhile, the rebuild reads on and tries again.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sqlx::{Connection, PgPool};
+
+use super::batch::{self, Outcome, Target};
+use super::checkpoint::{self, Slot};
+use super::runner::{create_schema, setup};
+use super::{Projection, live_schema, projection_id};
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::kafka::{DeadLetterWriter, Record};
+use crate::message::EventSet;
+use crate::postgres::quote_ident;
+
+/// How to rebuild.
+#[derive(Debug, Clone)]
+pub struct RebuildOptions {
+    /// Discard a shadow left by a killed rebuild instead of resuming it.
+    pub fresh: bool,
+    /// Print a progress line (events/s, ETA) to stderr.
+    pub progress: bool,
+    /// Most records per transaction.
+    pub batch_size: usize,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        Self {
+            fresh: false,
+            progress: false,
+            batch_size: 5_000,
+        }
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildReport {
+    pub projection: String,
+    /// Records read in this run (a resumed rebuild counts only what it read).
+    pub records: u64,
+    pub dead_lettered: u64,
+    pub elapsed: Duration,
+    pub resumed: bool,
+    /// The schema the rebuilt view now serves from.
+    pub schema: String,
+}
+
+impl std::fmt::Display for RebuildReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "rebuilt {}: {} records in {:.1}s ({:.0} records/s), {} dead-lettered{}; swapped into schema {}",
+            self.projection,
+            self.records,
+            secs,
+            self.records as f64 / secs,
+            self.dead_lettered,
+            if self.resumed {
+                ", resumed from a previous run"
+            } else {
+                ""
+            },
+            self.schema
+        )
+    }
+}
+
+/// Rebuilds the projection's view from the log and swaps it in.
+pub async fn rebuild<P: Projection>(
+    projection: Arc<P>,
+    kafka: &KafkaConfig,
+    pool: &PgPool,
+    options: RebuildOptions,
+) -> Result<RebuildReport> {
+    let started = Instant::now();
+    let id = projection_id::<P>();
+    let pg = |op| move |e| Error::Postgres { op, source: e };
+    setup(&*projection, pool).await?;
+
+    // One rebuild at a time: a session lock on a connection held until we return.
+    let mut lock = pool.acquire().await.map_err(pg("acquire"))?;
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('choreo.rebuild.' || $1))")
+            .bind(&id)
+            .fetch_one(&mut *lock)
+            .await
+            .map_err(pg("advisory lock"))?;
+    if !locked {
+        return Err(Error::Config(format!(
+            "a rebuild of {id} is already running"
+        )));
+    }
+    let result = run(projection, kafka, pool, &options, started).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('choreo.rebuild.' || $1))")
+        .bind(&id)
+        .execute(&mut *lock)
+        .await;
+    result
+}
+
+async fn run<P: Projection>(
+    projection: Arc<P>,
+    kafka: &KafkaConfig,
+    pool: &PgPool,
+    options: &RebuildOptions,
+    started: Instant,
+) -> Result<RebuildReport> {
+    let id = projection_id::<P>();
+    let live = live_schema::<P>();
+    let shadow = format!("{live}__shadow");
+    let pg = |op| move |e| Error::Postgres { op, source: e };
+
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT shadow_schema FROM choreo_meta.rebuilds WHERE projection = $1")
+            .bind(&id)
+            .fetch_optional(pool)
+            .await
+            .map_err(pg("read rebuilds"))?;
+    let schema_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&shadow)
+            .fetch_one(pool)
+            .await
+            .map_err(pg("find shadow"))?;
+    let resumed = existing.is_some() && schema_exists && !options.fresh;
+    if !resumed {
+        sqlx::query(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quote_ident(&shadow)
+        ))
+        .execute(pool)
+        .await
+        .map_err(pg("drop old shadow"))?;
+        sqlx::query(
+            "DELETE FROM choreo_meta.checkpoints WHERE projection = $1 AND slot = 'shadow'",
+        )
+        .bind(&id)
+        .execute(pool)
+        .await
+        .map_err(pg("clear shadow checkpoints"))?;
+        create_schema(pool, &*projection, &shadow, false).await?;
+        sqlx::query(
+            "INSERT INTO choreo_meta.rebuilds (projection, shadow_schema) VALUES ($1, $2) \
+             ON CONFLICT (projection) DO UPDATE SET shadow_schema = $2, started_at = now()",
+        )
+        .bind(&id)
+        .bind(&shadow)
+        .execute(pool)
+        .await
+        .map_err(pg("record rebuild"))?;
+    }
+
+    // Partitions, assigned directly at the shadow checkpoints (created at the log start).
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        kafka
+            .client_config(&[
+                ("group.id", &format!("{id}.rebuild")),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "false"),
+            ])
+            .create()
+            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?,
+    );
+    let topics: Vec<String> = P::Events::topics()
+        .iter()
+        .map(|t| kafka.topic_name(t))
+        .collect();
+    let mut partitions: Vec<(String, i32)> = Vec::new();
+    {
+        let c = Arc::clone(&consumer);
+        let topics = topics.clone();
+        let found = tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>> {
+            let mut out = Vec::new();
+            for topic in &topics {
+                let metadata = c
+                    .fetch_metadata(Some(topic), Duration::from_secs(10))
+                    .map_err(|e| Error::kafka("fetch metadata", e))?;
+                let count = metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map_or(0, |t| t.partitions().len());
+                if count == 0 {
+                    return Err(Error::TopicMissing(topic.clone()));
+                }
+                out.extend((0..count as i32).map(|p| (topic.clone(), p)));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("metadata task failed: {e}")))??;
+        partitions.extend(found);
+    }
+    let mut conn = pool.acquire().await.map_err(pg("acquire"))?;
+    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for (topic, partition) in &partitions {
+        let (low, _) = watermarks(&consumer, topic, *partition).await?;
+        let start = checkpoint::init(&mut conn, &id, Slot::Shadow, topic, *partition, low)
+            .await
+            .map_err(pg("init checkpoint"))?;
+        if start < low {
+            return Err(Error::Halted {
+                topic: topic.clone(),
+                partition: *partition,
+                reason: format!(
+                    "the log starts at {low}, after the shadow checkpoint {start}: events are gone; run with fresh"
+                ),
+            });
+        }
+        assignment
+            .add_partition_offset(topic, *partition, Offset::Offset(start))
+            .map_err(|e| Error::kafka("assign", e))?;
+        positions.insert((topic.clone(), *partition), start);
+    }
+    drop(conn);
+    consumer
+        .assign(&assignment)
+        .map_err(|e| Error::kafka("assign", e))?;
+
+    let dead_letters = DeadLetterWriter::new(kafka, &kafka.topic_name(&id))?;
+    let target = Target {
+        projection: &id,
+        slot: Slot::Shadow,
+        schema: &shadow,
+        dead_letters: &dead_letters,
+    };
+    let mut progress = Progress::new(options.progress, &id);
+    let mut records = 0u64;
+    let mut dead_lettered = 0u64;
+    loop {
+        // Read up to the end offsets (last stable offsets) as they are now.
+        let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+        for (topic, partition) in &partitions {
+            ends.insert(
+                (topic.clone(), *partition),
+                watermarks(&consumer, topic, *partition).await?.1,
+            );
+        }
+        let total: i64 = ends
+            .iter()
+            .map(|(k, end)| (end - positions[k]).max(0))
+            .sum();
+        progress.set_total(records + total as u64);
+        let mut idle_since = Instant::now();
+        while ends.iter().any(|(k, end)| positions[k] < *end) {
+            let (c, polled) = poll_batch(Arc::clone(&consumer), options.batch_size).await?;
+            drop(c);
+            if polled.is_empty() {
+                // Nothing more to fetch although a position is short of its end: transaction
+                // markers or aborted records close the gap. The checkpoint comparison at the
+                // swap decides correctness; this only ends the wait.
+                if idle_since.elapsed() > Duration::from_secs(3) {
+                    break;
+                }
+                refresh_positions(&consumer, &mut positions);
+                continue;
+            }
+            idle_since = Instant::now();
+            let mut by_partition: Vec<((String, i32), Vec<Record>)> = Vec::new();
+            for record in polled {
+                let key = (record.topic().to_owned(), record.partition());
+                match by_partition.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, list)) => list.push(record),
+                    None => by_partition.push((key, vec![record])),
+                }
+            }
+            for (key, list) in by_partition {
+                let count = list.len() as u64;
+                let expected = *positions.get(&key).unwrap_or(&0);
+                let mut attempt = 0u32;
+                let mut expected_now = expected;
+                loop {
+                    match batch::apply(pool, &*projection, &target, expected_now, &list).await {
+                        Ok(Outcome::Committed { next, poisoned, .. }) => {
+                            positions.insert(key.clone(), next);
+                            dead_lettered += poisoned as u64;
+                            break;
+                        }
+                        Ok(Outcome::Nothing) => break,
+                        Ok(Outcome::Conflict { checkpoint }) => {
+                            // Only a second rebuild could move the shadow checkpoint, and the
+                            // advisory lock excludes that; re-read and go on from there.
+                            let now = checkpoint.unwrap_or(expected_now);
+                            positions.insert(key.clone(), now);
+                            expected_now = now;
+                            if list.last().is_some_and(|r| r.offset() < now) {
+                                break;
+                            }
+                        }
+                        Ok(Outcome::Halt(reason)) => {
+                            return Err(Error::Halted {
+                                topic: key.0.clone(),
+                                partition: key.1,
+                                reason,
+                            });
+                        }
+                        Err(batch::Transient(reason)) => {
+                            attempt += 1;
+                            tracing::warn!(%reason, attempt, "rebuild batch failed transiently; retrying");
+                            if attempt > 20 {
+                                return Err(Error::Runtime(format!(
+                                    "rebuild of {id} keeps failing: {reason}"
+                                )));
+                            }
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
+                                .await;
+                            let mut c = pool.acquire().await.map_err(pg("acquire"))?;
+                            expected_now =
+                                checkpoint::read(&mut c, &id, Slot::Shadow, &key.0, key.1)
+                                    .await
+                                    .map_err(pg("read checkpoint"))?
+                                    .unwrap_or(expected_now);
+                        }
+                    }
+                }
+                records += count;
+                progress.advance(records);
+            }
+            refresh_positions(&consumer, &mut positions);
+        }
+        failpoint::hit("rebuild.before_swap");
+        if swap(pool, &id, &live, &shadow).await? {
+            break;
+        }
+        tracing::info!(projection = %id, "the live view moved ahead of the shadow; reading on before swapping");
+    }
+    progress.finish();
+    // The old copy is no longer referenced; dropping it may wait for readers, so best effort.
+    let old = format!("{live}__old");
+    if let Err(e) = sqlx::query(&format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE",
+        quote_ident(&old)
+    ))
+    .execute(pool)
+    .await
+    {
+        tracing::warn!(error = %e, schema = %old, "could not drop the replaced view yet; drop it later");
+    }
+    Ok(RebuildReport {
+        projection: id,
+        records,
+        dead_lettered,
+        elapsed: started.elapsed(),
+        resumed,
+        schema: live,
+    })
+}
+
+/// The swap transaction. False when the live view is ahead of the shadow somewhere.
+async fn swap(pool: &PgPool, id: &str, live: &str, shadow: &str) -> Result<bool> {
+    let pg = |op| move |e| Error::Postgres { op, source: e };
+    let mut conn = pool.acquire().await.map_err(pg("acquire"))?;
+    let mut tx = conn.begin().await.map_err(pg("begin"))?;
+    sqlx::query("SELECT set_config('lock_timeout', '10s', true)")
+        .execute(&mut *tx)
+        .await
+        .map_err(pg("lock_timeout"))?;
+    // Locking the live checkpoints stops live runners from committing until we are done.
+    let live_rows: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT topic, partition, next_offset FROM choreo_meta.checkpoints WHERE projection = $1 AND slot = 'live' FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(pg("lock live checkpoints"))?;
+    let shadow_rows: HashMap<(String, i32), i64> = sqlx::query_as::<_, (String, i32, i64)>(
+        "SELECT topic, partition, next_offset FROM choreo_meta.checkpoints WHERE projection = $1 AND slot = 'shadow'",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(pg("read shadow checkpoints"))?
+    .into_iter()
+    .map(|(t, p, o)| ((t, p), o))
+    .collect();
+    for (topic, partition, live_next) in &live_rows {
+        if shadow_rows
+            .get(&(topic.clone(), *partition))
+            .is_none_or(|s| s < live_next)
+        {
+            tx.rollback().await.map_err(pg("rollback"))?;
+            return Ok(false);
+        }
+    }
+    let old = format!("{live}__old");
+    for statement in [
+        format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&old)),
+        format!(
+            "ALTER SCHEMA {} RENAME TO {}",
+            quote_ident(live),
+            quote_ident(&old)
+        ),
+        format!(
+            "ALTER SCHEMA {} RENAME TO {}",
+            quote_ident(shadow),
+            quote_ident(live)
+        ),
+    ] {
+        sqlx::query(&statement)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg("swap schemas"))?;
+    }
+    sqlx::query("DELETE FROM choreo_meta.checkpoints WHERE projection = $1 AND slot = 'live'")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg("drop live checkpoints"))?;
+    sqlx::query("UPDATE choreo_meta.checkpoints SET slot = 'live', updated_at = now() WHERE projection = $1 AND slot = 'shadow'")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg("promote shadow checkpoints"))?;
+    sqlx::query("DELETE FROM choreo_meta.rebuilds WHERE projection = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg("finish rebuild"))?;
+    sqlx::query("UPDATE choreo_meta.projections SET rebuilt_at = now() WHERE projection = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg("mark rebuilt"))?;
+    sqlx::query("SELECT pg_notify('choreo_checkpoints', $1)")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg("notify"))?;
+    failpoint::hit("rebuild.before_swap_commit");
+    tx.commit().await.map_err(pg("commit swap"))?;
+    Ok(true)
+}
+
+/// Drops the live view and its checkpoints and recreates it empty (development only: stop
+/// the live runners first; they would halt on the missing checkpoint).
+pub async fn reset<P: Projection>(projection: &P, pool: &PgPool) -> Result<()> {
+    let id = projection_id::<P>();
+    let live = live_schema::<P>();
+    let pg = |op| move |e| Error::Postgres { op, source: e };
+    setup(projection, pool).await?;
+    let mut tx = pool.begin().await.map_err(pg("begin"))?;
+    for schema in [
+        live.clone(),
+        format!("{live}__shadow"),
+        format!("{live}__old"),
+    ] {
+        sqlx::query(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quote_ident(&schema)
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(pg("drop schema"))?;
+    }
+    for table in ["checkpoints", "rebuilds"] {
+        sqlx::query(&format!(
+            "DELETE FROM choreo_meta.{table} WHERE projection = $1"
+        ))
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg("reset"))?;
+    }
+    sqlx::query("DELETE FROM choreo_meta.dead_letters WHERE consumer = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg("reset"))?;
+    tx.commit().await.map_err(pg("commit"))?;
+    create_schema(pool, projection, &live, true).await
+}
+
+async fn watermarks(
+    consumer: &Arc<BaseConsumer>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64)> {
+    let c = Arc::clone(consumer);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        c.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+    })
+    .await
+    .map_err(|e| Error::Runtime(format!("watermark task failed: {e}")))?
+    .map_err(|e| Error::kafka("fetch watermarks", e))
+}
+
+/// Polls up to `max` records (waiting at most ~200 ms for the first) off the async threads.
+async fn poll_batch(
+    consumer: Arc<BaseConsumer>,
+    max: usize,
+) -> Result<(Arc<BaseConsumer>, Vec<Record>)> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(max.min(10_000));
+        let mut timeout = Duration::from_millis(200);
+        while out.len() < max {
+            match consumer.poll(timeout) {
+                Some(Ok(message)) => out.push(message.detach()),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "rebuild consumer error");
+                    break;
+                }
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        (consumer, out)
+    })
+    .await
+    .map(Ok)
+    .map_err(|e| Error::Runtime(format!("poll task failed: {e}")))?
+}
+
+/// Moves positions forward to the consumer's own (it passes transaction markers).
+fn refresh_positions(consumer: &BaseConsumer, positions: &mut HashMap<(String, i32), i64>) {
+    if let Ok(list) = consumer.position() {
+        for element in list.elements() {
+            if let Offset::Offset(o) = element.offset()
+                && let Some(p) =
+                    positions.get_mut(&(element.topic().to_owned(), element.partition()))
+                && o > *p
+            {
+                *p = o;
+            }
+        }
+    }
+}
+
+/// The progress line: records/s and ETA from the end offsets.
+struct Progress {
+    enabled: bool,
+    name: String,
+    total: u64,
+    done: u64,
+    started: Instant,
+    last_print: Instant,
+}
+
+impl Progress {
+    fn new(enabled: bool, name: &str) -> Self {
+        let now = Instant::now();
+        Self {
+            enabled,
+            name: name.to_owned(),
+            total: 0,
+            done: 0,
+            started: now,
+            last_print: now,
+        }
+    }
+
+    fn set_total(&mut self, total: u64) {
+        self.total = total.max(self.done);
+    }
+
+    fn advance(&mut self, done: u64) {
+        self.done = done;
+        if self.enabled && self.last_print.elapsed() >= Duration::from_millis(500) {
+            self.last_print = Instant::now();
+            self.print();
+        }
+    }
+
+    fn print(&self) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.done as f64 / secs;
+        let left = self.total.saturating_sub(self.done);
+        let eta = if rate > 0.0 { left as f64 / rate } else { 0.0 };
+        let pct = if self.total > 0 {
+            self.done as f64 * 100.0 / self.total as f64
+        } else {
+            100.0
+        };
+        let width = 30usize;
+        let filled = ((pct / 100.0) * width as f64) as usize;
+        let bar: String = "#".repeat(filled.min(width)) + &"-".repeat(width - filled.min(width));
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\rrebuilding {} [{bar}] {}/{} ({pct:.0}%) {rate:.0} records/s ETA {eta:.0}s   ",
+            self.name, self.done, self.total
+        );
+        let _ = err.flush();
+    }
+
+    fn finish(&mut self) {
+        if self.enabled {
+            self.print();
+            eprintln!();
+        }
+    }
+}

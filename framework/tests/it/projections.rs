@@ -1,0 +1,403 @@
+//! Projections against real Kafka and Postgres: exactly-once effects, dead letters,
+//! rebalances, rebuilds, read-your-writes. The checker is independent of choreo's read path:
+//! it reads the topic with a plain rdkafka consumer and folds it itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use choreo::kafka::{TopicAdmin, TopicSpec};
+use choreo::projection::{RebuildOptions, rebuild, wait_for};
+use choreo::testing::{CounterBumped, CounterProjection};
+use choreo::{KafkaConfig, ProjectionRunner, Publisher, Shutdown};
+use rdkafka::Message;
+use sqlx::PgPool;
+
+use crate::common;
+
+pub const PROJECTION: &str = "counters.v1";
+
+/// Topic `counter.events` and the projection's dead-letter topic, in the test's namespace.
+pub async fn topics(config: &KafkaConfig, partitions: i32) -> String {
+    let events = TopicSpec::events("counter", partitions, 1).expect("spec");
+    let events = TopicSpec {
+        name: config.topic_name(&events.name),
+        ..events
+    };
+    let name = events.name.clone();
+    let dlq = TopicSpec::dead_letters(PROJECTION, 1).expect("spec");
+    let dlq = TopicSpec {
+        name: config.topic_name(&dlq.name),
+        ..dlq
+    };
+    TopicAdmin::new(config)
+        .expect("admin")
+        .ensure(&[events, dlq])
+        .await
+        .expect("topics");
+    name
+}
+
+pub fn bump(i: usize) -> CounterBumped {
+    CounterBumped {
+        key: format!("k{}", i % 37),
+        amount: (i % 11) as i64 + 1,
+        poison: false,
+    }
+}
+
+pub async fn publish(publisher: &Publisher, range: std::ops::Range<usize>) {
+    let events: Vec<CounterBumped> = range.map(bump).collect();
+    for result in futures::future::join_all(events.iter().map(|e| publisher.publish(e))).await {
+        result.expect("publish");
+    }
+}
+
+/// What the view must hold: a fold of the topic as a plain consumer reads it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fold {
+    pub totals: BTreeMap<String, (i64, i32)>,
+    pub offsets: Vec<(i32, i64)>,
+}
+
+pub fn fold(config: &KafkaConfig, topic: &str, expected: usize) -> Fold {
+    let records = common::read_all(config, topic, expected, Duration::from_secs(30), true);
+    assert_eq!(records.len(), expected, "the checker read the whole topic");
+    let mut out = Fold::default();
+    for record in records {
+        let headers = common::header_map(&record);
+        if headers.get("ce_type").map(String::as_str) != Some("v1.counter.bumped") {
+            continue;
+        }
+        let Some(Ok(event)) = record
+            .payload()
+            .map(serde_json::from_slice::<CounterBumped>)
+        else {
+            continue;
+        };
+        if event.poison || record.key() != Some(event.key.as_bytes()) {
+            continue;
+        }
+        let entry = out.totals.entry(event.key.clone()).or_default();
+        entry.0 += event.amount;
+        entry.1 += 1;
+        out.offsets.push((record.partition(), record.offset()));
+    }
+    out.offsets.sort_unstable();
+    out
+}
+
+/// What the view holds; panics if an offset was applied more than once.
+pub async fn view(pool: &PgPool, schema: &str) -> Fold {
+    let totals: Vec<(String, i64, i32)> = sqlx::query_as(&format!(
+        "SELECT key, total, events FROM {schema}.totals ORDER BY key"
+    ))
+    .fetch_all(pool)
+    .await
+    .expect("totals");
+    let applications: Vec<(i32, i64, i32)> = sqlx::query_as(&format!(
+        "SELECT partition, \"offset\", times FROM {schema}.applications ORDER BY 1, 2"
+    ))
+    .fetch_all(pool)
+    .await
+    .expect("applications");
+    let twice: Vec<_> = applications
+        .iter()
+        .filter(|(_, _, times)| *times != 1)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "offsets applied more than once (each must land in exactly one committed batch): {twice:?}"
+    );
+    Fold {
+        totals: totals.into_iter().map(|(k, t, n)| (k, (t, n))).collect(),
+        offsets: applications.into_iter().map(|(p, o, _)| (p, o)).collect(),
+    }
+}
+
+fn start_runner(
+    config: &KafkaConfig,
+    pool: &PgPool,
+    shutdown: &Shutdown,
+) -> (
+    tokio::task::JoinHandle<choreo::Result<choreo::kafka::RunSummary>>,
+    choreo::kafka::ConsumerStatus,
+) {
+    let runner = ProjectionRunner::new(Arc::new(CounterProjection));
+    let status = runner.status();
+    let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
+    (
+        tokio::spawn(async move { runner.run(&config, &pool, shutdown).await }),
+        status,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_view_equals_a_fold_of_the_log_and_poison_is_dead_lettered_and_recorded() {
+    let config = common::kafka("proj-live");
+    let topic = topics(&config, 3).await;
+    let (_, pool) = common::fresh_database("proj_live").await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    publish(&publisher, 0..200).await;
+    // Poison: the projection's CHECK constraint rejects it. Undecodable: bad JSON.
+    publisher
+        .publish(&CounterBumped {
+            key: "k1".into(),
+            amount: 5,
+            poison: true,
+        })
+        .await
+        .expect("poison");
+    let good = publisher.prepare(&bump(1), None).expect("prepare");
+    let broken = choreo::kafka::Outgoing::new(
+        good.topic.clone(),
+        good.meta().clone(),
+        b"{not json".to_vec(),
+    );
+    publisher.send(&broken).await.expect("broken payload");
+    publish(&publisher, 200..300).await;
+
+    let shutdown = Shutdown::new();
+    let (task, status) = start_runner(&config, &pool, &shutdown);
+    common::wait_caught_up(
+        &pool,
+        &config,
+        PROJECTION,
+        &topic,
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    shutdown.trigger();
+    let summary = task.await.expect("join").expect("run");
+    assert!(
+        summary.halted.is_empty() && status.is_ready(),
+        "{:?}",
+        summary.halted
+    );
+
+    assert_eq!(
+        view(&pool, "counters_v1").await,
+        fold(&config, &topic, 302),
+        "the view equals the fold, row by row"
+    );
+    let recorded: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_type, error FROM choreo_meta.dead_letters WHERE consumer = $1 ORDER BY id",
+    )
+    .bind(PROJECTION)
+    .fetch_all(&pool)
+    .await
+    .expect("dead letters");
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(
+        recorded
+            .iter()
+            .any(|(_, e)| e.contains("check constraint") || e.contains("violates")),
+        "{recorded:?}"
+    );
+    assert!(
+        recorded
+            .iter()
+            .any(|(_, e)| e.contains("undecodable payload")),
+        "{recorded:?}"
+    );
+    let dlq = config.topic_name(&format!("{PROJECTION}.dlq"));
+    assert_eq!(
+        common::read_all(&config, &dlq, 2, Duration::from_secs(20), true).len(),
+        2,
+        "both on the dead-letter topic"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_joining_and_leaving_while_events_flow_apply_each_offset_exactly_once() {
+    let config = common::kafka("proj-rebalance");
+    let topic = topics(&config, 6).await;
+    let (_, pool) = common::fresh_database("proj_rebalance").await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    let producing = tokio::spawn({
+        let publisher = publisher.clone();
+        async move {
+            for round in 0..30 {
+                publish(&publisher, round * 100..round * 100 + 100).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    });
+    let (stop_a, stop_b, stop_c) = (Shutdown::new(), Shutdown::new(), Shutdown::new());
+    let (a, _) = start_runner(&config, &pool, &stop_a);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (b, _) = start_runner(&config, &pool, &stop_b);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_a.trigger();
+    a.await.expect("join a").expect("run a");
+    let (c, _) = start_runner(&config, &pool, &stop_c);
+    producing.await.expect("producer");
+    common::wait_caught_up(
+        &pool,
+        &config,
+        PROJECTION,
+        &topic,
+        6,
+        Duration::from_secs(60),
+    )
+    .await;
+    stop_b.trigger();
+    stop_c.trigger();
+    b.await.expect("join b").expect("run b");
+    c.await.expect("join c").expect("run c");
+    assert_eq!(
+        view(&pool, "counters_v1").await,
+        fold(&config, &topic, 3000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_beyond_the_end_of_the_log_halts_the_partition_with_a_clear_error() {
+    let config = common::kafka("proj-range");
+    let topic = topics(&config, 2).await;
+    let (_, pool) = common::fresh_database("proj_range").await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    publish(&publisher, 0..20).await;
+    sqlx::query("INSERT INTO choreo_meta.checkpoints (projection, slot, topic, partition, next_offset) VALUES ($1, 'live', $2, 0, 100000)")
+        .bind(PROJECTION)
+        .bind(&topic)
+        .execute(&pool)
+        .await
+        .expect("plant a checkpoint from another life of the topic");
+    let shutdown = Shutdown::new();
+    let (task, status) = start_runner(&config, &pool, &shutdown);
+    common::eventually("partition 0 to halt", Duration::from_secs(30), || {
+        !status.halted().is_empty()
+    })
+    .await;
+    let halted = status.halted();
+    assert_eq!(halted.len(), 1, "{halted:?}");
+    assert_eq!(halted[0].1, 0, "only partition 0 halts");
+    assert!(
+        halted[0].2.contains("beyond the log end") && halted[0].2.contains("100000"),
+        "{}",
+        halted[0].2
+    );
+    assert!(!status.is_ready());
+    shutdown.trigger();
+    let summary = task.await.expect("join").expect("run");
+    assert_eq!(summary.halted.len(), 1);
+    let checkpoint: i64 = sqlx::query_scalar(
+        "SELECT next_offset FROM choreo_meta.checkpoints WHERE projection = $1 AND partition = 0",
+    )
+    .bind(PROJECTION)
+    .fetch_one(&pool)
+    .await
+    .expect("checkpoint");
+    assert_eq!(checkpoint, 100000, "a halted partition is left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_while_live_events_arrive_swaps_in_a_view_equal_to_the_fold() {
+    let config = common::kafka("proj-rebuild");
+    let topic = topics(&config, 3).await;
+    let (_, pool) = common::fresh_database("proj_rebuild").await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    publish(&publisher, 0..3000).await;
+    let shutdown = Shutdown::new();
+    let (live, _) = start_runner(&config, &pool, &shutdown);
+    common::wait_caught_up(
+        &pool,
+        &config,
+        PROJECTION,
+        &topic,
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Damage the live view, as a bug would: the rebuild must replace it with the truth.
+    sqlx::query("UPDATE counters_v1.totals SET total = -1")
+        .execute(&pool)
+        .await
+        .expect("damage");
+
+    let producing = tokio::spawn({
+        let publisher = publisher.clone();
+        async move {
+            for round in 0..10 {
+                publish(&publisher, 3000 + round * 100..3000 + round * 100 + 100).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let report = rebuild(
+        Arc::new(CounterProjection),
+        &config,
+        &pool,
+        RebuildOptions::default(),
+    )
+    .await
+    .expect("rebuild");
+    assert!(report.records >= 3000, "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("swapped into schema counters_v1"),
+        "{report}"
+    );
+    producing.await.expect("producer");
+    common::wait_caught_up(
+        &pool,
+        &config,
+        PROJECTION,
+        &topic,
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    shutdown.trigger();
+    live.await.expect("join").expect("run");
+    assert_eq!(
+        view(&pool, "counters_v1").await,
+        fold(&config, &topic, 4000),
+        "the swapped-in view equals the fold"
+    );
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'counters_v1%' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("schemas");
+    assert_eq!(
+        schemas,
+        vec!["counters_v1".to_owned()],
+        "shadow renamed, old copy dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_returns_once_the_view_has_passed_the_offsets_of_a_write() {
+    let config = common::kafka("proj-wait");
+    let topic = topics(&config, 2).await;
+    let (_, pool) = common::fresh_database("proj_wait").await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    let delivered = publisher.publish(&bump(7)).await.expect("publish");
+    let offsets = vec![(topic.clone(), delivered.partition, delivered.offset)];
+    // Not running yet: the wait times out with a clear error.
+    let err = wait_for(&pool, PROJECTION, &offsets, Duration::from_millis(300))
+        .await
+        .expect_err("no runner");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    let shutdown = Shutdown::new();
+    let (task, _) = start_runner(&config, &pool, &shutdown);
+    wait_for(&pool, PROJECTION, &offsets, Duration::from_secs(30))
+        .await
+        .expect("read your writes");
+    let total: i64 = sqlx::query_scalar("SELECT total FROM counters_v1.totals WHERE key = 'k7'")
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    assert_eq!(
+        total,
+        bump(7).amount,
+        "the write is visible once wait_for returned"
+    );
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+}
