@@ -67,6 +67,11 @@ impl KafkaConfig {
         self
     }
 
+    /// The namespace, if one is set.
+    pub fn topic_namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
     /// The topic name for `base` under the namespace, if any.
     pub fn topic_name(&self, base: &str) -> String {
         match &self.namespace {
@@ -205,6 +210,11 @@ impl PostgresConfig {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// The URL, password included: pass it on (to a child process, say), never log it.
+    pub fn url_with_secret(&self) -> &str {
+        &self.url
     }
 
     /// The URL with any password replaced by `***`, safe to log.

@@ -42,6 +42,7 @@ pub mod handler;
 pub mod kafka;
 pub mod message;
 pub mod postgres;
+pub mod service;
 pub mod shutdown;
 
 pub use config::{KafkaConfig, PostgresConfig};

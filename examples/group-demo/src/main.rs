@@ -8,13 +8,22 @@
 //! cargo run -p group-demo -- consume --instance a   # in one terminal
 //! cargo run -p group-demo -- consume --instance b   # in another
 //! cargo run -p group-demo -- publish --count 12
+//! cargo run -p group-demo -- project                # the order_totals read model in Postgres
+//! cargo run -p group-demo -- show
+//! cargo run -p group-demo -- projections rebuild order_totals
 //! ```
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use choreo::kafka::{TopicAdmin, TopicSpec};
-use choreo::{Event, EventHandlers, HandlerError, KafkaConfig, Publisher, Received, Shutdown};
+use choreo::projection::live_schema;
+use choreo::service::{ProjectionAdmin, ProjectionCommand};
+use choreo::{
+    ApplyError, Event, EventHandlers, HandlerError, KafkaConfig, PostgresConfig, Projection,
+    ProjectionRunner, Publisher, Received, Shutdown,
+};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +42,47 @@ impl Event for OrderPlaced {
     const NAME: &'static str = "v1.order.placed";
     fn subject(&self) -> String {
         self.order_id.clone()
+    }
+}
+
+/// A read model: orders and revenue per customer, in schema `order_totals_v1`.
+struct OrderTotals;
+
+impl Projection for OrderTotals {
+    type Events = OrderPlaced;
+    const NAME: &'static str = "order_totals";
+    const VERSION: u32 = 1;
+
+    fn schema_sql(&self) -> &'static str {
+        "CREATE TABLE IF NOT EXISTS customers (
+             customer text PRIMARY KEY,
+             orders integer NOT NULL,
+             revenue_cents bigint NOT NULL,
+             last_order_at timestamptz NOT NULL
+         )"
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        events: &[Received<OrderPlaced>],
+    ) -> Result<(), ApplyError> {
+        for order in events {
+            // The event's own time, never now(): a rebuild must produce the same rows.
+            sqlx::query(
+                "INSERT INTO customers (customer, orders, revenue_cents, last_order_at)
+                 VALUES ($1, 1, $2, $3)
+                 ON CONFLICT (customer) DO UPDATE SET orders = customers.orders + 1,
+                     revenue_cents = customers.revenue_cents + EXCLUDED.revenue_cents,
+                     last_order_at = GREATEST(customers.last_order_at, EXCLUDED.last_order_at)",
+            )
+            .bind(&order.payload.customer)
+            .bind(order.payload.amount_cents as i64)
+            .bind(order.meta.time)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -59,6 +109,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         first: u64,
     },
+    /// Run the order_totals projection (its own consumer group) until SIGTERM / ctrl-c.
+    Project,
+    /// Print the order_totals read model.
+    Show,
+    /// Admin commands for this service's projections (rebuild, reset, list).
+    #[command(subcommand)]
+    Projections(ProjectionCommand),
 }
 
 #[tokio::main]
@@ -70,6 +127,16 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup(&config).await,
         Cmd::Consume { instance } => consume(&config, instance).await,
         Cmd::Publish { count, first } => publish(&config, first, count).await,
+        Cmd::Project => project(&config).await,
+        Cmd::Show => show().await,
+        Cmd::Projections(command) => {
+            let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;
+            ProjectionAdmin::new()
+                .register(Arc::new(OrderTotals))
+                .run(command, &config, &pool)
+                .await?;
+            Ok(())
+        }
     }
 }
 
@@ -89,10 +156,10 @@ async fn setup(config: &KafkaConfig) -> anyhow::Result<()> {
         ..events
     };
     let dlq = TopicSpec::dead_letters(&config.topic_name(GROUP), 1)?;
-    let states = TopicAdmin::new(config)?
-        .ensure(&[events.clone(), dlq.clone()])
-        .await?;
-    for (spec, state) in [events, dlq].iter().zip(states) {
+    let projection_dlq = TopicSpec::dead_letters(&config.topic_name("order_totals.v1"), 1)?;
+    let specs = [events, dlq, projection_dlq];
+    let states = TopicAdmin::new(config)?.ensure(&specs).await?;
+    for (spec, state) in specs.iter().zip(states) {
         println!(
             "topic {:<32} {} partition(s)  {:?}",
             spec.name, spec.partitions, state
@@ -166,5 +233,40 @@ async fn publish(config: &KafkaConfig, first: u64, count: u64) -> anyhow::Result
         per_partition[delivered.partition as usize] += 1;
     }
     println!("published {count} orders; per partition: {per_partition:?}");
+    Ok(())
+}
+
+async fn project(config: &KafkaConfig) -> anyhow::Result<()> {
+    let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;
+    println!(
+        "[projection order_totals] running; the view is schema {}",
+        live_schema::<OrderTotals>()
+    );
+    let summary = ProjectionRunner::new(Arc::new(OrderTotals))
+        .run(config, &pool, Shutdown::on_signals())
+        .await?;
+    println!(
+        "[projection order_totals] stopped; halted partitions: {}",
+        summary.halted.len()
+    );
+    Ok(())
+}
+
+async fn show() -> anyhow::Result<()> {
+    let pool = choreo::postgres::connect(&PostgresConfig::from_env()?).await?;
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(&format!(
+        "SELECT customer, orders, revenue_cents FROM {}.customers ORDER BY customer",
+        live_schema::<OrderTotals>()
+    ))
+    .fetch_all(&pool)
+    .await?;
+    println!("customer   orders   revenue");
+    for (customer, orders, cents) in rows {
+        println!(
+            "{customer:<10} {orders:>6}   {:>6}.{:02}",
+            cents / 100,
+            cents % 100
+        );
+    }
     Ok(())
 }

@@ -173,7 +173,7 @@ pub fn signup(i: usize) -> UserSignedUp {
 
 /// A database of its own for one test (dropped by nobody: names are unique per run).
 #[allow(dead_code)]
-pub async fn fresh_database(test: &str) -> (PostgresConfig, sqlx::PgPool) {
+pub async fn fresh_database(test: &str) -> (String, sqlx::PgPool) {
     let admin = postgres().await;
     let pool = choreo::postgres::connect(&admin).await.expect("connect");
     let name = unique(test).replace('-', "_");
@@ -192,7 +192,7 @@ pub async fn fresh_database(test: &str) -> (PostgresConfig, sqlx::PgPool) {
     let pool = choreo::postgres::connect_and_migrate(&config)
         .await
         .expect("migrate fresh database");
-    (config, pool)
+    (config.url_with_secret().to_owned(), pool)
 }
 
 /// End offsets (high watermarks) of every partition of `topic`.

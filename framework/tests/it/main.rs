@@ -2,6 +2,8 @@
 //! `scripts/dev-services up` (the README's test command starts them). One test binary.
 
 mod common;
+#[cfg(all(feature = "failpoints", feature = "testing"))]
+mod drills;
 mod errors;
 mod groups;
 mod handlers;
