@@ -214,6 +214,7 @@ impl EventHandlers {
         settings.topics = self.topics.iter().map(|t| config.topic_name(t)).collect();
         settings.commit_offsets = true;
         settings.required_topics.push(format!("{}.dlq", self.group));
+        settings.optional_topics = vec![format!("{}.redrive", self.group)];
         let logic = Arc::new(HandlerLogic {
             routes: Arc::new(self.routes),
             unknown: self.unknown,

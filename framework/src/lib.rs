@@ -34,6 +34,7 @@
 //! | Event handlers | at-least-once, in order per partition; offsets stored only after success |
 //! | Everything | nothing silently dropped: undecodable or rejected records go to `{group}.dlq` |
 
+pub mod aggregate;
 pub mod codec;
 pub mod config;
 pub mod error;

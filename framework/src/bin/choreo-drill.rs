@@ -3,14 +3,18 @@
 //!
 //! - `choreo-drill project`: runs the drill projection's live view until SIGTERM.
 //! - `choreo-drill rebuild [--fresh]`: rebuilds it and prints the summary line.
+//! - `choreo-drill process ORDINAL PARTITIONS`: runs the drill aggregate's command processor
+//!   (service `bank`, entity `account`) until SIGTERM.
 //!
 //! Settings come from `CHOREO_KAFKA_BROKERS`, `CHOREO_TOPIC_NAMESPACE`, `CHOREO_DATABASE_URL`.
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use choreo::aggregate::CommandProcessor;
 use choreo::projection::{RebuildOptions, rebuild};
 use choreo::testing::CounterProjection;
+use choreo::testing::account::Account;
 use choreo::{KafkaConfig, PostgresConfig, ProjectionRunner, Shutdown};
 
 #[tokio::main]
@@ -21,6 +25,23 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let kafka = KafkaConfig::from_env()?;
+    if args.first().map(String::as_str) == Some("process") {
+        let ordinal: u32 = args
+            .get(1)
+            .and_then(|a| a.parse().ok())
+            .context("ORDINAL")?;
+        let partitions: i32 = args
+            .get(2)
+            .and_then(|a| a.parse().ok())
+            .context("PARTITIONS")?;
+        let processor = CommandProcessor::<Account>::new("bank", "account", ordinal, partitions);
+        processor
+            .run(&kafka, Shutdown::on_signals())
+            .await
+            .context("command processor")?;
+        println!("stopped");
+        return Ok(());
+    }
     let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;
     match args.first().map(String::as_str) {
         Some("project") => {
@@ -41,7 +62,9 @@ async fn main() -> anyhow::Result<()> {
                 .context("rebuild")?;
             println!("{report}");
         }
-        _ => anyhow::bail!("usage: choreo-drill project | rebuild [--fresh]"),
+        _ => anyhow::bail!(
+            "usage: choreo-drill project | rebuild [--fresh] | process ORDINAL PARTITIONS"
+        ),
     }
     Ok(())
 }

@@ -202,6 +202,9 @@ pub struct ConsumerSettings {
     pub properties: Vec<(String, String)>,
     /// Updated by the runtime as partitions come and go.
     pub status: ConsumerStatus,
+    /// Topics subscribed only if they exist: `{group}.redrive`, where `choreo dlq redrive`
+    /// feeds this group's dead letters back to it (and to no one else).
+    pub optional_topics: Vec<String>,
     /// Topics that must exist besides the subscribed ones (the dead-letter topic): checked
     /// at start so a missing one is a clear error, not an auto-created topic or a stuck retry.
     pub required_topics: Vec<String>,
@@ -209,8 +212,9 @@ pub struct ConsumerSettings {
 
 impl ConsumerSettings {
     pub fn new(group_id: impl Into<String>, topics: Vec<String>) -> Self {
+        let group_id = group_id.into();
         Self {
-            group_id: group_id.into(),
+            group_id: group_id.clone(),
             topics,
             read_committed: true,
             commit_offsets: true,
@@ -221,6 +225,7 @@ impl ConsumerSettings {
             properties: Vec::new(),
             status: ConsumerStatus::default(),
             required_topics: Vec::new(),
+            optional_topics: vec![format!("{group_id}.redrive")],
         }
     }
 
@@ -826,6 +831,12 @@ impl ConsumerRuntime {
                 return Err(Error::TopicMissing(topic.clone()));
             }
         }
+        let mut subscription = settings.topics.clone();
+        for topic in &settings.optional_topics {
+            if admin.describe(topic).await?.is_some() {
+                subscription.push(topic.clone());
+            }
+        }
         let read_committed = if settings.read_committed {
             "read_committed"
         } else {
@@ -872,7 +883,7 @@ impl ConsumerRuntime {
                 shared: Arc::clone(&shared),
             })
             .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
-        let topics: Vec<&str> = shared.settings.topics.iter().map(String::as_str).collect();
+        let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
             .map_err(|e| Error::kafka("subscribe", e))?;

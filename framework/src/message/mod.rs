@@ -92,6 +92,15 @@ pub trait EventSet: Sized + Send + Sync + 'static {
     /// Decodes a record of one of the set's types; `Ok(None)` for a type outside the set.
     fn decode(meta: &Metadata, payload: Option<&[u8]>) -> Result<Option<Self>, EnvelopeError>;
 
+    /// The message name of this value (`v1.user.signedup`).
+    fn message_type(&self) -> &'static str;
+
+    /// The entity this value is about (the Kafka key).
+    fn subject_of(&self) -> String;
+
+    /// The JSON payload of this value.
+    fn encode(&self) -> Result<Vec<u8>, EnvelopeError>;
+
     /// The topics the set's types live in (`{entity}.events`, deduplicated).
     fn topics() -> Vec<String> {
         let mut topics: Vec<String> = Self::names()
@@ -116,6 +125,106 @@ impl<E: Event> EventSet for E {
             Ok(None)
         }
     }
+
+    fn message_type(&self) -> &'static str {
+        let () = E::VALID;
+        E::NAME
+    }
+
+    fn subject_of(&self) -> String {
+        self.subject()
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        crate::codec::encode_json(E::NAME, self)
+    }
+}
+
+/// A set of command types an aggregate handles: a single [`Command`] type, or an enum
+/// declared with [`crate::command_set!`].
+pub trait CommandSet: Sized + Send + Sync + 'static {
+    /// The names of the types in the set.
+    fn names() -> Vec<MessageName>;
+
+    /// Decodes a record of one of the set's types; `Ok(None)` for a type outside the set.
+    fn decode(meta: &Metadata, payload: Option<&[u8]>) -> Result<Option<Self>, EnvelopeError>;
+
+    /// The message name of this value (`v1.user.signup`).
+    fn message_type(&self) -> &'static str;
+
+    /// The aggregate this command is for (the Kafka key).
+    fn subject_of(&self) -> String;
+
+    /// The JSON payload of this value.
+    fn encode(&self) -> Result<Vec<u8>, EnvelopeError>;
+}
+
+impl<C: Command> CommandSet for C {
+    fn names() -> Vec<MessageName> {
+        vec![C::name()]
+    }
+
+    fn decode(meta: &Metadata, payload: Option<&[u8]>) -> Result<Option<Self>, EnvelopeError> {
+        if meta.message_type == C::NAME {
+            crate::codec::decode(meta, payload).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn message_type(&self) -> &'static str {
+        let () = C::VALID;
+        C::NAME
+    }
+
+    fn subject_of(&self) -> String {
+        self.subject()
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        crate::codec::encode_json(C::NAME, self)
+    }
+}
+
+/// Declares an enum of command types that implements [`CommandSet`] (see [`crate::event_set!`]).
+#[macro_export]
+macro_rules! command_set {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident($ty:ty)),+ $(,)? }) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $($variant($ty)),+
+        }
+
+        impl $crate::message::CommandSet for $name {
+            fn names() -> ::std::vec::Vec<$crate::message::MessageName> {
+                ::std::vec![$(<$ty as $crate::Command>::name()),+]
+            }
+
+            fn decode(
+                meta: &$crate::Metadata,
+                payload: ::std::option::Option<&[u8]>,
+            ) -> ::std::result::Result<::std::option::Option<Self>, $crate::message::EnvelopeError> {
+                $(
+                    if meta.message_type == <$ty as $crate::Command>::NAME {
+                        return $crate::codec::decode::<$ty>(meta, payload).map(|c| ::std::option::Option::Some($name::$variant(c)));
+                    }
+                )+
+                ::std::result::Result::Ok(::std::option::Option::None)
+            }
+
+            fn message_type(&self) -> &'static str {
+                match self { $($name::$variant(_) => <$ty as $crate::Command>::NAME),+ }
+            }
+
+            fn subject_of(&self) -> ::std::string::String {
+                match self { $($name::$variant(c) => <$ty as $crate::Command>::subject(c)),+ }
+            }
+
+            fn encode(&self) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::message::EnvelopeError> {
+                match self { $($name::$variant(c) => $crate::codec::encode_json(<$ty as $crate::Command>::NAME, c)),+ }
+            }
+        }
+    };
 }
 
 /// Declares an enum of event types that implements [`EventSet`]:
@@ -157,6 +266,18 @@ macro_rules! event_set {
                     }
                 )+
                 ::std::result::Result::Ok(::std::option::Option::None)
+            }
+
+            fn message_type(&self) -> &'static str {
+                match self { $($name::$variant(_) => <$ty as $crate::Event>::NAME),+ }
+            }
+
+            fn subject_of(&self) -> ::std::string::String {
+                match self { $($name::$variant(e) => <$ty as $crate::Event>::subject(e)),+ }
+            }
+
+            fn encode(&self) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::message::EnvelopeError> {
+                match self { $($name::$variant(e) => $crate::codec::encode_json(<$ty as $crate::Event>::NAME, e)),+ }
             }
         }
     };

@@ -190,21 +190,27 @@ async fn run<P: Projection>(
         .iter()
         .map(|t| kafka.topic_name(t))
         .collect();
+    // Dead letters redriven to the live view are part of it: the rebuild reads them too.
+    let redrive = format!("{}.redrive", kafka.topic_name(&id));
     let mut partitions: Vec<(String, i32)> = Vec::new();
     {
         let c = Arc::clone(&consumer);
         let topics = topics.clone();
+        let redrive = redrive.clone();
         let found = tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>> {
             let mut out = Vec::new();
-            for topic in &topics {
+            for topic in topics.iter().chain(std::iter::once(&redrive)) {
                 let metadata = c
                     .fetch_metadata(Some(topic), Duration::from_secs(10))
                     .map_err(|e| Error::kafka("fetch metadata", e))?;
                 let count = metadata
                     .topics()
                     .iter()
-                    .find(|t| t.name() == topic)
+                    .find(|t| t.name() == topic && t.error().is_none())
                     .map_or(0, |t| t.partitions().len());
+                if count == 0 && *topic == redrive {
+                    continue;
+                }
                 if count == 0 {
                     return Err(Error::TopicMissing(topic.clone()));
                 }

@@ -1,5 +1,11 @@
-//! Test support (feature `testing`): a projection that records every application, for fault
-//! drills and for checking exactly-once claims against an independent fold of the log.
+//! Test support (feature `testing`): given/when/then for aggregates without Kafka; and the
+//! drill projection and drill aggregate used by fault drills, which record enough to check
+//! exactly-once claims against an independent fold of the log.
+
+pub mod account;
+mod given;
+
+pub use given::{Given, Then, given};
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;

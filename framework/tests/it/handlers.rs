@@ -280,3 +280,83 @@ async fn a_transient_failure_longer_than_max_poll_interval_keeps_the_partition_a
         "assigned once: polling continued while the handler retried, so the member was never evicted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_dead_letter_goes_back_to_its_group_and_is_handled() {
+    let config = common::kafka("redrive");
+    common::create_events_topic(&config, "user", 1).await;
+    let group = common::unique("redrive-group");
+    common::create_dlq(&config, &group).await;
+    let redrive = choreo::kafka::TopicSpec::new(format!("{group}.redrive"), 1, 1).expect("spec");
+    choreo::TopicAdmin::new(&config)
+        .expect("admin")
+        .ensure(&[redrive])
+        .await
+        .expect("redrive topic");
+    let publisher = Publisher::new(&config, "/test-service").expect("publisher");
+    publisher.publish(&signup(7)).await.expect("publish");
+
+    // The first attempt rejects user 7 (say, a bug since fixed); the redriven copy succeeds.
+    let rejected_once = Arc::new(AtomicU32::new(0));
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let shutdown = Shutdown::new();
+    let runner = tokio::spawn({
+        let (config, shutdown, handled, rejected_once, group) = (
+            config.clone(),
+            shutdown.clone(),
+            Arc::clone(&handled),
+            Arc::clone(&rejected_once),
+            group.clone(),
+        );
+        async move {
+            EventHandlers::new(group)
+                .on(move |e: Received<UserSignedUp>| {
+                    let (handled, rejected_once) =
+                        (Arc::clone(&handled), Arc::clone(&rejected_once));
+                    async move {
+                        if rejected_once.fetch_add(1, Ordering::SeqCst) == 0 {
+                            return Err(HandlerError::permanent(anyhow::anyhow!("not yet")));
+                        }
+                        handled
+                            .lock()
+                            .expect("lock")
+                            .push(format!("{}@{}", e.payload.user_id, e.origin.topic));
+                        Ok(())
+                    }
+                })
+                .run(&config, shutdown)
+                .await
+        }
+    });
+    let dlq = format!("{group}.dlq");
+    assert_eq!(
+        common::read_all(&config, &dlq, 1, Duration::from_secs(30), true).len(),
+        1,
+        "dead-lettered first"
+    );
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_choreo"))
+        .args([
+            "--brokers",
+            config.brokers(),
+            "dlq",
+            "redrive",
+            &group,
+            "--all",
+        ])
+        .status()
+        .expect("run choreo dlq redrive");
+    assert!(status.success());
+    common::eventually(
+        "the redriven event to be handled",
+        Duration::from_secs(30),
+        || !handled.lock().expect("lock").is_empty(),
+    )
+    .await;
+    shutdown.trigger();
+    runner.await.expect("join").expect("run");
+    assert_eq!(
+        *handled.lock().expect("lock"),
+        vec![format!("u-7@{group}.redrive")],
+        "handled from the group's own redrive topic"
+    );
+}

@@ -1,6 +1,9 @@
 //! Integration tests against the real Kafka and PostgreSQL started by
 //! `scripts/dev-services up` (the README's test command starts them). One test binary.
 
+#[cfg(feature = "testing")]
+mod aggregates;
+mod cli;
 mod common;
 #[cfg(all(feature = "failpoints", feature = "testing"))]
 mod drills;

@@ -1,0 +1,242 @@
+//! The command bus: send commands, and wait for their replies.
+//!
+//! Each bus reads one partition of `{service}.replies`, assigned directly (no group) at its
+//! end *before* the first send, so no reply can slip past it. Replies are matched on their
+//! causation id (= the command id); a reply for another instance sharing the partition is
+//! ignored. Retrying a send with the same command id is safe: the processor answers a
+//! duplicate with its first outcome.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::reply::{Outcome, REPLY_TYPE, Reply};
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::kafka::{Outgoing, Publisher};
+use crate::message::{Causation, CommandSet, Kind, MessageName, Metadata, Tense};
+
+/// Per-send options.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// The command id; choose it (e.g. from an idempotency key) to make retries safe. A new
+    /// UUIDv7 when absent.
+    pub id: Option<Uuid>,
+    /// After this instant the processor rejects the command instead of deciding it.
+    pub deadline: Option<DateTime<Utc>>,
+    /// The message that caused this command (same correlation id).
+    pub causation: Option<Causation>,
+}
+
+type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Reply>>>>;
+
+/// Sends commands and waits for replies. Cheap to clone.
+#[derive(Clone)]
+pub struct CommandBus {
+    publisher: Publisher,
+    config: KafkaConfig,
+    reply_topic: String,
+    reply_partition: i32,
+    waiters: Waiters,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for CommandBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandBus")
+            .field("reply_topic", &self.reply_topic)
+            .field("reply_partition", &self.reply_partition)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for CommandBus {
+    fn drop(&mut self) {
+        // The last clone stops the reply reader.
+        if Arc::strong_count(&self.stop) == 1 {
+            self.stop.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl CommandBus {
+    /// A bus for `service`: replies come to `{service}.replies` (which must exist), on
+    /// `reply_partition` (e.g. the instance's ordinal modulo the partition count).
+    pub async fn new(config: &KafkaConfig, service: &str, reply_partition: i32) -> Result<Self> {
+        let publisher = Publisher::new(config, format!("/{service}"))?;
+        let reply_topic = config.topic_name(&format!("{service}.replies"));
+        let admin = crate::kafka::TopicAdmin::new(config)?;
+        let description = admin
+            .describe(&reply_topic)
+            .await?
+            .ok_or_else(|| Error::TopicMissing(reply_topic.clone()))?;
+        if reply_partition < 0 || reply_partition >= description.partitions {
+            return Err(Error::Config(format!(
+                "reply partition {reply_partition} does not exist: {reply_topic} has {} partitions",
+                description.partitions
+            )));
+        }
+        let consumer: BaseConsumer = config
+            // librdkafka wants a group.id even for assign(); this one never joins or commits.
+            .client_config(&[
+                ("group.id", &format!("{reply_topic}.reader")),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "false"),
+            ])
+            .create()
+            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
+        let (topic, partition) = (reply_topic.clone(), reply_partition);
+        // Position the reader at the end now, before any send: a reply cannot come earlier.
+        let consumer = tokio::task::spawn_blocking(move || -> Result<BaseConsumer> {
+            let (_, end) = consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                .map_err(|e| Error::kafka("fetch watermarks", e))?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(end))
+                .map_err(|e| Error::kafka("assign", e))?;
+            consumer
+                .assign(&tpl)
+                .map_err(|e| Error::kafka("assign", e))?;
+            Ok(consumer)
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("reply reader set-up failed: {e}")))??;
+        let waiters: Waiters = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (thread_waiters, thread_stop) = (Arc::clone(&waiters), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name(format!("choreo-replies-{service}"))
+            .spawn(move || read_replies(consumer, thread_waiters, thread_stop))
+            .map_err(|e| Error::Runtime(format!("cannot start the reply reader: {e}")))?;
+        Ok(Self {
+            publisher,
+            config: config.clone(),
+            reply_topic,
+            reply_partition,
+            waiters,
+            stop,
+        })
+    }
+
+    /// Sends a command; returns its id once the broker has it.
+    pub async fn send<C: CommandSet>(&self, command: &C, options: SendOptions) -> Result<Uuid> {
+        let out = self.prepare(command, &options)?;
+        self.publisher.send(&out).await?;
+        Ok(out.meta().id)
+    }
+
+    /// Sends a command and waits for its reply (accepted with its events and their offsets, or
+    /// rejected), or fails with [`Error::Timeout`].
+    pub async fn send_and_wait<C: CommandSet>(
+        &self,
+        command: &C,
+        options: SendOptions,
+        timeout: Duration,
+    ) -> Result<Reply> {
+        let out = self.prepare(command, &options)?;
+        let id = out.meta().id;
+        let (tx, rx) = oneshot::channel();
+        // Registered before the send: the reply cannot arrive unobserved.
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, tx);
+        let result = async {
+            self.publisher.send(&out).await?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err(Error::Runtime("the reply reader stopped".into())),
+                Err(_) => Err(Error::Timeout {
+                    what: format!("the reply to command {id}"),
+                    after: timeout,
+                }),
+            }
+        }
+        .await;
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        result
+    }
+
+    fn prepare<C: CommandSet>(&self, command: &C, options: &SendOptions) -> Result<Outgoing> {
+        let name = MessageName::parse(command.message_type(), Kind::Command, Tense::Unchecked)?;
+        let id = options.id.unwrap_or_else(Uuid::now_v7);
+        let mut meta = Metadata::new(
+            id,
+            name.as_str(),
+            self.publisher.source(),
+            command.subject_of(),
+            Utc::now(),
+            options.causation,
+        );
+        meta.extensions
+            .insert("replyto".into(), self.reply_topic.clone());
+        meta.extensions
+            .insert("replypartition".into(), self.reply_partition.to_string());
+        if let Some(deadline) = options.deadline {
+            meta.extensions.insert(
+                "deadline".into(),
+                deadline.to_rfc3339_opts(SecondsFormat::Millis, true),
+            );
+        }
+        let payload = command.encode()?;
+        let topic = self
+            .config
+            .topic_name(&format!("{}.commands", name.entity()));
+        Ok(Outgoing::new(topic, meta, payload))
+    }
+}
+
+fn read_replies(consumer: BaseConsumer, waiters: Waiters, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Acquire) {
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let record = match result {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(error = %e, "reply reader error");
+                continue;
+            }
+        };
+        let meta = match Metadata::from_record(record.headers(), record.key()) {
+            Ok(meta) if meta.message_type == REPLY_TYPE => meta,
+            Ok(meta) => {
+                tracing::warn!(r#type = %meta.message_type, "not a reply on the replies topic; ignored");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, offset = record.offset(), "undecodable reply ignored");
+                continue;
+            }
+        };
+        let Some(waiter) = waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&meta.causation_id)
+        else {
+            continue; // another instance's, or a caller that gave up
+        };
+        match record.payload().map(serde_json::from_slice::<Outcome>) {
+            Some(Ok(outcome)) => {
+                let _ = waiter.send(Reply {
+                    command_id: meta.causation_id,
+                    subject: meta.subject,
+                    outcome,
+                });
+            }
+            _ => tracing::warn!(command = %meta.causation_id, "reply with an undecodable outcome"),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Event-sourced aggregates whose log of record is Kafka (DESIGN.md §4.3).
+//!
+//! An [`Aggregate`] is pure: `decide` holds every business rule and returns events or a
+//! [`Rejection`]; `apply` only folds events into state. The [`CommandProcessor`] is the
+//! single writer of `{entity}.events`: one owner per partition (a consumer group over
+//! `{entity}.commands`), restoring each partition from its events before handling any of
+//! its commands, and writing events, the reply and the command offsets in one Kafka
+//! transaction. The [`CommandBus`] sends commands and waits for their replies.
+
+mod bus;
+mod processor;
+mod reply;
+
+pub use bus::{CommandBus, SendOptions};
+pub use processor::{CommandProcessor, ProcessorStatus};
+pub use reply::{EventRef, Outcome, REPLY_TYPE, Reply};
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::{CommandSet, EventSet};
+
+/// A consistency boundary: the state of one entity (one user, one account), rebuilt from its
+/// events.
+pub trait Aggregate: Default + Clone + Send + Sync + 'static {
+    /// The commands it decides on.
+    type Command: CommandSet;
+    /// The events it emits and is rebuilt from.
+    type Event: EventSet;
+
+    /// Business rules: the events a command leads to, or why it is refused. Pure: no I/O,
+    /// no clock (a command carries what it needs).
+    fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Rejection>;
+
+    /// Folds an event into the state. No rules here: an event is a fact.
+    fn apply(&mut self, event: &Self::Event);
+}
+
+/// A business refusal, sent back to the caller. Not an error of the system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Rejection {
+    /// Machine-readable, e.g. `email_taken`.
+    pub code: String,
+    /// For humans.
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,1069 @@
+//! The command processor: the single writer of an entity's events.
+//!
+//! Everything runs on one dedicated thread that owns the command consumer and the
+//! transactional producer: rebalance callbacks (and so restores) run inside `poll`, and a
+//! transaction is never open while we poll, so a revoke never meets an open transaction.
+//! Transactions and flushes stay off the async threads.
+//!
+//! Per batch of polled commands, one Kafka transaction holds: the events (explicit partition
+//! = the command's partition, `ce_sequence` = aggregate version, causation = command id), the
+//! replies to the senders' reply partitions, dead letters, and the command offsets with fresh
+//! consumer group metadata. Changed aggregate states live in an overlay merged only on
+//! commit, so an aborted transaction leaves no trace in memory either.
+//!
+//! Errors: an abortable transaction error aborts and rewinds the consumer to the batch start;
+//! fencing (another instance with our transactional id) stops this processor cleanly and
+//! never recreates it; any other transaction error stops the processor with the error (a
+//! timed-out commit may still land later, so only a fresh producer plus a full restore is
+//! safe: restart the process).
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::reply::{EventRef, Outcome, REPLY_TYPE};
+use super::{Aggregate, Rejection};
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::kafka::consumer::{forward_log, panic_message};
+use crate::kafka::{dlq_headers, partition_for_key};
+use crate::message::{CommandSet, EventSet, Metadata};
+use crate::shutdown::Shutdown;
+
+/// How many recent command ids each aggregate remembers (duplicates get the first outcome).
+const RECENT_COMMANDS: usize = 64;
+
+/// What a running processor reports.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessorStatus {
+    inner: Arc<StatusInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    ready: Mutex<Vec<i32>>,
+    halted: Mutex<Vec<(i32, String)>>,
+    aggregates: AtomicU64,
+    transactions: AtomicU64,
+}
+
+impl ProcessorStatus {
+    /// Partitions restored and being handled.
+    pub fn ready_partitions(&self) -> Vec<i32> {
+        let mut out = lock(&self.inner.ready).clone();
+        out.sort_unstable();
+        out
+    }
+
+    /// Partitions halted (restore found a gap or an unknown event, ...), with the reason.
+    pub fn halted(&self) -> Vec<(i32, String)> {
+        lock(&self.inner.halted).clone()
+    }
+
+    /// Ready for traffic: nothing halted.
+    pub fn is_ready(&self) -> bool {
+        lock(&self.inner.halted).is_empty()
+    }
+
+    /// Aggregates held in memory (the memory bound is this times the state size).
+    pub fn aggregates_in_memory(&self) -> u64 {
+        self.inner.aggregates.load(Ordering::Relaxed)
+    }
+
+    /// Committed transactions so far.
+    pub fn transactions(&self) -> u64 {
+        self.inner.transactions.load(Ordering::Relaxed)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs an aggregate's command processing in a consumer group.
+pub struct CommandProcessor<A: Aggregate> {
+    service: String,
+    entity: String,
+    ordinal: u32,
+    partitions: i32,
+    max_batch: usize,
+    status: ProcessorStatus,
+    _aggregate: std::marker::PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> std::fmt::Debug for CommandProcessor<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandProcessor")
+            .field("service", &self.service)
+            .field("entity", &self.entity)
+            .field("ordinal", &self.ordinal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Aggregate> CommandProcessor<A> {
+    /// The processor of `service` (its consumer group) for `entity` (topics
+    /// `{entity}.commands` and `{entity}.events`, both with `partitions` partitions).
+    /// `ordinal` is this instance's stable number (0, 1, ...): `transactional.id` and
+    /// `group.instance.id` are `{group}-{ordinal}`, so a restarted instance fences its own
+    /// dangling transaction at once. Two live instances with one ordinal fence each other:
+    /// the older one stops.
+    pub fn new(
+        service: impl Into<String>,
+        entity: impl Into<String>,
+        ordinal: u32,
+        partitions: i32,
+    ) -> Self {
+        Self {
+            service: service.into(),
+            entity: entity.into(),
+            ordinal,
+            partitions,
+            max_batch: 100,
+            status: ProcessorStatus::default(),
+            _aggregate: std::marker::PhantomData,
+        }
+    }
+
+    /// Most commands per transaction.
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
+    pub fn status(&self) -> ProcessorStatus {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` (or fencing, or an unrecoverable error).
+    pub async fn run(self, kafka: &KafkaConfig, shutdown: Shutdown) -> Result<()> {
+        crate::kafka::check_reachable(kafka)?;
+        let group = kafka.topic_name(&self.service);
+        let commands_topic = kafka.topic_name(&format!("{}.commands", self.entity));
+        let events_topic = kafka.topic_name(&format!("{}.events", self.entity));
+        let dlq_topic = format!("{group}.dlq");
+        let admin = crate::kafka::TopicAdmin::new(kafka)?;
+        for topic in [&commands_topic, &events_topic] {
+            match admin.describe(topic).await? {
+                None => return Err(Error::TopicMissing(topic.clone())),
+                Some(d) if d.partitions != self.partitions => {
+                    return Err(Error::TopicMismatch {
+                        topic: topic.clone(),
+                        mismatch: format!(
+                            "it has {} partitions, the processor declares {}; commands and events of an entity \
+                             must share the declared count (aggregates would be split otherwise)",
+                            d.partitions, self.partitions
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        if admin.describe(&dlq_topic).await?.is_none() {
+            return Err(Error::TopicMissing(dlq_topic));
+        }
+        let identity = format!("{group}-{}", self.ordinal);
+        let shared = Arc::new(Shared::<A> {
+            group: group.clone(),
+            source: format!("/{}", self.service),
+            commands_topic,
+            events_topic,
+            dlq_topic,
+            partitions: self.partitions,
+            state: Mutex::new(HashMap::new()),
+            halted: Mutex::new(HashMap::new()),
+            status: self.status.clone(),
+            // librdkafka wants a group.id even for assign(); this one never joins or commits.
+            restore: kafka
+                .client_config(&[
+                    ("group.id", &format!("{group}.restore")),
+                    ("enable.auto.commit", "false"),
+                    ("isolation.level", "read_committed"),
+                    ("enable.partition.eof", "false"),
+                ])
+                .create()
+                .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?,
+            fatal: Mutex::new(None),
+            shutdown: shutdown.clone(),
+            stopped: AtomicBool::new(false),
+            handle: tokio::runtime::Handle::current(),
+        });
+        let consumer: BaseConsumer<ProcessorContext<A>> = kafka
+            .client_config(&[
+                ("group.id", group.as_str()),
+                ("group.instance.id", identity.as_str()),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("isolation.level", "read_committed"),
+                // Lost group offsets must not replay every retained command.
+                ("auto.offset.reset", "error"),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("enable.partition.eof", "false"),
+            ])
+            .create_with_context(ProcessorContext {
+                shared: Arc::clone(&shared),
+            })
+            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
+        let producer: FutureProducer = kafka
+            .client_config(&[
+                ("transactional.id", identity.as_str()),
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("transaction.timeout.ms", "10000"),
+                ("linger.ms", "1"),
+            ])
+            .create()
+            .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))?;
+        let max_batch = self.max_batch;
+        let (done_tx, done_rx) = oneshot::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("choreo-commands-{identity}"))
+            .spawn(move || {
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    processing_loop(&thread_shared, &consumer, &producer, max_batch)
+                }));
+                let result = match outcome {
+                    Ok(result) => result,
+                    Err(panic) => Err(Error::Runtime(format!(
+                        "command processor panicked: {}",
+                        panic_message(&*panic)
+                    ))),
+                };
+                // Leave the group; the revoke callback drops the partitions' state.
+                thread_shared.stopped.store(true, Ordering::Release);
+                drop(consumer);
+                let _ = producer.flush(Duration::from_secs(10));
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start the processor thread: {e}")))?;
+        done_rx
+            .await
+            .map_err(|_| Error::Runtime("the processor thread ended without a result".into()))?
+    }
+}
+
+/// One aggregate's state on this processor.
+#[derive(Clone)]
+struct Entry<A> {
+    state: A,
+    version: u64,
+    /// Recent command ids and their outcome, oldest first.
+    recent: VecDeque<(Uuid, Outcome)>,
+}
+
+impl<A: Default> Default for Entry<A> {
+    fn default() -> Self {
+        Self {
+            state: A::default(),
+            version: 0,
+            recent: VecDeque::new(),
+        }
+    }
+}
+
+impl<A> Entry<A> {
+    fn remember(&mut self, id: Uuid, outcome: Outcome) {
+        if self.recent.len() >= RECENT_COMMANDS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((id, outcome));
+    }
+}
+
+type Key = (i32, String);
+
+struct Shared<A: Aggregate> {
+    group: String,
+    source: String,
+    commands_topic: String,
+    events_topic: String,
+    dlq_topic: String,
+    partitions: i32,
+    /// Committed state per (partition, aggregate id).
+    state: Mutex<HashMap<Key, Entry<A>>>,
+    /// Partitions halted, with the reason.
+    halted: Mutex<HashMap<i32, String>>,
+    status: ProcessorStatus,
+    /// Reads events partitions during restores (no group, read_committed).
+    restore: BaseConsumer,
+    fatal: Mutex<Option<String>>,
+    shutdown: Shutdown,
+    stopped: AtomicBool,
+    /// Waits for delivery reports from the processor thread (never an async thread).
+    handle: tokio::runtime::Handle,
+}
+
+struct ProcessorContext<A: Aggregate> {
+    shared: Arc<Shared<A>>,
+}
+
+impl<A: Aggregate> ClientContext for ProcessorContext<A> {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+}
+
+impl<A: Aggregate> ConsumerContext for ProcessorContext<A> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut assign = TopicPartitionList::new();
+                let mut halted_now = Vec::new();
+                for p in &partitions {
+                    match self.restore(consumer, *p) {
+                        Ok(start) => {
+                            let _ =
+                                assign.add_partition_offset(&self.shared.commands_topic, *p, start);
+                            lock(&self.shared.status.inner.ready).push(*p);
+                        }
+                        Err(reason) => {
+                            tracing::error!(partition = p, %reason, "partition halted");
+                            lock(&self.shared.halted).insert(*p, reason.clone());
+                            lock(&self.shared.status.inner.halted).push((*p, reason));
+                            let _ = assign.add_partition_offset(
+                                &self.shared.commands_topic,
+                                *p,
+                                Offset::End,
+                            );
+                            halted_now.push(*p);
+                        }
+                    }
+                }
+                if let Err(e) = consumer.incremental_assign(&assign) {
+                    self.fail(format!("incremental_assign failed: {e}"));
+                }
+                // Halted partitions stay assigned (the group needs an owner) but paused.
+                let mut pause = TopicPartitionList::new();
+                for p in halted_now {
+                    pause.add_partition(&self.shared.commands_topic, p);
+                }
+                if pause.count() > 0 {
+                    let _ = consumer.pause(&pause);
+                }
+                self.update_count();
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // No transaction is open here: we never poll inside one.
+                lock(&self.shared.state).retain(|(p, _), _| !partitions.contains(p));
+                lock(&self.shared.halted).retain(|p, _| !partitions.contains(p));
+                lock(&self.shared.status.inner.ready).retain(|p| !partitions.contains(p));
+                lock(&self.shared.status.inner.halted).retain(|(p, _)| !partitions.contains(p));
+                let _ = consumer.resume(tpl);
+                if let Err(e) = consumer.incremental_unassign(tpl) {
+                    tracing::error!(error = %e, "incremental_unassign failed");
+                }
+                self.update_count();
+            }
+            other => tracing::error!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+impl<A: Aggregate> ProcessorContext<A> {
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "command processor stopping");
+        lock(&self.shared.fatal).get_or_insert(reason);
+        self.shared.shutdown.trigger();
+    }
+
+    fn update_count(&self) {
+        let n = lock(&self.shared.state).len() as u64;
+        self.shared
+            .status
+            .inner
+            .aggregates
+            .store(n, Ordering::Relaxed);
+    }
+
+    /// Restores partition `p` (DESIGN.md §4.3): the stable committed command offset first,
+    /// then the end of events[p], then every event up to it. Returns where commands start.
+    fn restore(&self, consumer: &BaseConsumer<Self>, p: i32) -> Result<Offset, String> {
+        let shared = &self.shared;
+        // 1. A read_committed consumer waits out pending transactional offset commits.
+        let mut ask = TopicPartitionList::new();
+        ask.add_partition(&shared.commands_topic, p);
+        let committed = consumer
+            .committed_offsets(ask, Duration::from_secs(30))
+            .map_err(|e| format!("cannot read the committed command offset: {e}"))?
+            .elements()
+            .first()
+            .map(|e| e.offset())
+            .unwrap_or(Offset::Invalid);
+        // 2. Only then the end of the events partition (its last stable offset).
+        let (low, end) = shared
+            .restore
+            .fetch_watermarks(&shared.events_topic, p, Duration::from_secs(30))
+            .map_err(|e| format!("cannot read the end of {}[{p}]: {e}", shared.events_topic))?;
+        let start = match committed {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ if end <= low => Offset::Beginning,
+            _ => {
+                return Err(format!(
+                    "{}[{p}] has no committed offset for group {} but {}[{p}] holds events: replaying every retained \
+                     command could repeat them; an operator must set the group's offset (kafka-consumer-groups \
+                     --reset-offsets) before this partition is handled",
+                    shared.commands_topic, shared.group, shared.events_topic
+                ));
+            }
+        };
+        // 3. Read events[p] until position() reaches the end (a commit marker follows the
+        //    last event, so last offset + 1 never equals the end).
+        let mut entries: HashMap<String, Entry<A>> = HashMap::new();
+        if end > low {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&shared.events_topic, p, Offset::Offset(low))
+                .map_err(|e| e.to_string())?;
+            shared
+                .restore
+                .assign(&tpl)
+                .map_err(|e| format!("cannot assign {}[{p}]: {e}", shared.events_topic))?;
+            let mut idle = 0;
+            loop {
+                let position = shared
+                    .restore
+                    .position()
+                    .ok()
+                    .and_then(|l| l.elements().first().map(|e| e.offset()))
+                    .and_then(|o| {
+                        if let Offset::Offset(o) = o {
+                            Some(o)
+                        } else {
+                            None
+                        }
+                    })
+                    .unwrap_or(low);
+                if position >= end {
+                    break;
+                }
+                match shared.restore.poll(Duration::from_millis(200)) {
+                    Some(Ok(record)) => {
+                        idle = 0;
+                        apply_restored::<A>(&mut entries, &record.detach(), &shared.events_topic)?;
+                    }
+                    Some(Err(e)) => {
+                        return Err(format!("reading {}[{p}] failed: {e}", shared.events_topic));
+                    }
+                    None => {
+                        idle += 1;
+                        if idle > 150 {
+                            return Err(format!(
+                                "restore of {}[{p}] stalled at {position} of {end}",
+                                shared.events_topic
+                            ));
+                        }
+                    }
+                }
+            }
+            let _ = shared.restore.unassign();
+        }
+        let mut state = lock(&shared.state);
+        state.retain(|(q, _), _| *q != p);
+        let restored = entries.len();
+        state.extend(entries.into_iter().map(|(id, entry)| ((p, id), entry)));
+        tracing::info!(
+            partition = p,
+            aggregates = restored,
+            events_end = end,
+            ?start,
+            "partition restored"
+        );
+        Ok(start)
+    }
+}
+
+/// Folds one restored event into its aggregate; a gap, a duplicate or an unknown type halts.
+fn apply_restored<A: Aggregate>(
+    entries: &mut HashMap<String, Entry<A>>,
+    record: &OwnedMessage,
+    topic: &str,
+) -> Result<(), String> {
+    let at = format!("{topic}[{}]@{}", record.partition(), record.offset());
+    let meta = Metadata::from_record(record.headers(), record.key())
+        .map_err(|e| format!("undecodable event at {at}: {e}"))?;
+    let event = A::Event::decode(&meta, record.payload())
+        .map_err(|e| format!("undecodable event at {at}: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "unknown event type {} at {at}: this processor cannot rebuild the aggregate",
+                meta.message_type
+            )
+        })?;
+    let sequence = meta
+        .sequence
+        .ok_or_else(|| format!("event at {at} has no ce_sequence"))?;
+    let entry = entries.entry(meta.subject.clone()).or_default();
+    if sequence != entry.version + 1 {
+        return Err(format!(
+            "sequence of {} jumps from {} to {sequence} at {at}: the log is not contiguous",
+            meta.subject, entry.version
+        ));
+    }
+    std::panic::catch_unwind(AssertUnwindSafe(|| entry.state.apply(&event)))
+        .map_err(|panic| format!("apply panicked at {at}: {}", panic_message(&*panic)))?;
+    entry.version = sequence;
+    let event_ref = EventRef {
+        message_type: meta.message_type.clone(),
+        topic: topic.to_owned(),
+        partition: record.partition(),
+        offset: record.offset(),
+        sequence,
+    };
+    // Rebuild the duplicate memory from the causation ids (the command ids).
+    match entry.recent.back_mut() {
+        Some((id, Outcome::Accepted { events })) if *id == meta.causation_id => {
+            events.push(event_ref)
+        }
+        _ => entry.remember(
+            meta.causation_id,
+            Outcome::Accepted {
+                events: vec![event_ref],
+            },
+        ),
+    }
+    Ok(())
+}
+
+/// An output of a batch, produced inside the transaction.
+struct Pending {
+    topic: String,
+    partition: i32,
+    key: String,
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+}
+
+/// A reply waiting for the offsets of its command's events.
+struct PendingReply {
+    topic: String,
+    partition: i32,
+    /// The aggregate the command was for (where its outcome is remembered).
+    aggregate: Key,
+    meta: Metadata,
+    /// Indices into the batch's events, or the final outcome.
+    events: Vec<usize>,
+    outcome: Option<Outcome>,
+}
+
+fn processing_loop<A: Aggregate>(
+    shared: &Arc<Shared<A>>,
+    consumer: &BaseConsumer<ProcessorContext<A>>,
+    producer: &FutureProducer,
+    max_batch: usize,
+) -> Result<()> {
+    // Fences any earlier producer with our transactional id and aborts its open transaction.
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .map_err(|e| Error::kafka("init_transactions", e))?;
+    consumer
+        .subscribe(&[&shared.commands_topic])
+        .map_err(|e| Error::kafka("subscribe", e))?;
+    while !shared.shutdown.is_triggered() {
+        let mut batch: Vec<OwnedMessage> = Vec::new();
+        let mut timeout = Duration::from_millis(100);
+        while batch.len() < max_batch {
+            match consumer.poll(timeout) {
+                Some(Ok(record)) => batch.push(record.detach()),
+                Some(Err(e)) => {
+                    if let KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset) = e {
+                        return Err(Error::Runtime(format!(
+                            "command consumer: {e} (auto.offset.reset=error)"
+                        )));
+                    }
+                    tracing::warn!(error = %e, "command consumer error");
+                    break;
+                }
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        if let Some(reason) = lock(&shared.fatal).clone() {
+            return Err(Error::Runtime(reason));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        match run_transaction(shared, consumer, producer, &batch) {
+            Ok(()) => {}
+            Err(TxError::Abortable(reason)) => {
+                tracing::warn!(%reason, "transaction aborted; rewinding to the last committed commands");
+                if let Err(e) = producer.abort_transaction(Duration::from_secs(30)) {
+                    return Err(Error::Runtime(format!(
+                        "abort_transaction failed after {reason}: {e}"
+                    )));
+                }
+                rewind(consumer, &batch)?;
+            }
+            Err(TxError::Fenced(reason)) => {
+                // Another instance owns our transactional id now: stop, never recreate (two
+                // instances sharing an id would fence each other forever).
+                tracing::error!(%reason, "fenced by a newer instance with the same transactional id; stopping");
+                return Err(Error::Runtime(format!("fenced: {reason}")));
+            }
+            Err(TxError::Fatal(reason)) => {
+                return Err(Error::Runtime(format!(
+                    "transaction failed ({reason}); a timed-out commit may still land, so this processor stops: \
+                     restart it to fence the old producer and restore"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+enum TxError {
+    Abortable(String),
+    Fenced(String),
+    Fatal(String),
+}
+
+fn classify(op: &str, e: &KafkaError) -> TxError {
+    let text = format!("{op}: {e}");
+    match e {
+        KafkaError::Transaction(rd) if rd.is_fatal() => {
+            if matches!(
+                rd.code(),
+                RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            ) {
+                TxError::Fenced(text)
+            } else {
+                TxError::Fatal(text)
+            }
+        }
+        KafkaError::Transaction(rd) if rd.txn_requires_abort() => TxError::Abortable(text),
+        _ => match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => {
+                TxError::Fenced(text)
+            }
+            Some(
+                RDKafkaErrorCode::PurgeQueue
+                | RDKafkaErrorCode::PurgeInflight
+                | RDKafkaErrorCode::InvalidTransactionalState,
+            ) => TxError::Abortable(text),
+            _ => TxError::Fatal(text),
+        },
+    }
+}
+
+/// Seeks every partition of the batch back to its first record: the last committed position.
+fn rewind<A: Aggregate>(
+    consumer: &BaseConsumer<ProcessorContext<A>>,
+    batch: &[OwnedMessage],
+) -> Result<()> {
+    let mut first: HashMap<i32, i64> = HashMap::new();
+    for record in batch {
+        first.entry(record.partition()).or_insert(record.offset());
+    }
+    for (partition, offset) in first {
+        let topic = batch[0].topic();
+        consumer
+            .seek(
+                topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            )
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "rewind of {topic}[{partition}] to {offset} failed: {e}"
+                ))
+            })?;
+    }
+    Ok(())
+}
+
+fn run_transaction<A: Aggregate>(
+    shared: &Arc<Shared<A>>,
+    consumer: &BaseConsumer<ProcessorContext<A>>,
+    producer: &FutureProducer,
+    batch: &[OwnedMessage],
+) -> Result<(), TxError> {
+    producer
+        .begin_transaction()
+        .map_err(|e| classify("begin_transaction", &e))?;
+    let now = Utc::now();
+    let mut overlay: HashMap<Key, Entry<A>> = HashMap::new();
+    let mut events: Vec<(Pending, EventRef)> = Vec::new();
+    let mut replies: Vec<PendingReply> = Vec::new();
+    let mut dead: Vec<Pending> = Vec::new();
+    let mut next_offsets: HashMap<i32, i64> = HashMap::new();
+    {
+        let halted = lock(&shared.halted);
+        let committed = lock(&shared.state);
+        for record in batch {
+            let p = record.partition();
+            if halted.contains_key(&p) {
+                continue;
+            }
+            decide_one(
+                shared,
+                &committed,
+                &mut overlay,
+                record,
+                now,
+                &mut events,
+                &mut replies,
+                &mut dead,
+            );
+            next_offsets.insert(p, record.offset() + 1);
+        }
+    }
+    // Events first: their offsets go into the replies.
+    let deliveries: Vec<_> = events
+        .iter()
+        .map(|(pending, _)| send(producer, pending))
+        .collect::<Result<_, _>>()?;
+    let mut offsets = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        let (partition, offset) = shared
+            .handle
+            .block_on(delivery)
+            .map_err(|_| TxError::Abortable("event delivery cancelled".into()))?
+            .map(|d| (d.partition, d.offset))
+            .map_err(|(e, _)| classify("produce event", &e))?;
+        offsets.push((partition, offset));
+    }
+    for (i, (partition, offset)) in offsets.iter().enumerate() {
+        events[i].1.partition = *partition;
+        events[i].1.offset = *offset;
+    }
+    let mut reply_deliveries = Vec::new();
+    for reply in &mut replies {
+        let outcome = match reply.outcome.take() {
+            Some(outcome) => outcome,
+            None => Outcome::Accepted {
+                events: reply.events.iter().map(|&i| events[i].1.clone()).collect(),
+            },
+        };
+        // Remember the outcome with its final offsets (duplicates get exactly this).
+        if let Some(entry) = overlay.get_mut(&reply.aggregate)
+            && let Some(remembered) = entry
+                .recent
+                .iter_mut()
+                .find(|(id, _)| *id == reply.meta.causation_id)
+        {
+            remembered.1 = outcome.clone();
+        }
+        if reply.topic.is_empty() {
+            continue;
+        }
+        let payload = serde_json::to_vec(&outcome)
+            .map_err(|e| TxError::Fatal(format!("encode reply: {e}")))?;
+        let pending = Pending {
+            topic: reply.topic.clone(),
+            partition: reply.partition,
+            key: reply.meta.subject.clone(),
+            payload,
+            headers: reply.meta.to_headers(),
+        };
+        reply_deliveries.push(send(producer, &pending)?);
+    }
+    for letter in &dead {
+        reply_deliveries.push(send(producer, letter)?);
+    }
+    failpoint::hit("command.after_produce");
+    for delivery in reply_deliveries {
+        shared
+            .handle
+            .block_on(delivery)
+            .map_err(|_| TxError::Abortable("reply delivery cancelled".into()))?
+            .map_err(|(e, _)| classify("produce reply", &e))?;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, next) in &next_offsets {
+        let _ = tpl.add_partition_offset(&shared.commands_topic, *p, Offset::Offset(*next));
+    }
+    // Fresh group metadata for every transaction (the generation may have moved).
+    let metadata = consumer
+        .group_metadata()
+        .ok_or_else(|| TxError::Abortable("no consumer group metadata".into()))?;
+    producer
+        .send_offsets_to_transaction(&tpl, &metadata, Duration::from_secs(30))
+        .map_err(|e| classify("send_offsets_to_transaction", &e))?;
+    failpoint::hit("command.before_commit");
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .map_err(|e| match classify("commit_transaction", &e) {
+            // librdkafka reports a failed flush inside commit as Flush: no flag says what it
+            // means, so treat it as unknown (the commit may still land).
+            TxError::Abortable(t) if matches!(e, KafkaError::Flush(_)) => TxError::Fatal(t),
+            other => other,
+        })?;
+    // Committed: merge the overlay.
+    let mut committed = lock(&shared.state);
+    committed.extend(overlay);
+    shared
+        .status
+        .inner
+        .aggregates
+        .store(committed.len() as u64, Ordering::Relaxed);
+    shared
+        .status
+        .inner
+        .transactions
+        .fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn send(
+    producer: &FutureProducer,
+    pending: &Pending,
+) -> Result<rdkafka::producer::DeliveryFuture, TxError> {
+    let record = FutureRecord::to(&pending.topic)
+        .partition(pending.partition)
+        .key(pending.key.as_bytes())
+        .payload(&pending.payload)
+        .headers(pending.headers.clone());
+    producer
+        .send_result(record)
+        .map_err(|(e, _)| classify("produce", &e))
+}
+
+/// Decides one command into the overlay and the batch's outputs.
+#[allow(clippy::too_many_arguments)]
+fn decide_one<A: Aggregate>(
+    shared: &Shared<A>,
+    committed: &HashMap<Key, Entry<A>>,
+    overlay: &mut HashMap<Key, Entry<A>>,
+    record: &OwnedMessage,
+    now: DateTime<Utc>,
+    events: &mut Vec<(Pending, EventRef)>,
+    replies: &mut Vec<PendingReply>,
+    dead: &mut Vec<Pending>,
+) {
+    let p = record.partition();
+    let meta = match Metadata::from_record(record.headers(), record.key()) {
+        Ok(meta) => meta,
+        Err(e) => {
+            // Without valid headers there is no reply address: the dead letter is the answer.
+            dead.push(dead_letter(
+                shared,
+                record,
+                &format!("undecodable command envelope: {e}"),
+                now,
+            ));
+            return;
+        }
+    };
+    let reply_to = |outcome: Option<Outcome>, event_indices: Vec<usize>| {
+        let topic = meta.extensions.get("replyto").cloned().unwrap_or_default();
+        let partition = meta
+            .extensions
+            .get("replypartition")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let reply_meta = Metadata::new(
+            Uuid::new_v5(&meta.id, b"reply"),
+            REPLY_TYPE,
+            shared.source.as_str(),
+            meta.subject.as_str(),
+            now,
+            Some(crate::Causation::from_cause(&meta)),
+        );
+        PendingReply {
+            topic,
+            partition,
+            aggregate: (p, meta.subject.clone()),
+            meta: reply_meta,
+            events: event_indices,
+            outcome,
+        }
+    };
+    let reject = |code: &str, message: String| Outcome::Rejected {
+        rejection: Rejection::new(code, message),
+    };
+
+    let expected = partition_for_key(meta.subject.as_bytes(), shared.partitions);
+    if expected != p {
+        let reason = format!(
+            "command for {} arrived on partition {p}, but murmur2 puts that key on {expected}: the sender's partitioner \
+             differs from the Java clients'",
+            meta.subject
+        );
+        dead.push(dead_letter(shared, record, &reason, now));
+        replies.push(reply_to(
+            Some(reject("wrong_partition", reason)),
+            Vec::new(),
+        ));
+        return;
+    }
+    if let Some(deadline) = meta.extensions.get("deadline") {
+        match DateTime::parse_from_rfc3339(deadline) {
+            Ok(deadline) if deadline.with_timezone(&Utc) < now => {
+                replies.push(reply_to(
+                    Some(reject(
+                        "expired",
+                        format!("the command's deadline {deadline} has passed"),
+                    )),
+                    Vec::new(),
+                ));
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let reason = format!("header ce_deadline is not RFC 3339: {e}");
+                dead.push(dead_letter(shared, record, &reason, now));
+                replies.push(reply_to(Some(reject("bad_command", reason)), Vec::new()));
+                return;
+            }
+        }
+    }
+    let command = match A::Command::decode(&meta, record.payload()) {
+        Ok(Some(command)) => command,
+        Ok(None) => {
+            let reason = format!("this processor does not handle {}", meta.message_type);
+            dead.push(dead_letter(shared, record, &reason, now));
+            replies.push(reply_to(
+                Some(reject("unknown_command", reason)),
+                Vec::new(),
+            ));
+            return;
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            dead.push(dead_letter(shared, record, &reason, now));
+            replies.push(reply_to(Some(reject("bad_command", reason)), Vec::new()));
+            return;
+        }
+    };
+    let key: Key = (p, meta.subject.clone());
+    let entry = overlay
+        .entry(key.clone())
+        .or_insert_with(|| committed.get(&key).cloned().unwrap_or_default());
+    if let Some((_, first)) = entry.recent.iter().find(|(id, _)| *id == meta.id) {
+        // A retry: answer with the first outcome, decide nothing.
+        replies.push(reply_to(Some(first.clone()), Vec::new()));
+        return;
+    }
+    let decided = std::panic::catch_unwind(AssertUnwindSafe(|| entry.state.decide(&command)))
+        .unwrap_or_else(|panic| {
+            Err(Rejection::new(
+                "internal_error",
+                format!("decide panicked: {}", panic_message(&*panic)),
+            ))
+        });
+    match decided {
+        Err(rejection) => {
+            let outcome = Outcome::Rejected { rejection };
+            entry.remember(meta.id, outcome.clone());
+            replies.push(reply_to(Some(outcome), Vec::new()));
+        }
+        Ok(new_events) => {
+            let mut indices = Vec::with_capacity(new_events.len());
+            let mut staged = entry.clone();
+            for (i, event) in new_events.iter().enumerate() {
+                let payload = match event.encode() {
+                    Ok(payload) => payload,
+                    Err(e) => {
+                        replies.push(reply_to(
+                            Some(reject("internal_error", e.to_string())),
+                            Vec::new(),
+                        ));
+                        return;
+                    }
+                };
+                staged.version += 1;
+                staged.state.apply(event);
+                let mut event_meta = Metadata::new(
+                    // Derived from the command id: a retried transaction emits the same ids.
+                    Uuid::new_v5(&meta.id, format!("event/{i}").as_bytes()),
+                    event.message_type(),
+                    shared.source.as_str(),
+                    meta.subject.as_str(),
+                    now,
+                    Some(crate::Causation::from_cause(&meta)),
+                );
+                event_meta.sequence = Some(staged.version);
+                let pending = Pending {
+                    topic: shared.events_topic.clone(),
+                    partition: p,
+                    key: meta.subject.clone(),
+                    payload,
+                    headers: event_meta.to_headers(),
+                };
+                indices.push(events.len());
+                events.push((
+                    pending,
+                    EventRef {
+                        message_type: event.message_type().to_owned(),
+                        topic: shared.events_topic.clone(),
+                        partition: p,
+                        offset: -1,
+                        sequence: staged.version,
+                    },
+                ));
+            }
+            staged.remember(meta.id, Outcome::Accepted { events: Vec::new() });
+            *entry = staged;
+            replies.push(reply_to(None, indices));
+        }
+    }
+}
+
+fn dead_letter<A: Aggregate>(
+    shared: &Shared<A>,
+    record: &OwnedMessage,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Pending {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = record.headers() {
+        for h in original.iter() {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let partition = record.partition().to_string();
+    let offset = record.offset().to_string();
+    let time = now.to_rfc3339();
+    for (key, value) in [
+        (dlq_headers::TOPIC, record.topic()),
+        (dlq_headers::PARTITION, partition.as_str()),
+        (dlq_headers::OFFSET, offset.as_str()),
+        (dlq_headers::ERROR, reason),
+        (dlq_headers::TIME, time.as_str()),
+        (dlq_headers::GROUP, shared.group.as_str()),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    Pending {
+        topic: shared.dlq_topic.clone(),
+        partition: 0,
+        key: record
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        payload: record.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers,
+    }
+}

@@ -1,0 +1,53 @@
+//! Replies: what became of a command, sent to the sender's `{service}.replies` partition.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Rejection;
+
+/// `ce_type` of replies.
+pub const REPLY_TYPE: &str = "v1.command.answered";
+
+/// Where an event of an accepted command landed: enough to wait for a projection to pass it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRef {
+    pub message_type: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The aggregate version this event made.
+    pub sequence: u64,
+}
+
+/// What became of a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Decided and committed: these events are in the log.
+    Accepted { events: Vec<EventRef> },
+    /// Refused: no event was written.
+    Rejected { rejection: Rejection },
+}
+
+/// A reply as the sender receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The command it answers (the reply's causation id).
+    pub command_id: Uuid,
+    /// The aggregate it concerns.
+    pub subject: String,
+    pub outcome: Outcome,
+}
+
+impl Reply {
+    /// `(topic, partition, offset)` of each event: what `projection::wait_for` takes.
+    pub fn offsets(&self) -> Vec<(String, i32, i64)> {
+        match &self.outcome {
+            Outcome::Accepted { events } => events
+                .iter()
+                .map(|e| (e.topic.clone(), e.partition, e.offset))
+                .collect(),
+            Outcome::Rejected { .. } => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The generic `choreo` CLI: everything an operator needs that takes no user code — topics,
+//! tailing a topic, projection lag and dead letters. Commands that need a service's code
+//! (`projections rebuild`) live in that service's own binary.
+//!
+//! Run with: `cargo run -p choreo --bin choreo -- --help`
+
+mod connect;
+mod dlq;
+mod projections;
+mod reader;
+mod show;
+mod tail;
+mod topics;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::connect::Services;
+
+/// Where `--help` lists the settings every command shares.
+const SERVICES: &str = "Services (every command)";
+
+/// Operate a choreo installation: topics, tail, projection status, dead letters.
+///
+/// Settings come from flags or the environment (`CHOREO_KAFKA_PROPERTIES` adds raw librdkafka
+/// properties such as TLS and SASL). Start local services with `scripts/dev-services up`.
+#[derive(Debug, Parser)]
+#[command(name = "choreo", version)]
+struct Cli {
+    /// Kafka bootstrap servers, host:port[,host:port] [default: 127.0.0.1:9092]
+    #[arg(
+        long,
+        global = true,
+        env = "CHOREO_KAFKA_BROKERS",
+        value_name = "HOSTS",
+        help_heading = SERVICES
+    )]
+    brokers: Option<String>,
+
+    /// PostgreSQL URL [default: postgres://choreo:choreo@127.0.0.1:5432/choreo]
+    #[arg(
+        long,
+        global = true,
+        env = "CHOREO_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        help_heading = SERVICES
+    )]
+    database_url: Option<String>,
+
+    /// Prefix of derived topic names (`{namespace}.user.events`); group names already
+    /// include it
+    #[arg(
+        long,
+        global = true,
+        env = "CHOREO_TOPIC_NAMESPACE",
+        value_name = "NAME",
+        help_heading = SERVICES
+    )]
+    namespace: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List, describe and create topics.
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+    /// Print the records of a topic, decoded as choreo messages.
+    Tail(tail::TailArgs),
+    /// Projection checkpoints and their lag behind the log.
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCommand),
+    /// Inspect dead letters and feed them back to their consumer group.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+}
+
+fn main() -> ExitCode {
+    // Logs go to stderr so stdout stays the command's output; quiet unless RUST_LOG asks.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `choreo tail | head` closes the pipe early: that is the reader's choice, not a failure.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let services = Services::new(cli.brokers, cli.database_url, cli.namespace)?;
+    // A small runtime: the CLI does one thing at a time, and the builds run on 2-core machines.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Topics(command) => topics::run(&services, command).await,
+            Command::Tail(args) => tail::run(&services, args).await,
+            Command::Projections(command) => projections::run(&services, command).await,
+            Command::Dlq(command) => dlq::run(&services, command).await,
+        }
+    })
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

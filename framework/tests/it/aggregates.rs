@@ -1,0 +1,372 @@
+//! Aggregates on Kafka: command processing with exactly-once transactions, against the real
+//! broker. Checks read the events topic with plain rdkafka consumers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use choreo::aggregate::{
+    CommandBus, CommandProcessor, Outcome, ProcessorStatus, Reply, SendOptions,
+};
+use choreo::kafka::{TopicAdmin, TopicSpec, dlq_headers, partition_for_key};
+use choreo::testing::account::*;
+use choreo::{KafkaConfig, Shutdown};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+
+use crate::common;
+
+pub const PARTITIONS: i32 = 3;
+
+/// `account.commands`, `account.events`, `bank.replies`, `bank.dlq` in the test's namespace.
+pub async fn bank_topics(config: &KafkaConfig) {
+    let mut specs = vec![
+        TopicSpec::commands("account", PARTITIONS, 1).expect("spec"),
+        TopicSpec::events("account", PARTITIONS, 1).expect("spec"),
+        TopicSpec::replies("bank", 2, 1).expect("spec"),
+        TopicSpec::dead_letters("bank", 1).expect("spec"),
+    ];
+    for spec in &mut specs {
+        spec.name = config.topic_name(&spec.name);
+    }
+    TopicAdmin::new(config)
+        .expect("admin")
+        .ensure(&specs)
+        .await
+        .expect("topics");
+}
+
+pub fn start(
+    config: &KafkaConfig,
+    ordinal: u32,
+    shutdown: &Shutdown,
+) -> (tokio::task::JoinHandle<choreo::Result<()>>, ProcessorStatus) {
+    let processor = CommandProcessor::<Account>::new("bank", "account", ordinal, PARTITIONS);
+    let status = processor.status();
+    let (config, shutdown) = (config.clone(), shutdown.clone());
+    (
+        tokio::spawn(async move { processor.run(&config, shutdown).await }),
+        status,
+    )
+}
+
+pub async fn wait_ready(status: &ProcessorStatus, partitions: usize) {
+    common::eventually(
+        "the processor to restore its partitions",
+        Duration::from_secs(60),
+        || status.ready_partitions().len() == partitions,
+    )
+    .await;
+}
+
+pub fn open(account: &str) -> AccountCommand {
+    AccountCommand::Open(OpenAccount {
+        account: account.into(),
+    })
+}
+pub fn deposit(account: &str, amount: i64) -> AccountCommand {
+    AccountCommand::Deposit(Deposit {
+        account: account.into(),
+        amount,
+    })
+}
+pub fn withdraw(account: &str, amount: i64) -> AccountCommand {
+    AccountCommand::Withdraw(Withdraw {
+        account: account.into(),
+        amount,
+    })
+}
+
+pub fn accepted(reply: &Reply) -> bool {
+    matches!(reply.outcome, Outcome::Accepted { .. })
+}
+
+/// The committed events per account, in log order, as (sequence, type, amount, causation).
+pub fn committed_events(
+    config: &KafkaConfig,
+    expected: usize,
+    read_committed: bool,
+) -> Vec<OwnedMessage> {
+    common::read_all(
+        config,
+        &config.topic_name("account.events"),
+        expected,
+        Duration::from_secs(20),
+        read_committed,
+    )
+}
+
+/// Per account: sequences must run 1..n; returns the balance a fold of the log gives.
+pub fn check_log(records: &[OwnedMessage]) -> BTreeMap<String, i64> {
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut balances: BTreeMap<String, i64> = BTreeMap::new();
+    for record in records {
+        let h = common::header_map(record);
+        let account = h["ce_subject"].clone();
+        let sequence: u64 = h["ce_sequence"].parse().expect("sequence");
+        let version = versions.entry(account.clone()).or_default();
+        assert_eq!(
+            sequence,
+            *version + 1,
+            "{account}: sequences contiguous, no gap, no duplicate"
+        );
+        *version = sequence;
+        let body: serde_json::Value =
+            serde_json::from_slice(record.payload().expect("payload")).expect("json");
+        let amount = body
+            .get("amount")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
+        let balance = balances.entry(account.clone()).or_default();
+        match h["ce_type"].as_str() {
+            "v1.account.deposited" => *balance += amount,
+            "v1.account.withdrawn" => *balance -= amount,
+            _ => {}
+        }
+        assert!(
+            *balance >= 0,
+            "{account}: the invariant (balance >= 0) holds in the log"
+        );
+    }
+    balances
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_decided_once_replied_with_offsets_and_duplicates_get_the_first_outcome() {
+    let config = common::kafka("agg-basic");
+    bank_topics(&config).await;
+    let shutdown = Shutdown::new();
+    let (task, status) = start(&config, 0, &shutdown);
+    wait_ready(&status, PARTITIONS as usize).await;
+    let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+    let wait = Duration::from_secs(30);
+
+    let opened = bus
+        .send_and_wait(&open("ada"), SendOptions::default(), wait)
+        .await
+        .expect("reply");
+    assert!(accepted(&opened), "{opened:?}");
+    let offsets = opened.offsets();
+    assert_eq!(offsets.len(), 1);
+    assert_eq!(
+        offsets[0].1,
+        partition_for_key(b"ada", PARTITIONS),
+        "events go to the command's partition"
+    );
+    let dep = SendOptions {
+        id: Some(uuid::Uuid::now_v7()),
+        ..SendOptions::default()
+    };
+    let first = bus
+        .send_and_wait(&deposit("ada", 100), dep.clone(), wait)
+        .await
+        .expect("reply");
+    assert!(accepted(&first));
+    // The client retries with the same id: same outcome, no second event.
+    let again = bus
+        .send_and_wait(&deposit("ada", 100), dep, wait)
+        .await
+        .expect("reply");
+    assert_eq!(
+        again.outcome, first.outcome,
+        "a duplicate gets the first outcome, offsets included"
+    );
+    let refused = bus
+        .send_and_wait(&withdraw("ada", 150), SendOptions::default(), wait)
+        .await
+        .expect("reply");
+    match &refused.outcome {
+        Outcome::Rejected { rejection } => assert_eq!(rejection.code, "insufficient_funds"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let expired = SendOptions {
+        deadline: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+        ..SendOptions::default()
+    };
+    let late = bus
+        .send_and_wait(&withdraw("ada", 10), expired, wait)
+        .await
+        .expect("reply");
+    assert!(
+        matches!(&late.outcome, Outcome::Rejected { rejection } if rejection.code == "expired"),
+        "{late:?}"
+    );
+    let ok = bus
+        .send_and_wait(&withdraw("ada", 60), SendOptions::default(), wait)
+        .await
+        .expect("reply");
+    assert!(accepted(&ok));
+
+    let log = committed_events(&config, 3, true);
+    assert_eq!(log.len(), 3, "opened, deposited once, withdrawn");
+    assert_eq!(check_log(&log)["ada"], 40);
+    let causations: Vec<String> = log
+        .iter()
+        .map(|r| common::header_map(r)["ce_causationid"].clone())
+        .collect();
+    assert_eq!(
+        causations[0],
+        opened.command_id.to_string(),
+        "causation = the command id"
+    );
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+    assert!(status.transactions() >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_processor_restores_state_from_the_log_before_handling_commands() {
+    let config = common::kafka("agg-restore");
+    bank_topics(&config).await;
+    let bus = CommandBus::new(&config, "bank", 1).await.expect("bus");
+    let wait = Duration::from_secs(30);
+    let shutdown = Shutdown::new();
+    let (task, status) = start(&config, 0, &shutdown);
+    wait_ready(&status, PARTITIONS as usize).await;
+    for account in ["a", "b", "c", "d"] {
+        assert!(accepted(
+            &bus.send_and_wait(&open(account), SendOptions::default(), wait)
+                .await
+                .expect("reply")
+        ));
+        assert!(accepted(
+            &bus.send_and_wait(&deposit(account, 50), SendOptions::default(), wait)
+                .await
+                .expect("reply")
+        ));
+    }
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+
+    let shutdown = Shutdown::new();
+    let (task, status) = start(&config, 0, &shutdown);
+    wait_ready(&status, PARTITIONS as usize).await;
+    assert_eq!(status.aggregates_in_memory(), 4, "every account restored");
+    let refused = bus
+        .send_and_wait(&withdraw("a", 60), SendOptions::default(), wait)
+        .await
+        .expect("reply");
+    assert!(!accepted(&refused), "the restored balance (50) decides");
+    let ok = bus
+        .send_and_wait(&withdraw("a", 50), SendOptions::default(), wait)
+        .await
+        .expect("reply");
+    match &ok.outcome {
+        Outcome::Accepted { events } => assert_eq!(events[0].sequence, 3, "the version continues"),
+        other => panic!("{other:?}"),
+    }
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+    check_log(&committed_events(&config, 9, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_on_the_wrong_partition_is_rejected_with_a_reply_and_a_dead_letter() {
+    let config = common::kafka("agg-partition");
+    bank_topics(&config).await;
+    let shutdown = Shutdown::new();
+    let (task, status) = start(&config, 0, &shutdown);
+    wait_ready(&status, PARTITIONS as usize).await;
+    let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+    assert!(accepted(
+        &bus.send_and_wait(
+            &open("zed"),
+            SendOptions::default(),
+            Duration::from_secs(30)
+        )
+        .await
+        .expect("open")
+    ));
+
+    // A client with another partitioner: the same envelope, sent to the wrong partition.
+    let right = partition_for_key(b"zed", PARTITIONS);
+    let wrong = (right + 1) % PARTITIONS;
+    let publisher = choreo::Publisher::new(&config, "/other-client").expect("publisher");
+    let mut meta = choreo::Metadata::new(
+        uuid::Uuid::now_v7(),
+        "v1.account.deposit",
+        "/other-client",
+        "zed",
+        chrono::Utc::now(),
+        None,
+    );
+    meta.extensions
+        .insert("replyto".into(), config.topic_name("bank.replies"));
+    meta.extensions.insert("replypartition".into(), "1".into());
+    let payload = serde_json::to_vec(&Deposit {
+        account: "zed".into(),
+        amount: 5,
+    })
+    .expect("json");
+    let out =
+        choreo::kafka::Outgoing::new(config.topic_name("account.commands"), meta.clone(), payload)
+            .to_partition(wrong);
+    publisher.send(&out).await.expect("send");
+
+    let replies = common::read_all(
+        &config,
+        &config.topic_name("bank.replies"),
+        1,
+        Duration::from_secs(30),
+        true,
+    );
+    let reply = replies
+        .iter()
+        .find(|r| common::header_map(r)["ce_causationid"] == meta.id.to_string())
+        .expect("a reply");
+    let outcome: Outcome =
+        serde_json::from_slice(reply.payload().expect("payload")).expect("outcome");
+    assert!(
+        matches!(&outcome, Outcome::Rejected { rejection } if rejection.code == "wrong_partition"),
+        "{outcome:?}"
+    );
+    let letters = common::read_all(
+        &config,
+        &config.topic_name("bank.dlq"),
+        1,
+        Duration::from_secs(30),
+        true,
+    );
+    assert_eq!(letters.len(), 1);
+    assert!(
+        common::header_map(&letters[0])[dlq_headers::ERROR].contains("murmur2"),
+        "dead letter names the reason"
+    );
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+    assert_eq!(
+        committed_events(&config, 1, true).len(),
+        1,
+        "the aggregate is untouched: only its open event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_processor_with_the_same_transactional_identity_fences_the_first_which_stops() {
+    let config = common::kafka("agg-fence");
+    bank_topics(&config).await;
+    let (first_stop, second_stop) = (Shutdown::new(), Shutdown::new());
+    let (first, status) = start(&config, 7, &first_stop);
+    wait_ready(&status, PARTITIONS as usize).await;
+    let (second, second_status) = start(&config, 7, &second_stop);
+    // The newcomer's init_transactions fences the first one's producer; the first learns it
+    // at its next transaction.
+    let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+    let _ = bus
+        .send_and_wait(&open("f"), SendOptions::default(), Duration::from_secs(20))
+        .await;
+    let outcome = tokio::time::timeout(Duration::from_secs(60), first)
+        .await
+        .expect("the first stops")
+        .expect("join");
+    let err = outcome.expect_err("the fenced processor stops with an error");
+    assert!(err.to_string().contains("fenced"), "{err}");
+    wait_ready(&second_status, PARTITIONS as usize).await;
+    let reply = bus
+        .send_and_wait(&open("g"), SendOptions::default(), Duration::from_secs(30))
+        .await
+        .expect("the new one answers");
+    assert!(accepted(&reply));
+    second_stop.trigger();
+    second.await.expect("join").expect("run");
+    drop(first_stop);
+}
