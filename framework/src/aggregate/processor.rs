@@ -418,18 +418,6 @@ impl<A: Aggregate> ProcessorContext<A> {
             .restore
             .fetch_watermarks(&shared.events_topic, p, Duration::from_secs(30))
             .map_err(|e| format!("cannot read the end of {}[{p}]: {e}", shared.events_topic))?;
-        let start = match committed {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ if end <= low => Offset::Beginning,
-            _ => {
-                return Err(format!(
-                    "{}[{p}] has no committed offset for group {} but {}[{p}] holds events: replaying every retained \
-                     command could repeat them; an operator must set the group's offset (kafka-consumer-groups \
-                     --reset-offsets) before this partition is handled",
-                    shared.commands_topic, shared.group, shared.events_topic
-                ));
-            }
-        };
         // 3. Read events[p] until position() reaches the end (a commit marker follows the
         //    last event, so last offset + 1 never equals the end).
         let mut entries: HashMap<String, Entry<A>> = HashMap::new();
@@ -480,6 +468,22 @@ impl<A: Aggregate> ProcessorContext<A> {
             }
             let _ = shared.restore.unassign();
         }
+        // Where commands start. Without a committed offset we may only start at the
+        // beginning if no event was ever committed (aborted transactions leave offsets
+        // behind but no events): replaying retained commands on top of existing events could
+        // repeat them, so an operator decides.
+        let start = match committed {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ if entries.is_empty() => Offset::Beginning,
+            _ => {
+                return Err(format!(
+                    "{}[{p}] has no committed offset for group {} but {}[{p}] holds committed events: replaying every \
+                     retained command could repeat them; an operator must set the group's offset (kafka-consumer-groups \
+                     --reset-offsets) before this partition is handled",
+                    shared.commands_topic, shared.group, shared.events_topic
+                ));
+            }
+        };
         let mut state = lock(&shared.state);
         state.retain(|(q, _), _| *q != p);
         let restored = entries.len();
@@ -602,6 +606,13 @@ fn processing_loop<A: Aggregate>(
         }
         if let Some(reason) = lock(&shared.fatal).clone() {
             return Err(Error::Runtime(reason));
+        }
+        // A newer instance with our group.instance.id fences this consumer (a fatal error):
+        // stop cleanly, like a fenced producer, rather than linger without partitions.
+        if let Some((code, reason)) = consumer.client().fatal_error() {
+            return Err(Error::Runtime(format!(
+                "consumer fenced or failed ({code}): {reason}"
+            )));
         }
         if batch.is_empty() {
             continue;

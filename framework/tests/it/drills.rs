@@ -238,3 +238,220 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
         "each offset in exactly one committed batch"
     );
 }
+
+mod commands {
+    //! Command processors killed at their failpoints, and conflicting commands while
+    //! instances die and partitions move.
+
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::time::Duration;
+
+    use choreo::aggregate::{CommandBus, Outcome, SendOptions};
+    use choreo::testing::account::AccountCommand;
+
+    use super::{drill, signal, stop, wait_exit};
+    use crate::aggregates::{PARTITIONS, bank_topics, check_log, deposit, open, withdraw};
+    use crate::common;
+
+    /// Sends every command until each has a reply, retrying with the same id (a client retry).
+    async fn send_until_answered(
+        bus: &CommandBus,
+        commands: &[(uuid::Uuid, AccountCommand)],
+        replies: &mut HashMap<uuid::Uuid, Outcome>,
+        rounds: usize,
+    ) {
+        for _ in 0..rounds {
+            let pending: Vec<_> = commands
+                .iter()
+                .filter(|(id, _)| !replies.contains_key(id))
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            let sends = pending.iter().map(|(id, command)| {
+                bus.send_and_wait(
+                    command,
+                    SendOptions {
+                        id: Some(*id),
+                        ..SendOptions::default()
+                    },
+                    Duration::from_secs(4),
+                )
+            });
+            for ((id, _), result) in pending.iter().zip(futures::future::join_all(sends).await) {
+                if let Ok(reply) = result {
+                    replies.insert(*id, reply.outcome);
+                }
+            }
+        }
+    }
+
+    /// Every accepted command's events are in the committed log exactly once; nothing else is.
+    fn check_exactly_once(
+        config: &choreo::KafkaConfig,
+        replies: &HashMap<uuid::Uuid, Outcome>,
+    ) -> usize {
+        let accepted_ids: BTreeSet<String> = replies
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Accepted { .. }))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let log = crate::aggregates::committed_events(config, accepted_ids.len(), true);
+        check_log(&log);
+        let mut per_command: BTreeMap<String, usize> = BTreeMap::new();
+        for record in &log {
+            *per_command
+                .entry(common::header_map(record)["ce_causationid"].clone())
+                .or_default() += 1;
+        }
+        assert_eq!(
+            per_command.keys().cloned().collect::<BTreeSet<_>>(),
+            accepted_ids,
+            "the log holds exactly the accepted commands"
+        );
+        assert!(
+            per_command.values().all(|&n| n == 1),
+            "each accepted command's event appears once"
+        );
+        log.len()
+    }
+
+    async fn killed_processor_recovers(test: &str, failpoint: &str) {
+        let config = common::kafka(test);
+        bank_topics(&config).await;
+        let url = "postgres://unused";
+        let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+        let accounts: Vec<String> = (0..6).map(|i| format!("acct-{i}")).collect();
+        let mut commands: Vec<(uuid::Uuid, AccountCommand)> = accounts
+            .iter()
+            .map(|a| (uuid::Uuid::now_v7(), open(a)))
+            .collect();
+        for round in 0..5 {
+            for a in &accounts {
+                commands.push((uuid::Uuid::now_v7(), deposit(a, 10 + round)));
+            }
+        }
+        let mut replies: HashMap<uuid::Uuid, Outcome> = HashMap::new();
+
+        // The first process commits the opens, then dies at the failpoint of its next
+        // transaction (the deposits).
+        let mut doomed = drill(
+            &config,
+            url,
+            &["process", "0", &PARTITIONS.to_string()],
+            Some(&format!("{failpoint}@2")),
+        );
+        send_until_answered(&bus, &commands[..accounts.len()], &mut replies, 2).await;
+        send_until_answered(&bus, &commands, &mut replies, 1).await;
+        let status = wait_exit(&mut doomed, Duration::from_secs(60));
+        assert!(
+            !status.success(),
+            "the processor died at {failpoint}: {status}"
+        );
+        // Restarted with the same ordinal: it fences the dead one's transaction and restores.
+        let survivor = drill(
+            &config,
+            url,
+            &["process", "0", &PARTITIONS.to_string()],
+            None,
+        );
+        send_until_answered(&bus, &commands, &mut replies, 20).await;
+        assert_eq!(
+            replies.len(),
+            commands.len(),
+            "every command answered in the end"
+        );
+        assert!(
+            replies
+                .values()
+                .all(|o| matches!(o, Outcome::Accepted { .. })),
+            "opens and deposits are all accepted"
+        );
+        stop(survivor);
+
+        let committed = check_exactly_once(&config, &replies);
+        let everything = crate::aggregates::committed_events(&config, committed + 1, false);
+        assert!(
+            everything.len() > committed,
+            "a read_uncommitted reader sees the aborted transaction's events ({} > {committed}): aborts did happen",
+            everything.len()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_processor_killed_between_producing_events_and_sending_offsets_loses_and_duplicates_nothing()
+     {
+        killed_processor_recovers("drill-cmd-produce", "command.after_produce").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_processor_killed_before_the_kafka_commit_loses_and_duplicates_nothing() {
+        killed_processor_recovers("drill-cmd-commit", "command.before_commit").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conflicting_withdrawals_while_a_processor_is_killed_and_partitions_move_keep_the_invariant()
+     {
+        let config = common::kafka("drill-conflict");
+        bank_topics(&config).await;
+        let url = "postgres://unused";
+        let args = |ordinal: &'static str| ["process", ordinal, "3"];
+        let mut a = drill(&config, url, &args("0"), None);
+        let b = drill(&config, url, &args("1"), None);
+        let bus = CommandBus::new(&config, "bank", 1).await.expect("bus");
+        let accounts: Vec<String> = (0..5).map(|i| format!("acct-{i}")).collect();
+        let mut setup: Vec<(uuid::Uuid, AccountCommand)> = Vec::new();
+        for account in &accounts {
+            setup.push((uuid::Uuid::now_v7(), open(account)));
+            setup.push((uuid::Uuid::now_v7(), deposit(account, 100)));
+        }
+        let mut replies = HashMap::new();
+        send_until_answered(&bus, &setup[..5.min(setup.len())], &mut replies, 30).await;
+        send_until_answered(&bus, &setup, &mut replies, 30).await;
+        assert_eq!(replies.len(), setup.len());
+        // Eight clients' worth of withdrawals of 30: at most three per account can succeed.
+        let withdrawals: Vec<(uuid::Uuid, AccountCommand)> = (0..40)
+            .map(|i| {
+                (
+                    uuid::Uuid::now_v7(),
+                    withdraw(&accounts[i % accounts.len()], 30),
+                )
+            })
+            .collect();
+        let racing = {
+            let (bus, withdrawals) = (bus.clone(), withdrawals.clone());
+            tokio::spawn(async move {
+                let mut replies = HashMap::new();
+                send_until_answered(&bus, &withdrawals, &mut replies, 40).await;
+                replies
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal(&a, "KILL");
+        let _ = a.wait();
+        let restarted = drill(&config, url, &args("0"), None);
+        let withdrawal_replies = racing.await.expect("clients");
+        assert_eq!(
+            withdrawal_replies.len(),
+            withdrawals.len(),
+            "every withdrawal answered"
+        );
+        let mut per_account: BTreeMap<String, usize> = BTreeMap::new();
+        for (id, command) in &withdrawals {
+            if matches!(withdrawal_replies[id], Outcome::Accepted { .. })
+                && let AccountCommand::Withdraw(w) = command
+            {
+                *per_account.entry(w.account.clone()).or_default() += 1;
+            }
+        }
+        assert!(
+            per_account.values().all(|&n| n <= 3),
+            "never more than the balance allows: {per_account:?}"
+        );
+        let mut all = replies;
+        all.extend(withdrawal_replies);
+        check_exactly_once(&config, &all);
+        stop(restarted);
+        stop(b);
+    }
+}
