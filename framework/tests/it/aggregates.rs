@@ -302,10 +302,11 @@ async fn a_command_on_the_wrong_partition_is_rejected_with_a_reply_and_a_dead_le
             .to_partition(wrong);
     publisher.send(&out).await.expect("send");
 
+    // Two replies on the topic: the open's (partition 0) and the refusal (partition 1).
     let replies = common::read_all(
         &config,
         &config.topic_name("bank.replies"),
-        1,
+        2,
         Duration::from_secs(30),
         true,
     );
