@@ -962,12 +962,20 @@ fn poll_loop<L: PartitionLogic>(
             .map(|(k, h)| (k.clone(), (h.generation, h.epoch)))
             .collect();
         let mut collected = 0usize;
+        let mut last_key: Option<Tp> = None;
         let mut timeout = Duration::from_millis(100);
         while collected < settings.max_batch {
             match consumer.poll(timeout) {
                 None => break,
                 Some(Ok(message)) => {
-                    let key: Tp = (Arc::from(message.topic()), message.partition());
+                    // Reuse the topic's Arc while records come from the same partition.
+                    let key: Tp = match &last_key {
+                        Some(k) if &*k.0 == message.topic() && k.1 == message.partition() => {
+                            k.clone()
+                        }
+                        _ => (Arc::from(message.topic()), message.partition()),
+                    };
+                    last_key = Some(key.clone());
                     batches.entry(key).or_default().push(message.detach());
                     collected += 1;
                     timeout = Duration::ZERO;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -80,12 +80,13 @@ pub struct Outgoing {
     /// Private: the headers are built from it once, so it cannot change afterwards.
     meta: Metadata,
     headers: OwnedHeaders,
+    header_bytes: usize,
 }
 
 impl Outgoing {
     /// A record from metadata and an encoded payload. The key is the subject.
     pub fn new(topic: impl Into<String>, meta: Metadata, payload: Vec<u8>) -> Self {
-        let headers = meta.to_headers();
+        let (headers, header_bytes) = meta.to_headers_sized();
         Self {
             topic: topic.into(),
             partition: None,
@@ -93,6 +94,7 @@ impl Outgoing {
             payload,
             meta,
             headers,
+            header_bytes,
         }
     }
 
@@ -109,13 +111,7 @@ impl Outgoing {
 
     /// Key, value and header bytes.
     pub fn size(&self) -> usize {
-        use rdkafka::message::Headers;
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-            .sum();
-        self.key.len() + self.payload.len() + headers
+        self.key.len() + self.payload.len() + self.header_bytes
     }
 }
 
@@ -131,6 +127,8 @@ struct Inner {
     config: KafkaConfig,
     max_message_bytes: usize,
     queue_timeout: Duration,
+    /// Namespaced topic per event type: derived once, not per message.
+    topics: std::sync::RwLock<std::collections::HashMap<&'static str, Arc<str>>>,
 }
 
 impl Drop for Inner {
@@ -170,6 +168,7 @@ impl Publisher {
                 config: config.clone(),
                 max_message_bytes,
                 queue_timeout: Duration::from_secs(30),
+                topics: Default::default(),
             }),
         })
     }
@@ -181,7 +180,7 @@ impl Publisher {
 
     /// Publishes an event that starts a conversation.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Delivered, PublishError> {
-        self.send(&self.prepare(event, None)?).await
+        self.publish_with(event, None).await
     }
 
     /// Publishes an event caused by another message (same correlation id, causation = its id).
@@ -190,7 +189,72 @@ impl Publisher {
         event: &E,
         cause: impl Into<Causation>,
     ) -> Result<Delivered, PublishError> {
-        self.send(&self.prepare(event, Some(cause.into()))?).await
+        self.publish_with(event, Some(cause.into())).await
+    }
+
+    /// The hot path: headers straight from borrowed fields, no owned `Metadata`, the topic
+    /// cached per type, the headers moved (not copied) into the producer.
+    async fn publish_with<E: Event>(
+        &self,
+        event: &E,
+        causation: Option<Causation>,
+    ) -> Result<Delivered, PublishError> {
+        let () = E::VALID;
+        let topic = self.topic_of::<E>();
+        let id = Uuid::now_v7();
+        let error = |kind, reason: String| PublishError {
+            kind,
+            topic: topic.to_string(),
+            message_id: id,
+            reason,
+        };
+        let subject = event.subject();
+        let payload = codec::encode_json(E::NAME, event)
+            .map_err(|e| error(PublishErrorKind::Encode, e.to_string()))?;
+        let causation = causation.unwrap_or(Causation {
+            correlation_id: id,
+            causation_id: id,
+        });
+        let (headers, header_bytes) = crate::message::core_headers(
+            id,
+            E::NAME,
+            &self.inner.source,
+            &subject,
+            Utc::now().trunc_subsecs(6),
+            codec::JSON,
+            causation,
+            9,
+        );
+        let size = subject.len() + payload.len() + header_bytes;
+        if size > self.inner.max_message_bytes {
+            return Err(error(
+                PublishErrorKind::TooLarge,
+                format!(
+                    "the record has {size} bytes, message.max.bytes is {}",
+                    self.inner.max_message_bytes
+                ),
+            ));
+        }
+        let record = FutureRecord::to(&topic)
+            .key(subject.as_bytes())
+            .payload(&payload)
+            .headers(headers);
+        match self
+            .inner
+            .producer
+            .send(record, self.inner.queue_timeout)
+            .await
+        {
+            Ok(delivery) => Ok(Delivered {
+                id,
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((e, _)) => {
+                let kind = self.classify(&e);
+                Err(error(kind, e.to_string()))
+            }
+        }
     }
 
     /// Builds the record with a fresh UUIDv7 id, without sending it.
@@ -199,18 +263,20 @@ impl Publisher {
         event: &E,
         causation: Option<Causation>,
     ) -> Result<Outgoing, PublishError> {
-        let name = E::name();
+        // The name was checked at compile time (E::VALID): no parsing per message.
+        let () = E::VALID;
+        let name = E::NAME;
         let id = Uuid::now_v7();
         let meta = Metadata::new(
             id,
-            name.as_str(),
+            name,
             self.inner.source.as_str(),
             event.subject(),
             Utc::now(),
             causation,
         );
-        let topic = self.inner.config.topic_name(&E::topic());
-        let payload = codec::encode_json(name.as_str(), event).map_err(|e| PublishError {
+        let topic = self.topic_of::<E>().to_string();
+        let payload = codec::encode_json(name, event).map_err(|e| PublishError {
             kind: PublishErrorKind::Encode,
             topic: topic.clone(),
             message_id: id,
@@ -219,9 +285,38 @@ impl Publisher {
         Ok(Outgoing::new(topic, meta, payload))
     }
 
+    /// The namespaced topic of an event type, cached per type.
+    fn topic_of<E: Event>(&self) -> Arc<str> {
+        let cached = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(E::NAME)
+            .cloned();
+        cached.unwrap_or_else(|| {
+            let topic: Arc<str> = Arc::from(self.inner.config.topic_name(&E::topic()));
+            self.inner
+                .topics
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(E::NAME, Arc::clone(&topic));
+            topic
+        })
+    }
+
     /// Sends a prepared record and resolves to where it landed. Call it for many records at
-    /// once (e.g. with `futures::future::join_all`): sends do not wait for each other.
+    /// once (e.g. with `futures::future::join_all`): sends do not wait for each other. Sending
+    /// the same `Outgoing` again after a failure reuses its id.
     pub async fn send(&self, out: &Outgoing) -> Result<Delivered, PublishError> {
+        self.deliver(out, out.headers.clone()).await
+    }
+
+    async fn deliver(
+        &self,
+        out: &Outgoing,
+        headers: OwnedHeaders,
+    ) -> Result<Delivered, PublishError> {
         let error = |kind, reason: String| PublishError {
             kind,
             topic: out.topic.clone(),
@@ -241,7 +336,7 @@ impl Publisher {
         let mut record = FutureRecord::to(&out.topic)
             .key(out.key.as_bytes())
             .payload(&out.payload)
-            .headers(out.headers.clone());
+            .headers(headers);
         if let Some(partition) = out.partition {
             record = record.partition(partition);
         }

@@ -114,6 +114,57 @@ impl From<&Metadata> for Causation {
     }
 }
 
+/// The nine attributes every message carries, built from borrowed fields (the publish hot
+/// path needs no owned [`Metadata`]); returns the headers and their size in bytes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn core_headers(
+    id: Uuid,
+    message_type: &str,
+    source: &str,
+    subject: &str,
+    time: DateTime<Utc>,
+    content_type: &str,
+    causation: Causation,
+    capacity: usize,
+) -> (OwnedHeaders, usize) {
+    let mut out = OwnedHeaders::new_with_capacity(capacity);
+    let mut size = 0;
+    // UUIDs into stack buffers: no heap string per id.
+    let (mut id_buf, mut correlation_buf, mut causation_buf) = (
+        Uuid::encode_buffer(),
+        Uuid::encode_buffer(),
+        Uuid::encode_buffer(),
+    );
+    let id: &str = id.hyphenated().encode_lower(&mut id_buf);
+    let correlation: &str = causation
+        .correlation_id
+        .hyphenated()
+        .encode_lower(&mut correlation_buf);
+    let causation: &str = causation
+        .causation_id
+        .hyphenated()
+        .encode_lower(&mut causation_buf);
+    let time = time.to_rfc3339_opts(SecondsFormat::Micros, true);
+    for (key, value) in [
+        (headers::SPEC_VERSION, SPEC_VERSION),
+        (headers::ID, id),
+        (headers::TYPE, message_type),
+        (headers::SOURCE, source),
+        (headers::TIME, time.as_str()),
+        (headers::SUBJECT, subject),
+        (headers::CONTENT_TYPE, content_type),
+        (headers::CORRELATION_ID, correlation),
+        (headers::CAUSATION_ID, causation),
+    ] {
+        size += key.len() + value.len();
+        out = out.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    (out, size)
+}
+
 impl Metadata {
     /// Metadata for a new message. Without a `causation`, it starts a conversation: correlation
     /// and causation are its own id.
@@ -147,48 +198,43 @@ impl Metadata {
 
     /// The Kafka headers of the binary-mode binding.
     pub fn to_headers(&self) -> OwnedHeaders {
-        let mut out = OwnedHeaders::new_with_capacity(11 + self.extensions.len());
-        let id = self.id.hyphenated().to_string();
-        let time = self.time.to_rfc3339_opts(SecondsFormat::Micros, true);
-        let correlation = self.correlation_id.hyphenated().to_string();
-        let causation = self.causation_id.hyphenated().to_string();
-        for (key, value) in [
-            (headers::SPEC_VERSION, SPEC_VERSION),
-            (headers::ID, id.as_str()),
-            (headers::TYPE, self.message_type.as_str()),
-            (headers::SOURCE, self.source.as_str()),
-            (headers::TIME, time.as_str()),
-            (headers::SUBJECT, self.subject.as_str()),
-            (headers::CONTENT_TYPE, self.content_type.as_str()),
-            (headers::CORRELATION_ID, correlation.as_str()),
-            (headers::CAUSATION_ID, causation.as_str()),
-        ] {
-            out = out.insert(Header {
+        self.to_headers_sized().0
+    }
+
+    /// The headers and their size in bytes (keys plus values), computed as they are built.
+    pub fn to_headers_sized(&self) -> (OwnedHeaders, usize) {
+        let (mut out, mut size) = core_headers(
+            self.id,
+            &self.message_type,
+            &self.source,
+            &self.subject,
+            self.time,
+            &self.content_type,
+            Causation {
+                correlation_id: self.correlation_id,
+                causation_id: self.causation_id,
+            },
+            11 + self.extensions.len(),
+        );
+        let mut add = |out: OwnedHeaders, key: &str, value: &str| {
+            size += key.len() + value.len();
+            out.insert(Header {
                 key,
                 value: Some(value),
-            });
-        }
+            })
+        };
         if let Some(sequence) = self.sequence {
             let padded = format!("{sequence:020}");
-            out = out.insert(Header {
-                key: headers::SEQUENCE,
-                value: Some(&padded),
-            });
+            out = add(out, headers::SEQUENCE, &padded);
         }
         if let Some(trace) = &self.traceparent {
-            out = out.insert(Header {
-                key: headers::TRACEPARENT,
-                value: Some(trace),
-            });
+            out = add(out, headers::TRACEPARENT, trace);
         }
         for (name, value) in &self.extensions {
             let key = format!("{}{name}", headers::CE_PREFIX);
-            out = out.insert(Header {
-                key: &key,
-                value: Some(value),
-            });
+            out = add(out, &key, value);
         }
-        out
+        (out, size)
     }
 
     /// Reads the attributes from a record's headers and checks the key against the subject.
@@ -258,7 +304,7 @@ impl<'a> Found<'a> {
             }
         };
         let (field, header) = slot;
-        let value = value.ok_or(EnvelopeError::BadHeader {
+        let value = value.ok_or_else(|| EnvelopeError::BadHeader {
             header,
             reason: "no value".into(),
         })?;

@@ -3,6 +3,7 @@
 mod envelope;
 mod name;
 
+pub(crate) use envelope::core_headers;
 pub use envelope::{
     Causation, Envelope, EnvelopeError, Metadata, Origin, Received, SPEC_VERSION, headers,
 };
