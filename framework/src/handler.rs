@@ -30,7 +30,6 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use futures::FutureExt;
-use rdkafka::Message;
 use tracing::Instrument;
 
 use crate::codec;

@@ -34,7 +34,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tokio::runtime::Handle;
@@ -44,8 +44,7 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 
-/// A consumed record, owned.
-pub type Record = OwnedMessage;
+pub use super::record::Record;
 
 /// Records of one partition, in offset order.
 pub type Batch = Vec<Record>;
@@ -976,7 +975,11 @@ fn poll_loop<L: PartitionLogic>(
                         _ => (Arc::from(message.topic()), message.partition()),
                     };
                     last_key = Some(key.clone());
-                    batches.entry(key).or_default().push(message.detach());
+                    let topic = Arc::clone(&key.0);
+                    batches
+                        .entry(key)
+                        .or_default()
+                        .push(Record::copy(&message, topic));
                     collected += 1;
                     timeout = Duration::ZERO;
                 }

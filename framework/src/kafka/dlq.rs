@@ -48,7 +48,7 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// Reads the origin and reason from a record of a dead-letter topic.
-    pub fn from_record(record: &Record) -> Option<Self> {
+    pub fn from_record<M: Message>(record: &M) -> Option<Self> {
         let mut letter = DeadLetter {
             group: String::new(),
             topic: String::new(),

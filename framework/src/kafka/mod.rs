@@ -5,6 +5,7 @@ mod client;
 pub mod consumer;
 mod dlq;
 mod publisher;
+mod record;
 mod topics;
 
 pub use client::{check_reachable, partition_for_key};
@@ -14,4 +15,5 @@ pub use consumer::{
 };
 pub use dlq::{DeadLetter, DeadLetterWriter, dlq_headers};
 pub use publisher::{Delivered, Outgoing, PublishError, PublishErrorKind, Publisher};
+pub use record::RecordHeaders;
 pub use topics::{TopicAdmin, TopicKind, TopicSpec, TopicState};

@@ -3,7 +3,6 @@
 //! and the rebuild, so both produce the same view from the same events.
 
 use chrono::Utc;
-use rdkafka::Message;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::checkpoint::{self, Slot};

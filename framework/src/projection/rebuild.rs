@@ -523,11 +523,19 @@ async fn poll_batch(
     max: usize,
 ) -> Result<(Arc<BaseConsumer>, Vec<Record>)> {
     tokio::task::spawn_blocking(move || {
-        let mut out = Vec::with_capacity(max.min(10_000));
+        let mut out: Vec<Record> = Vec::with_capacity(max.min(10_000));
         let mut timeout = Duration::from_millis(200);
         while out.len() < max {
             match consumer.poll(timeout) {
-                Some(Ok(message)) => out.push(message.detach()),
+                Some(Ok(message)) => {
+                    let topic = match out.last() {
+                        Some(last) if last.topic() == message.topic() => {
+                            Arc::clone(last.topic_arc())
+                        }
+                        _ => Arc::from(message.topic()),
+                    };
+                    out.push(Record::copy(&message, topic));
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "rebuild consumer error");
                     break;

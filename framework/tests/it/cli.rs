@@ -323,7 +323,9 @@ async fn dlq_list_show_and_redrive_to_the_group_only() {
     )
     .await;
     let records = common::read_all(&config, &topic, 1, Duration::from_secs(30), true);
-    let record = records.first().expect("the malformed record");
+    let raw = records.first().expect("the malformed record");
+    let record =
+        &choreo::kafka::Record::copy(raw, std::sync::Arc::from(rdkafka::Message::topic(raw)));
     let (_, dlq_offset) = DeadLetterWriter::new(&config, &group)
         .expect("writer")
         .write(record, "payload is not JSON: EOF while parsing", Utc::now())
