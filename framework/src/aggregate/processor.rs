@@ -202,6 +202,8 @@ impl<A: Aggregate> CommandProcessor<A> {
             shutdown: shutdown.clone(),
             stopped: AtomicBool::new(false),
             handle: tokio::runtime::Handle::current(),
+            rebalances: AtomicU64::new(0),
+            assigned_at: Mutex::new(HashMap::new()),
         });
         let consumer: BaseConsumer<ProcessorContext<A>> = kafka
             .client_config(&[
@@ -309,6 +311,10 @@ struct Shared<A: Aggregate> {
     stopped: AtomicBool,
     /// Waits for delivery reports from the processor thread (never an async thread).
     handle: tokio::runtime::Handle,
+    /// Bumped by every rebalance callback.
+    rebalances: AtomicU64,
+    /// The rebalance count when each owned partition was (re)assigned and restored.
+    assigned_at: Mutex<HashMap<i32, u64>>,
 }
 
 struct ProcessorContext<A: Aggregate> {
@@ -329,6 +335,7 @@ impl<A: Aggregate> ConsumerContext for ProcessorContext<A> {
         tpl: &mut TopicPartitionList,
     ) {
         let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let generation = self.shared.rebalances.fetch_add(1, Ordering::AcqRel) + 1;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut assign = TopicPartitionList::new();
@@ -339,6 +346,7 @@ impl<A: Aggregate> ConsumerContext for ProcessorContext<A> {
                             let _ =
                                 assign.add_partition_offset(&self.shared.commands_topic, *p, start);
                             lock(&self.shared.status.inner.ready).push(*p);
+                            lock(&self.shared.assigned_at).insert(*p, generation);
                         }
                         Err(reason) => {
                             tracing::error!(partition = p, %reason, "partition halted");
@@ -371,6 +379,7 @@ impl<A: Aggregate> ConsumerContext for ProcessorContext<A> {
                 lock(&self.shared.state).retain(|(p, _), _| !partitions.contains(p));
                 lock(&self.shared.halted).retain(|p, _| !partitions.contains(p));
                 lock(&self.shared.status.inner.ready).retain(|p| !partitions.contains(p));
+                lock(&self.shared.assigned_at).retain(|p, _| !partitions.contains(p));
                 lock(&self.shared.status.inner.halted).retain(|(p, _)| !partitions.contains(p));
                 let _ = consumer.resume(tpl);
                 if let Err(e) = consumer.incremental_unassign(tpl) {
@@ -586,6 +595,7 @@ fn processing_loop<A: Aggregate>(
         .subscribe(&[&shared.commands_topic])
         .map_err(|e| Error::kafka("subscribe", e))?;
     while !shared.shutdown.is_triggered() {
+        let before = shared.rebalances.load(Ordering::Acquire);
         let mut batch: Vec<OwnedMessage> = Vec::new();
         let mut timeout = Duration::from_millis(100);
         while batch.len() < max_batch {
@@ -615,6 +625,27 @@ fn processing_loop<A: Aggregate>(
             )));
         }
         if batch.is_empty() {
+            continue;
+        }
+        if shared.rebalances.load(Ordering::Acquire) != before {
+            // A rebalance ran inside poll while this batch was collected: its records may
+            // belong to partitions we lost, or predate a restore. Decide nothing on them.
+            // Partitions we kept throughout are rewound (their records were consumed);
+            // partitions (re)assigned meanwhile already start at their committed offset.
+            let kept: Vec<OwnedMessage> = {
+                let assigned_at = lock(&shared.assigned_at);
+                batch
+                    .into_iter()
+                    .filter(|r| {
+                        assigned_at
+                            .get(&r.partition())
+                            .is_some_and(|g| *g <= before)
+                    })
+                    .collect()
+            };
+            if !kept.is_empty() {
+                rewind(consumer, &kept)?;
+            }
             continue;
         }
         match run_transaction(shared, consumer, producer, &batch) {
