@@ -33,7 +33,7 @@ use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -984,6 +984,21 @@ fn poll_loop<L: PartitionLogic>(
                     timeout = Duration::ZERO;
                 }
                 Some(Err(e)) => {
+                    // Errors no retry can fix stop the runtime with the reason, instead of a
+                    // member that looks healthy while its partitions go nowhere.
+                    if let Some(code) = e.rdkafka_error_code()
+                        && matches!(
+                            code,
+                            RDKafkaErrorCode::TopicAuthorizationFailed
+                                | RDKafkaErrorCode::GroupAuthorizationFailed
+                                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                                | RDKafkaErrorCode::AutoOffsetReset
+                                | RDKafkaErrorCode::Fatal
+                        )
+                    {
+                        shared.fail(format!("consumer error no retry can fix: {e}"));
+                        break;
+                    }
                     if last_error_log.elapsed() > Duration::from_secs(5) {
                         tracing::warn!(group = %settings.group_id, error = %e, "consumer error");
                         last_error_log = Instant::now();
