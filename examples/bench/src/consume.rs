@@ -71,7 +71,7 @@ pub async fn run(setup: &Setup, created: &mut Vec<String>) -> anyhow::Result<Vec
 }
 
 /// Publishes the events every round reads (with the framework's publisher; not timed).
-async fn fill(setup: &Setup) -> anyhow::Result<()> {
+pub async fn fill(setup: &Setup) -> anyhow::Result<()> {
     let dataset = Dataset::new()?;
     let publisher =
         Publisher::new(&setup.config, data::SOURCE).context("creating the publisher")?;

@@ -1,6 +1,6 @@
 //! Run with: scripts/bench publish
 //!
-//! (or `scripts/bench consume`; `--quick` for a smoke run.) The benchmarks of
+//! (or `scripts/bench consume`, `rebuild`, `rebuild-naive`; `--quick` for a smoke run.) The benchmarks of
 //! `shared/design/BENCHMARKS.md`: the framework and a hand-written rdkafka baseline doing the
 //! same work, in the same run, in interleaved rounds. The last line printed is
 //! `<name>: framework=<rate>/s baseline=<rate>/s ratio=<framework/baseline>`, where each rate
@@ -12,6 +12,7 @@
 mod consume;
 mod data;
 mod publish;
+mod rebuild;
 
 use std::time::Duration;
 
@@ -42,6 +43,20 @@ enum Bench {
     Publish(Opts),
     /// Event handlers (consume + decode) against a raw BaseConsumer on the same topic.
     Consume(Opts),
+    /// `choreo::projection::rebuild` against a hand-written batch rebuild (UNNEST upsert and
+    /// an offset row, one transaction per batch).
+    Rebuild(Opts),
+    /// The same framework rebuild against one Postgres transaction per event.
+    RebuildNaive(Opts),
+}
+
+/// What `main` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Publish,
+    Consume,
+    Rebuild,
+    RebuildNaive,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -59,6 +74,10 @@ pub struct Opts {
     /// Sends in flight at once (publish and the consume fill), on both sides.
     #[arg(long, default_value_t = 10_000)]
     window: usize,
+    /// rebuild-naive: events the one-transaction-per-event baseline is timed over (the first
+    /// ones of the topic).
+    #[arg(long, default_value_t = 20_000)]
+    sample: u64,
 }
 
 /// What a benchmark works with.
@@ -206,9 +225,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let cli = Cli::parse();
-    let (name, opts, publish) = match cli.bench {
-        Bench::Publish(opts) => ("publish", opts, true),
-        Bench::Consume(opts) => ("consume", opts, false),
+    let (name, opts, kind) = match cli.bench {
+        Bench::Publish(opts) => ("publish", opts, Kind::Publish),
+        Bench::Consume(opts) => ("consume", opts, Kind::Consume),
+        Bench::Rebuild(opts) => ("rebuild", opts, Kind::Rebuild),
+        Bench::RebuildNaive(opts) => ("rebuild-naive", opts, Kind::RebuildNaive),
     };
     anyhow::ensure!(opts.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(opts.window >= 1, "--window must be at least 1");
@@ -258,10 +279,11 @@ async fn main() -> anyhow::Result<()> {
 
     let mut created = vec![topic];
     let run = async {
-        if publish {
-            publish::run(&setup).await
-        } else {
-            consume::run(&setup, &mut created).await
+        match kind {
+            Kind::Publish => publish::run(&setup).await,
+            Kind::Consume => consume::run(&setup, &mut created).await,
+            Kind::Rebuild => rebuild::run(&setup, false, opts.sample).await,
+            Kind::RebuildNaive => rebuild::run(&setup, true, opts.sample).await,
         }
     };
     let outcome = tokio::select! {
