@@ -2,7 +2,7 @@
 //! `CHOREO_FAILPOINT=<name>[@n]`, stop it with SIGSTOP, and restart it):
 //!
 //! - `choreo-drill project`: runs the drill projection's live view until SIGTERM.
-//! - `choreo-drill rebuild [--fresh]`: rebuilds it and prints the summary line.
+//! - `choreo-drill rebuild [--fresh] [--batch N]`: rebuilds it and prints the summary line.
 //! - `choreo-drill process ORDINAL PARTITIONS`: runs the drill aggregate's command processor
 //!   (service `bank`, entity `account`) until SIGTERM.
 //!
@@ -53,8 +53,15 @@ async fn main() -> anyhow::Result<()> {
             println!("stopped; halted: {:?}", summary.halted);
         }
         Some("rebuild") => {
+            let batch_size = args
+                .iter()
+                .position(|a| a == "--batch")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(RebuildOptions::default().batch_size);
             let options = RebuildOptions {
                 fresh: args.iter().any(|a| a == "--fresh"),
+                batch_size,
                 ..RebuildOptions::default()
             };
             let report = rebuild(Arc::new(CounterProjection), &kafka, &pool, options)

@@ -53,6 +53,30 @@ struct Poison {
     reason: String,
 }
 
+/// The records of one partition in a batch, on top of its checkpoint `expected`.
+pub(crate) struct Part<'a> {
+    pub expected: i64,
+    pub records: &'a [Record],
+}
+
+/// What became of a batch of several partitions.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PartsOutcome {
+    /// Committed; per part, its new checkpoint (`None`: nothing to apply in it).
+    Committed {
+        nexts: Vec<Option<i64>>,
+        poisoned: usize,
+    },
+    /// Part `part`'s checkpoint was moved by someone else: it is `checkpoint` now. Nothing
+    /// was committed.
+    Conflict {
+        part: usize,
+        checkpoint: Option<i64>,
+    },
+    /// A bug that would poison every event: stop.
+    Halt(String),
+}
+
 /// Applies `records` (one partition, in order) on top of checkpoint `expected`.
 ///
 /// Boxed: proving the future `Send` here, with concrete lifetimes, spares every caller the
@@ -64,60 +88,119 @@ pub(crate) fn apply<'a, P: Projection>(
     expected: i64,
     records: &'a [Record],
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, Transient>> + Send + 'a>> {
-    Box::pin(apply_inner(pool, projection, target, expected, records))
+    Box::pin(async move {
+        let parts = [Part { expected, records }];
+        Ok(
+            match apply_parts_inner(pool, projection, target, &parts).await? {
+                PartsOutcome::Committed { nexts, poisoned } => {
+                    match nexts.first().copied().flatten() {
+                        Some(next) => Outcome::Committed {
+                            next,
+                            applied: 0,
+                            poisoned,
+                        },
+                        None => Outcome::Nothing,
+                    }
+                }
+                PartsOutcome::Conflict { checkpoint, .. } => Outcome::Conflict { checkpoint },
+                PartsOutcome::Halt(reason) => Outcome::Halt(reason),
+            },
+        )
+    })
 }
 
-async fn apply_inner<P: Projection>(
+/// Applies several partitions' records in ONE transaction (a rebuild's polled batch): one
+/// compare-and-set per partition, one apply call, one commit.
+pub(crate) fn apply_parts<'a, P: Projection>(
+    pool: &'a PgPool,
+    projection: &'a P,
+    target: &'a Target<'a>,
+    parts: &'a [Part<'a>],
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<PartsOutcome, Transient>> + Send + 'a>>
+{
+    Box::pin(apply_parts_inner(pool, projection, target, parts))
+}
+
+/// A partition of the batch with work to do.
+struct Live {
+    part: usize,
+    topic: String,
+    partition: i32,
+    expected: i64,
+    next: i64,
+}
+
+async fn apply_parts_inner<P: Projection>(
     pool: &PgPool,
     projection: &P,
     target: &Target<'_>,
-    expected: i64,
-    records: &[Record],
-) -> Result<Outcome, Transient> {
-    let records: Vec<&Record> = records.iter().filter(|r| r.offset() >= expected).collect();
-    let (Some(first), Some(last)) = (records.first(), records.last()) else {
-        return Ok(Outcome::Nothing);
-    };
-    let (topic, partition) = (first.topic().to_owned(), first.partition());
-    let next = last.offset() + 1;
-
+    parts: &[Part<'_>],
+) -> Result<PartsOutcome, Transient> {
     // Decode outside the transaction: it is pure, and poison found here needs no savepoint.
-    let mut events: Vec<Received<P::Events>> = Vec::with_capacity(records.len());
-    let mut event_records: Vec<usize> = Vec::with_capacity(records.len());
+    let mut flat: Vec<&Record> = Vec::new();
+    let mut live: Vec<Live> = Vec::new();
+    let mut nexts: Vec<Option<i64>> = vec![None; parts.len()];
+    let mut events: Vec<Received<P::Events>> = Vec::new();
+    let mut event_records: Vec<usize> = Vec::new();
     let mut poison: Vec<Poison> = Vec::new();
-    for (index, record) in records.iter().enumerate() {
-        let meta = match Metadata::from_record(record.headers(), record.key()) {
-            Ok(meta) => meta,
-            Err(e) => {
-                poison.push(Poison {
-                    index,
-                    reason: format!("undecodable envelope: {e}"),
-                });
-                continue;
-            }
+    for (part_index, part) in parts.iter().enumerate() {
+        let records: Vec<&Record> = part
+            .records
+            .iter()
+            .filter(|r| r.offset() >= part.expected)
+            .collect();
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            continue;
         };
-        match P::Events::decode(&meta, record.payload()) {
-            Ok(Some(payload)) => {
-                let origin = Origin {
-                    topic: topic.clone(),
-                    partition,
-                    offset: record.offset(),
-                };
-                events.push(Received {
-                    meta,
-                    payload,
-                    origin,
-                });
-                event_records.push(index);
+        let (topic, partition) = (first.topic().to_owned(), first.partition());
+        live.push(Live {
+            part: part_index,
+            topic: topic.clone(),
+            partition,
+            expected: part.expected,
+            next: last.offset() + 1,
+        });
+        for record in records {
+            let index = flat.len();
+            flat.push(record);
+            let meta = match Metadata::from_record(record.headers(), record.key()) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    poison.push(Poison {
+                        index,
+                        reason: format!("undecodable envelope: {e}"),
+                    });
+                    continue;
+                }
+            };
+            match P::Events::decode(&meta, record.payload()) {
+                Ok(Some(payload)) => {
+                    let origin = Origin {
+                        topic: topic.clone(),
+                        partition,
+                        offset: record.offset(),
+                    };
+                    events.push(Received {
+                        meta,
+                        payload,
+                        origin,
+                    });
+                    event_records.push(index);
+                }
+                // Not one of the declared types: skipped by declaration.
+                Ok(None) => {}
+                Err(e) => poison.push(Poison {
+                    index,
+                    reason: format!("undecodable payload: {e}"),
+                }),
             }
-            // Not one of the declared types: skipped by declaration.
-            Ok(None) => {}
-            Err(e) => poison.push(Poison {
-                index,
-                reason: format!("undecodable payload: {e}"),
-            }),
         }
     }
+    if live.is_empty() {
+        return Ok(PartsOutcome::Committed { nexts, poisoned: 0 });
+    }
+    // Same lock order everywhere: two writers never deadlock on checkpoint rows.
+    live.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
 
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
@@ -130,21 +213,32 @@ async fn apply_inner<P: Projection>(
     .bind(crate::postgres::quote_ident(target.schema))
     .execute(&mut *tx)
     .await?;
-    if !checkpoint::compare_and_set(
-        &mut tx,
-        target.projection,
-        target.slot,
-        &topic,
-        partition,
-        expected,
-        next,
-    )
-    .await?
-    {
-        tx.rollback().await?;
-        let now =
-            checkpoint::read(&mut conn, target.projection, target.slot, &topic, partition).await?;
-        return Ok(Outcome::Conflict { checkpoint: now });
+    for l in &live {
+        if !checkpoint::compare_and_set(
+            &mut tx,
+            target.projection,
+            target.slot,
+            &l.topic,
+            l.partition,
+            l.expected,
+            l.next,
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            let now = checkpoint::read(
+                &mut conn,
+                target.projection,
+                target.slot,
+                &l.topic,
+                l.partition,
+            )
+            .await?;
+            return Ok(PartsOutcome::Conflict {
+                part: l.part,
+                checkpoint: now,
+            });
+        }
     }
     failpoint::hit("projection.after_cas");
 
@@ -156,7 +250,7 @@ async fn apply_inner<P: Projection>(
         }
         Err(ApplyError::Halt(e)) => {
             tx.rollback().await.ok();
-            return Ok(Outcome::Halt(format!(
+            return Ok(PartsOutcome::Halt(format!(
                 "projection {} cannot apply events: {e:#}",
                 target.projection
             )));
@@ -170,49 +264,42 @@ async fn apply_inner<P: Projection>(
 
     poison.sort_by_key(|p| p.index);
     for p in &poison {
-        let record = records[p.index];
-        record_dead_letter(&mut tx, target, record, &p.reason).await?;
+        record_dead_letter(&mut tx, target, flat[p.index], &p.reason).await?;
     }
     sqlx::query("SELECT pg_notify('choreo_checkpoints', $1)")
         .bind(target.projection)
         .execute(&mut *tx)
         .await?;
     failpoint::hit("projection.before_commit");
-    let applied = events.len().saturating_sub(
-        poison
-            .iter()
-            .filter(|p| event_records.contains(&p.index))
-            .count(),
-    );
     let poisoned = poison.len();
+    for l in &live {
+        nexts[l.part] = Some(l.next);
+    }
     match tx.commit().await {
-        Ok(()) => Ok(Outcome::Committed {
-            next,
-            applied,
-            poisoned,
-        }),
+        Ok(()) => Ok(PartsOutcome::Committed { nexts, poisoned }),
         Err(commit_error) => {
-            // The connection may have died after the server committed: the checkpoint says.
+            // The connection may have died after the server committed: the checkpoints say.
+            // One transaction: either every part moved to `next` or none did.
             drop(conn);
             let mut fresh = pool.acquire().await?;
+            let first = &live[0];
             match checkpoint::read(
                 &mut fresh,
                 target.projection,
                 target.slot,
-                &topic,
-                partition,
+                &first.topic,
+                first.partition,
             )
             .await?
             {
-                Some(now) if now == next => Ok(Outcome::Committed {
-                    next,
-                    applied,
-                    poisoned,
-                }),
-                Some(now) if now == expected => {
+                Some(now) if now == first.next => Ok(PartsOutcome::Committed { nexts, poisoned }),
+                Some(now) if now == first.expected => {
                     Err(Transient(format!("commit failed: {commit_error}")))
                 }
-                now => Ok(Outcome::Conflict { checkpoint: now }),
+                now => Ok(PartsOutcome::Conflict {
+                    part: first.part,
+                    checkpoint: now,
+                }),
             }
         }
     }

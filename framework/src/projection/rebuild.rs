@@ -23,7 +23,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sqlx::{Connection, PgPool};
 
-use super::batch::{self, Outcome, Target};
+use super::batch::{self, PartsOutcome, Target};
 use super::checkpoint::{self, Slot};
 use super::runner::{create_schema, setup};
 use super::{Projection, live_schema, projection_id};
@@ -296,58 +296,79 @@ async fn run<P: Projection>(
                     None => by_partition.push((key, vec![record])),
                 }
             }
-            for (key, list) in by_partition {
-                let count = list.len() as u64;
-                let expected = *positions.get(&key).unwrap_or(&0);
-                let mut attempt = 0u32;
-                let mut expected_now = expected;
-                loop {
-                    match batch::apply(pool, &*projection, &target, expected_now, &list).await {
-                        Ok(Outcome::Committed { next, poisoned, .. }) => {
-                            positions.insert(key.clone(), next);
-                            dead_lettered += poisoned as u64;
-                            break;
-                        }
-                        Ok(Outcome::Nothing) => break,
-                        Ok(Outcome::Conflict { checkpoint }) => {
-                            // Only a second rebuild could move the shadow checkpoint, and the
-                            // advisory lock excludes that; re-read and go on from there.
-                            let now = checkpoint.unwrap_or(expected_now);
-                            positions.insert(key.clone(), now);
-                            expected_now = now;
-                            if list.last().is_some_and(|r| r.offset() < now) {
-                                break;
+            // One transaction for the whole polled batch: a compare-and-set per partition,
+            // one apply, one commit.
+            let count: u64 = by_partition.iter().map(|(_, list)| list.len() as u64).sum();
+            let mut attempt = 0u32;
+            loop {
+                let parts: Vec<batch::Part<'_>> = by_partition
+                    .iter()
+                    .map(|(key, list)| batch::Part {
+                        expected: *positions.get(key).unwrap_or(&0),
+                        records: list,
+                    })
+                    .collect();
+                match batch::apply_parts(pool, &*projection, &target, &parts).await {
+                    Ok(PartsOutcome::Committed { nexts, poisoned }) => {
+                        for ((key, _), next) in by_partition.iter().zip(nexts) {
+                            if let Some(next) = next {
+                                positions.insert(key.clone(), next);
                             }
                         }
-                        Ok(Outcome::Halt(reason)) => {
-                            return Err(Error::Halted {
-                                topic: key.0.clone(),
-                                partition: key.1,
-                                reason,
-                            });
+                        dead_lettered += poisoned as u64;
+                        break;
+                    }
+                    Ok(PartsOutcome::Conflict { part, checkpoint }) => {
+                        // Only a second rebuild could move a shadow checkpoint, and the
+                        // advisory lock excludes that; go on from where it is.
+                        let key = &by_partition[part].0;
+                        let now = checkpoint.unwrap_or(parts[part].expected);
+                        tracing::warn!(
+                            partition = key.1,
+                            now,
+                            "shadow checkpoint moved; re-reading"
+                        );
+                        positions.insert(key.clone(), now);
+                        attempt += 1;
+                        if attempt > 20 {
+                            return Err(Error::Runtime(format!(
+                                "rebuild of {id}: shadow checkpoints keep moving"
+                            )));
                         }
-                        Err(batch::Transient(reason)) => {
-                            attempt += 1;
-                            tracing::warn!(%reason, attempt, "rebuild batch failed transiently; retrying");
-                            if attempt > 20 {
-                                return Err(Error::Runtime(format!(
-                                    "rebuild of {id} keeps failing: {reason}"
-                                )));
-                            }
-                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
-                                .await;
-                            let mut c = pool.acquire().await.map_err(pg("acquire"))?;
-                            expected_now =
+                    }
+                    Ok(PartsOutcome::Halt(reason)) => {
+                        let key = &by_partition[0].0;
+                        return Err(Error::Halted {
+                            topic: key.0.clone(),
+                            partition: key.1,
+                            reason,
+                        });
+                    }
+                    Err(batch::Transient(reason)) => {
+                        attempt += 1;
+                        tracing::warn!(%reason, attempt, "rebuild batch failed transiently; retrying");
+                        if attempt > 20 {
+                            return Err(Error::Runtime(format!(
+                                "rebuild of {id} keeps failing: {reason}"
+                            )));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                        // The outcome may be unknown: take the checkpoints as they are now.
+                        let mut c = pool.acquire().await.map_err(pg("acquire"))?;
+                        for (key, _) in &by_partition {
+                            if let Some(now) =
                                 checkpoint::read(&mut c, &id, Slot::Shadow, &key.0, key.1)
                                     .await
                                     .map_err(pg("read checkpoint"))?
-                                    .unwrap_or(expected_now);
+                            {
+                                positions.insert(key.clone(), now);
+                            }
                         }
                     }
                 }
-                records += count;
-                progress.advance(records);
             }
+            records += count;
+            progress.advance(records);
             refresh_positions(&consumer, &mut positions);
         }
         failpoint::hit("rebuild.before_swap");

@@ -143,7 +143,13 @@ async fn a_killed_rebuild_leaves_the_live_view_untouched_and_the_next_run_resume
 
     // Killed while filling the shadow, then killed inside the swap transaction.
     for failpoint in ["projection.after_cas@2", "rebuild.before_swap_commit"] {
-        let mut doomed = drill(&config, &url, &["rebuild"], Some(failpoint));
+        // Small batches: several transactions, so the kill lands after some committed.
+        let mut doomed = drill(
+            &config,
+            &url,
+            &["rebuild", "--batch", "1000"],
+            Some(failpoint),
+        );
         let status = wait_exit(&mut doomed, Duration::from_secs(90));
         assert!(
             !status.success(),
