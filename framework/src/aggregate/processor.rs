@@ -28,7 +28,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -41,7 +41,7 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::kafka::consumer::{forward_log, panic_message};
-use crate::kafka::{dlq_headers, partition_for_key};
+use crate::kafka::partition_for_key;
 use crate::message::{CommandSet, EventSet, Metadata};
 use crate::shutdown::Shutdown;
 
@@ -1073,31 +1073,13 @@ fn dead_letter<A: Aggregate>(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Pending {
-    let mut headers = OwnedHeaders::new();
-    if let Some(original) = record.headers() {
-        for h in original.iter() {
-            headers = headers.insert(Header {
-                key: h.key,
-                value: h.value,
-            });
-        }
-    }
-    let partition = record.partition().to_string();
-    let offset = record.offset().to_string();
-    let time = now.to_rfc3339();
-    for (key, value) in [
-        (dlq_headers::TOPIC, record.topic()),
-        (dlq_headers::PARTITION, partition.as_str()),
-        (dlq_headers::OFFSET, offset.as_str()),
-        (dlq_headers::ERROR, reason),
-        (dlq_headers::TIME, time.as_str()),
-        (dlq_headers::GROUP, shared.group.as_str()),
-    ] {
-        headers = headers.insert(Header {
-            key,
-            value: Some(value),
-        });
-    }
+    let headers = crate::kafka::dead_letter_headers(
+        record.headers(),
+        (record.topic(), record.partition(), record.offset()),
+        reason,
+        now,
+        &shared.group,
+    );
     Pending {
         topic: shared.dlq_topic.clone(),
         partition: 0,

@@ -129,39 +129,13 @@ impl DeadLetterWriter {
         error: &str,
         time: DateTime<Utc>,
     ) -> Result<(i32, i64), PublishError> {
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = record.headers() {
-            for header in original.iter() {
-                headers = headers.insert(Header {
-                    key: header.key,
-                    value: header.value,
-                });
-            }
-        }
-        let mut error_text = error.to_owned();
-        if error_text.len() > MAX_ERROR_BYTES {
-            let mut cut = MAX_ERROR_BYTES;
-            while !error_text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            error_text.truncate(cut);
-        }
-        let partition = record.partition().to_string();
-        let offset = record.offset().to_string();
-        let time = time.to_rfc3339_opts(SecondsFormat::Micros, true);
-        for (key, value) in [
-            (dlq_headers::TOPIC, record.topic()),
-            (dlq_headers::PARTITION, partition.as_str()),
-            (dlq_headers::OFFSET, offset.as_str()),
-            (dlq_headers::ERROR, error_text.as_str()),
-            (dlq_headers::TIME, time.as_str()),
-            (dlq_headers::GROUP, self.group.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
+        let headers = dead_letter_headers(
+            record.headers(),
+            (record.topic(), record.partition(), record.offset()),
+            error,
+            time,
+            &self.group,
+        );
         let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(key) = record.key() {
             out = out.key(key);
@@ -179,4 +153,46 @@ impl DeadLetterWriter {
             }),
         }
     }
+}
+
+/// A dead letter's headers: the original ones, then origin topic/partition/offset, the error
+/// (at most 4 KiB), the time and the group. Shared by [`DeadLetterWriter`] and the command
+/// processor, which writes its dead letters inside its Kafka transaction.
+pub(crate) fn dead_letter_headers<H: Headers>(
+    original: Option<&H>,
+    (topic, partition, offset): (&str, i32, i64),
+    error: &str,
+    time: DateTime<Utc>,
+    group: &str,
+) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = original {
+        for header in original.iter() {
+            headers = headers.insert(Header {
+                key: header.key,
+                value: header.value,
+            });
+        }
+    }
+    let mut cut = error.len().min(MAX_ERROR_BYTES);
+    while !error.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let partition = partition.to_string();
+    let offset = offset.to_string();
+    let time = time.to_rfc3339_opts(SecondsFormat::Micros, true);
+    for (key, value) in [
+        (dlq_headers::TOPIC, topic),
+        (dlq_headers::PARTITION, partition.as_str()),
+        (dlq_headers::OFFSET, offset.as_str()),
+        (dlq_headers::ERROR, &error[..cut]),
+        (dlq_headers::TIME, time.as_str()),
+        (dlq_headers::GROUP, group),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    headers
 }

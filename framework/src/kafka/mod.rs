@@ -13,6 +13,7 @@ pub use consumer::{
     Batch, ConsumerRuntime, ConsumerSettings, ConsumerStatus, PartitionControl, PartitionLogic,
     PartitionWorker, Record, RunSummary, StartOffset, WorkerOutcome,
 };
+pub(crate) use dlq::dead_letter_headers;
 pub use dlq::{DeadLetter, DeadLetterWriter, dlq_headers};
 pub use publisher::{Delivered, Outgoing, PublishError, PublishErrorKind, Publisher};
 pub use record::RecordHeaders;
