@@ -56,5 +56,6 @@ pub use message::{
 pub use projection::{ApplyError, Projection, ProjectionRunner};
 pub use shutdown::Shutdown;
 pub mod projection;
+pub mod reactor;
 #[cfg(feature = "testing")]
 pub mod testing;

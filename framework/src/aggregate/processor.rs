@@ -28,8 +28,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::oneshot;
@@ -42,6 +42,9 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::kafka::consumer::{forward_log, panic_message};
 use crate::kafka::partition_for_key;
+use crate::kafka::transaction::{
+    TxError, TxRecord, batch_starts, classify, classify_commit, rewind, send,
+};
 use crate::message::{CommandSet, EventSet, Metadata};
 use crate::shutdown::Shutdown;
 
@@ -560,15 +563,6 @@ fn apply_restored<A: Aggregate>(
     Ok(())
 }
 
-/// An output of a batch, produced inside the transaction.
-struct Pending {
-    topic: String,
-    partition: i32,
-    key: String,
-    payload: Vec<u8>,
-    headers: OwnedHeaders,
-}
-
 /// A reply waiting for the offsets of its command's events.
 struct PendingReply {
     topic: String,
@@ -644,7 +638,7 @@ fn processing_loop<A: Aggregate>(
                     .collect()
             };
             if !kept.is_empty() {
-                rewind(consumer, &kept)?;
+                rewind(consumer, &starts(&kept))?;
             }
             continue;
         }
@@ -657,7 +651,7 @@ fn processing_loop<A: Aggregate>(
                         "abort_transaction failed after {reason}: {e}"
                     )));
                 }
-                rewind(consumer, &batch)?;
+                rewind(consumer, &starts(&batch))?;
             }
             Err(TxError::Fenced(reason)) => {
                 // Another instance owns our transactional id now: stop, never recreate (two
@@ -676,69 +670,6 @@ fn processing_loop<A: Aggregate>(
     Ok(())
 }
 
-enum TxError {
-    Abortable(String),
-    Fenced(String),
-    Fatal(String),
-}
-
-fn classify(op: &str, e: &KafkaError) -> TxError {
-    let text = format!("{op}: {e}");
-    match e {
-        KafkaError::Transaction(rd) if rd.is_fatal() => {
-            if matches!(
-                rd.code(),
-                RDKafkaErrorCode::Fenced
-                    | RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-            ) {
-                TxError::Fenced(text)
-            } else {
-                TxError::Fatal(text)
-            }
-        }
-        KafkaError::Transaction(rd) if rd.txn_requires_abort() => TxError::Abortable(text),
-        _ => match e.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => {
-                TxError::Fenced(text)
-            }
-            Some(
-                RDKafkaErrorCode::PurgeQueue
-                | RDKafkaErrorCode::PurgeInflight
-                | RDKafkaErrorCode::InvalidTransactionalState,
-            ) => TxError::Abortable(text),
-            _ => TxError::Fatal(text),
-        },
-    }
-}
-
-/// Seeks every partition of the batch back to its first record: the last committed position.
-fn rewind<A: Aggregate>(
-    consumer: &BaseConsumer<ProcessorContext<A>>,
-    batch: &[OwnedMessage],
-) -> Result<()> {
-    let mut first: HashMap<i32, i64> = HashMap::new();
-    for record in batch {
-        first.entry(record.partition()).or_insert(record.offset());
-    }
-    for (partition, offset) in first {
-        let topic = batch[0].topic();
-        consumer
-            .seek(
-                topic,
-                partition,
-                Offset::Offset(offset),
-                Duration::from_secs(10),
-            )
-            .map_err(|e| {
-                Error::Runtime(format!(
-                    "rewind of {topic}[{partition}] to {offset} failed: {e}"
-                ))
-            })?;
-    }
-    Ok(())
-}
-
 fn run_transaction<A: Aggregate>(
     shared: &Arc<Shared<A>>,
     consumer: &BaseConsumer<ProcessorContext<A>>,
@@ -750,9 +681,9 @@ fn run_transaction<A: Aggregate>(
         .map_err(|e| classify("begin_transaction", &e))?;
     let now = Utc::now();
     let mut overlay: HashMap<Key, Entry<A>> = HashMap::new();
-    let mut events: Vec<(Pending, EventRef)> = Vec::new();
+    let mut events: Vec<(TxRecord, EventRef)> = Vec::new();
     let mut replies: Vec<PendingReply> = Vec::new();
-    let mut dead: Vec<Pending> = Vec::new();
+    let mut dead: Vec<TxRecord> = Vec::new();
     let mut next_offsets: HashMap<i32, i64> = HashMap::new();
     {
         let halted = lock(&shared.halted);
@@ -816,9 +747,9 @@ fn run_transaction<A: Aggregate>(
         }
         let payload = serde_json::to_vec(&outcome)
             .map_err(|e| TxError::Fatal(format!("encode reply: {e}")))?;
-        let pending = Pending {
+        let pending = TxRecord {
             topic: reply.topic.clone(),
-            partition: reply.partition,
+            partition: Some(reply.partition),
             key: reply.meta.subject.clone(),
             payload,
             headers: reply.meta.to_headers(),
@@ -850,12 +781,7 @@ fn run_transaction<A: Aggregate>(
     failpoint::hit("command.before_commit");
     producer
         .commit_transaction(Duration::from_secs(30))
-        .map_err(|e| match classify("commit_transaction", &e) {
-            // librdkafka reports a failed flush inside commit as Flush: no flag says what it
-            // means, so treat it as unknown (the commit may still land).
-            TxError::Abortable(t) if matches!(e, KafkaError::Flush(_)) => TxError::Fatal(t),
-            other => other,
-        })?;
+        .map_err(|e| classify_commit(&e))?;
     // Committed: merge the overlay.
     let mut committed = lock(&shared.state);
     committed.extend(overlay);
@@ -872,20 +798,6 @@ fn run_transaction<A: Aggregate>(
     Ok(())
 }
 
-fn send(
-    producer: &FutureProducer,
-    pending: &Pending,
-) -> Result<rdkafka::producer::DeliveryFuture, TxError> {
-    let record = FutureRecord::to(&pending.topic)
-        .partition(pending.partition)
-        .key(pending.key.as_bytes())
-        .payload(&pending.payload)
-        .headers(pending.headers.clone());
-    producer
-        .send_result(record)
-        .map_err(|(e, _)| classify("produce", &e))
-}
-
 /// Decides one command into the overlay and the batch's outputs.
 #[allow(clippy::too_many_arguments)]
 fn decide_one<A: Aggregate>(
@@ -894,9 +806,9 @@ fn decide_one<A: Aggregate>(
     overlay: &mut HashMap<Key, Entry<A>>,
     record: &OwnedMessage,
     now: DateTime<Utc>,
-    events: &mut Vec<(Pending, EventRef)>,
+    events: &mut Vec<(TxRecord, EventRef)>,
     replies: &mut Vec<PendingReply>,
-    dead: &mut Vec<Pending>,
+    dead: &mut Vec<TxRecord>,
 ) {
     let p = record.partition();
     let meta = match Metadata::from_record(record.headers(), record.key()) {
@@ -1041,9 +953,9 @@ fn decide_one<A: Aggregate>(
                     Some(crate::Causation::from_cause(&meta)),
                 );
                 event_meta.sequence = Some(staged.version);
-                let pending = Pending {
+                let pending = TxRecord {
                     topic: shared.events_topic.clone(),
-                    partition: p,
+                    partition: Some(p),
                     key: meta.subject.clone(),
                     payload,
                     headers: event_meta.to_headers(),
@@ -1072,7 +984,7 @@ fn dead_letter<A: Aggregate>(
     record: &OwnedMessage,
     reason: &str,
     now: DateTime<Utc>,
-) -> Pending {
+) -> TxRecord {
     let headers = crate::kafka::dead_letter_headers(
         record.headers(),
         (record.topic(), record.partition(), record.offset()),
@@ -1080,9 +992,9 @@ fn dead_letter<A: Aggregate>(
         now,
         &shared.group,
     );
-    Pending {
+    TxRecord {
         topic: shared.dlq_topic.clone(),
-        partition: 0,
+        partition: Some(0),
         key: record
             .key()
             .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -1090,4 +1002,9 @@ fn dead_letter<A: Aggregate>(
         payload: record.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers,
     }
+}
+
+/// Where each partition of a batch starts.
+fn starts(batch: &[OwnedMessage]) -> HashMap<(String, i32), i64> {
+    batch_starts(batch.iter().map(|r| (r.topic(), r.partition(), r.offset())))
 }

@@ -7,6 +7,7 @@ mod dlq;
 mod publisher;
 mod record;
 mod topics;
+pub(crate) mod transaction;
 
 pub use client::{check_reachable, partition_for_key};
 pub use consumer::{

@@ -1,0 +1,132 @@
+//! Kafka transactions as the command processor and reactors use them: records staged for a
+//! transaction, how a transactional error is to be handled, and rewinding a consumer to the
+//! start of a batch whose transaction did not commit.
+//!
+//! Both run on a dedicated thread that polls, then opens a transaction, then commits, and
+//! never polls while a transaction is open: so a rebalance callback never meets one.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::Offset;
+
+use crate::error::{Error, Result};
+
+/// A record produced inside a transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct TxRecord {
+    pub topic: String,
+    /// An explicit partition, or `None` for the producer's partitioner (murmur2 of the key).
+    pub partition: Option<i32>,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: OwnedHeaders,
+}
+
+/// What to do after a transactional operation failed.
+#[derive(Debug)]
+pub(crate) enum TxError {
+    /// Abort the transaction and rewind the consumer to the batch start.
+    Abortable(String),
+    /// Another instance took our transactional id: stop and never recreate.
+    Fenced(String),
+    /// Unknown outcome (a timed-out commit may still land): stop; a restart fences the old
+    /// producer.
+    Fatal(String),
+}
+
+/// Sorts a transactional error (DESIGN.md §4.3).
+pub(crate) fn classify(op: &str, e: &KafkaError) -> TxError {
+    let text = format!("{op}: {e}");
+    match e {
+        KafkaError::Transaction(rd) if rd.is_fatal() => {
+            if matches!(
+                rd.code(),
+                RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            ) {
+                TxError::Fenced(text)
+            } else {
+                TxError::Fatal(text)
+            }
+        }
+        KafkaError::Transaction(rd) if rd.txn_requires_abort() => TxError::Abortable(text),
+        _ => match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => {
+                TxError::Fenced(text)
+            }
+            Some(
+                RDKafkaErrorCode::PurgeQueue
+                | RDKafkaErrorCode::PurgeInflight
+                | RDKafkaErrorCode::InvalidTransactionalState,
+            ) => TxError::Abortable(text),
+            _ => TxError::Fatal(text),
+        },
+    }
+}
+
+/// Classifies a failed `commit_transaction`: librdkafka reports a failed flush inside the
+/// commit as `Flush`, which carries no flag saying what it means, so it counts as unknown
+/// (the commit may still land).
+pub(crate) fn classify_commit(e: &KafkaError) -> TxError {
+    match classify("commit_transaction", e) {
+        TxError::Abortable(t) if matches!(e, KafkaError::Flush(_)) => TxError::Fatal(t),
+        other => other,
+    }
+}
+
+/// Hands a staged record to the transactional producer.
+pub(crate) fn send(
+    producer: &FutureProducer,
+    record: &TxRecord,
+) -> Result<DeliveryFuture, TxError> {
+    let mut out = FutureRecord::to(&record.topic)
+        .key(record.key.as_bytes())
+        .payload(&record.payload)
+        .headers(record.headers.clone());
+    if let Some(partition) = record.partition {
+        out = out.partition(partition);
+    }
+    producer
+        .send_result(out)
+        .map_err(|(e, _)| classify("produce", &e))
+}
+
+/// Seeks each partition back to the first offset of a batch that did not commit: the last
+/// committed position. `first` maps (topic, partition) to that offset.
+pub(crate) fn rewind<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    first: &HashMap<(String, i32), i64>,
+) -> Result<()> {
+    for ((topic, partition), offset) in first {
+        consumer
+            .seek(
+                topic,
+                *partition,
+                Offset::Offset(*offset),
+                Duration::from_secs(10),
+            )
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "rewind of {topic}[{partition}] to {offset} failed: {e}"
+                ))
+            })?;
+    }
+    Ok(())
+}
+
+/// The first offset of each (topic, partition) in a batch, in the shape [`rewind`] takes.
+pub(crate) fn batch_starts<'a>(
+    records: impl IntoIterator<Item = (&'a str, i32, i64)>,
+) -> HashMap<(String, i32), i64> {
+    let mut first = HashMap::new();
+    for (topic, partition, offset) in records {
+        first.entry((topic.to_owned(), partition)).or_insert(offset);
+    }
+    first
+}

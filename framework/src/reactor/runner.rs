@@ -1,0 +1,585 @@
+//! The reactor runner: one dedicated thread owns the consumer (group = the reactor's name,
+//! `read_committed`) and a transactional producer (`transactional.id` =
+//! `group.instance.id` = `{name}-{ordinal}`).
+//!
+//! Per polled batch, one Kafka transaction holds the outputs of every event reacted to, the
+//! dead letters of events that could not be, and the input offsets with fresh consumer group
+//! metadata. A transaction is never open while we poll, so a revoke never meets one.
+//!
+//! A transient error on event i commits the events before it (their effects are done) and
+//! rewinds to i, then backs off: the event is retried, never skipped. Errors of the
+//! transaction itself are handled as in the command processor (DESIGN.md §4.3): abortable →
+//! abort and rewind; fenced → stop, never recreate; unknown (a timed-out commit) → stop, and
+//! a restart fences the old producer.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::FutureExt;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::sync::oneshot;
+
+use super::{Outputs, ReactError, Reactor};
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::kafka::consumer::{forward_log, panic_message};
+use crate::kafka::transaction::{
+    TxError, TxRecord, batch_starts, classify, classify_commit, rewind, send,
+};
+use crate::message::{EventSet, Metadata, Origin, Received};
+use crate::shutdown::Shutdown;
+
+/// Where a reactor whose group has no committed offsets starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The whole retained history: nothing is missed (the default).
+    #[default]
+    Beginning,
+    /// Only events written after the group first joins: for a reactor deployed later that
+    /// must not act on the past (say, not email every user who ever signed up).
+    End,
+}
+
+/// What a running reactor reports.
+#[derive(Debug, Clone, Default)]
+pub struct ReactorStatus {
+    inner: Arc<StatusInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    reacted: AtomicU64,
+    dead_lettered: AtomicU64,
+    transactions: AtomicU64,
+    assigned: Mutex<Vec<(String, i32)>>,
+}
+
+impl ReactorStatus {
+    /// Events reacted to in committed transactions.
+    pub fn reacted(&self) -> u64 {
+        self.inner.reacted.load(Ordering::Relaxed)
+    }
+
+    /// Events sent to the dead letters in committed transactions.
+    pub fn dead_lettered(&self) -> u64 {
+        self.inner.dead_lettered.load(Ordering::Relaxed)
+    }
+
+    /// Committed transactions.
+    pub fn transactions(&self) -> u64 {
+        self.inner.transactions.load(Ordering::Relaxed)
+    }
+
+    /// The partitions this instance owns now.
+    pub fn assigned(&self) -> Vec<(String, i32)> {
+        let mut assigned = lock(&self.inner.assigned).clone();
+        assigned.sort();
+        assigned
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs a [`Reactor`] in its consumer group.
+pub struct ReactorRunner<R: Reactor> {
+    reactor: Arc<R>,
+    service: String,
+    ordinal: u32,
+    max_batch: usize,
+    start: StartFrom,
+    status: ReactorStatus,
+}
+
+impl<R: Reactor> std::fmt::Debug for ReactorRunner<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReactorRunner")
+            .field("reactor", &R::NAME)
+            .field("service", &self.service)
+            .field("ordinal", &self.ordinal)
+            .field("max_batch", &self.max_batch)
+            .field("start", &self.start)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Reactor> ReactorRunner<R> {
+    /// A runner for `reactor` in `service` (the `ce_source` of its outputs). `ordinal` is the
+    /// instance's stable number (0, 1, ...): two live instances must never share one, and a
+    /// restarted instance keeps its own, so it fences and aborts its predecessor's open
+    /// transaction at once.
+    pub fn new(reactor: R, service: impl Into<String>, ordinal: u32) -> Self {
+        Self {
+            reactor: Arc::new(reactor),
+            service: service.into(),
+            ordinal,
+            max_batch: 100,
+            start: StartFrom::default(),
+            status: ReactorStatus::default(),
+        }
+    }
+
+    /// The most events per transaction (default 100).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
+    /// Where to start when the group has no committed offsets (default: the beginning).
+    pub fn start_from(mut self, start: StartFrom) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// A handle on what the runner reports.
+    pub fn status(&self) -> ReactorStatus {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` (or fencing, or an unrecoverable error).
+    pub async fn run(self, kafka: &KafkaConfig, shutdown: Shutdown) -> Result<()> {
+        super::check_name(R::NAME)?;
+        crate::kafka::check_reachable(kafka)?;
+        let group = kafka.topic_name(R::NAME);
+        let identity = format!("{group}-{}", self.ordinal);
+        let dlq_topic = format!("{group}.dlq");
+        let sources: Vec<String> = R::Events::topics()
+            .iter()
+            .map(|t| kafka.topic_name(t))
+            .collect();
+        let admin = crate::kafka::TopicAdmin::new(kafka)?;
+        for topic in sources.iter().chain([&dlq_topic]) {
+            if admin.describe(topic).await?.is_none() {
+                return Err(Error::TopicMissing(topic.clone()));
+            }
+        }
+        let shared = Arc::new(Shared {
+            reactor: Arc::clone(&self.reactor),
+            group: group.clone(),
+            source: format!("/{}", self.service),
+            dlq_topic,
+            config: kafka.clone(),
+            status: self.status.clone(),
+            shutdown: shutdown.clone(),
+            handle: tokio::runtime::Handle::current(),
+            rebalances: AtomicU64::new(0),
+            assigned_at: Mutex::new(HashMap::new()),
+            fatal: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+        });
+        let reset = match self.start {
+            StartFrom::Beginning => "earliest",
+            StartFrom::End => "latest",
+        };
+        let consumer: BaseConsumer<ReactorContext<R>> = kafka
+            .client_config(&[
+                ("group.id", group.as_str()),
+                ("group.instance.id", identity.as_str()),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("isolation.level", "read_committed"),
+                ("auto.offset.reset", reset),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("enable.partition.eof", "false"),
+            ])
+            .create_with_context(ReactorContext {
+                shared: Arc::clone(&shared),
+            })
+            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
+        let producer: FutureProducer = kafka
+            .client_config(&[
+                ("transactional.id", identity.as_str()),
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("transaction.timeout.ms", "10000"),
+                ("linger.ms", "5"),
+                // Outputs keyed like every choreo client's: the Java clients' partitioner.
+                ("partitioner", "murmur2_random"),
+            ])
+            .create()
+            .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))?;
+        let max_batch = self.max_batch;
+        let (done_tx, done_rx) = oneshot::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("choreo-reactor-{identity}"))
+            .spawn(move || {
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    reacting_loop(&thread_shared, &consumer, &producer, &sources, max_batch)
+                }));
+                let result = match outcome {
+                    Ok(result) => result,
+                    Err(panic) => Err(Error::Runtime(format!(
+                        "reactor {} panicked: {}",
+                        R::NAME,
+                        panic_message(&*panic)
+                    ))),
+                };
+                thread_shared.stopped.store(true, Ordering::Release);
+                drop(consumer);
+                let _ = producer.flush(Duration::from_secs(10));
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start the reactor thread: {e}")))?;
+        done_rx
+            .await
+            .map_err(|_| Error::Runtime("the reactor thread ended without a result".into()))?
+    }
+}
+
+type TopicPartition = (String, i32);
+
+struct Shared<R: Reactor> {
+    reactor: Arc<R>,
+    group: String,
+    source: String,
+    dlq_topic: String,
+    config: KafkaConfig,
+    status: ReactorStatus,
+    shutdown: Shutdown,
+    /// Runs the reactor's futures from the reactor thread (never an async thread).
+    handle: tokio::runtime::Handle,
+    /// Bumped by every rebalance callback.
+    rebalances: AtomicU64,
+    /// The rebalance count when each owned partition was assigned.
+    assigned_at: Mutex<HashMap<TopicPartition, u64>>,
+    fatal: Mutex<Option<String>>,
+    stopped: AtomicBool,
+}
+
+struct ReactorContext<R: Reactor> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: Reactor> ClientContext for ReactorContext<R> {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+}
+
+impl<R: Reactor> ConsumerContext for ReactorContext<R> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let shared = &self.shared;
+        let partitions: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let generation = shared.rebalances.fetch_add(1, Ordering::AcqRel) + 1;
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // The committed offsets (stable ones: read_committed) are where we start.
+                if let Err(e) = consumer.incremental_assign(tpl) {
+                    tracing::error!(error = %e, "incremental_assign failed");
+                    lock(&shared.fatal).get_or_insert(format!("incremental_assign failed: {e}"));
+                    shared.shutdown.trigger();
+                    return;
+                }
+                let mut at = lock(&shared.assigned_at);
+                for tp in &partitions {
+                    at.insert(tp.clone(), generation);
+                }
+                *lock(&shared.status.inner.assigned) = at.keys().cloned().collect();
+                tracing::info!(reactor = R::NAME, ?partitions, "partitions assigned");
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // No transaction is open here: we never poll inside one.
+                if let Err(e) = consumer.incremental_unassign(tpl) {
+                    tracing::error!(error = %e, "incremental_unassign failed");
+                }
+                let mut at = lock(&shared.assigned_at);
+                at.retain(|tp, _| !partitions.contains(tp));
+                *lock(&shared.status.inner.assigned) = at.keys().cloned().collect();
+                tracing::info!(reactor = R::NAME, ?partitions, "partitions revoked");
+            }
+            other => tracing::error!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+/// How a batch ended when it did not run to its end.
+struct Stopped {
+    /// Index of the first record not handled.
+    at: usize,
+    reason: String,
+}
+
+fn reacting_loop<R: Reactor>(
+    shared: &Arc<Shared<R>>,
+    consumer: &BaseConsumer<ReactorContext<R>>,
+    producer: &FutureProducer,
+    sources: &[String],
+    max_batch: usize,
+) -> Result<()> {
+    // Fences any earlier producer with our transactional id and aborts its open transaction.
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .map_err(|e| Error::kafka("init_transactions", e))?;
+    let topics: Vec<&str> = sources.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| Error::kafka("subscribe", e))?;
+    let mut backoff = Duration::ZERO;
+    while !shared.shutdown.is_triggered() {
+        if !backoff.is_zero() {
+            shared.handle.block_on(async {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shared.shutdown.wait() => {}
+                }
+            });
+        }
+        let before = shared.rebalances.load(Ordering::Acquire);
+        let mut batch: Vec<OwnedMessage> = Vec::new();
+        let mut timeout = Duration::from_millis(100);
+        while batch.len() < max_batch {
+            match consumer.poll(timeout) {
+                Some(Ok(record)) => batch.push(record.detach()),
+                Some(Err(e)) => {
+                    tracing::warn!(reactor = R::NAME, error = %e, "consumer error");
+                    break;
+                }
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        if let Some(reason) = lock(&shared.fatal).clone() {
+            return Err(Error::Runtime(reason));
+        }
+        if let Some((code, reason)) = consumer.client().fatal_error() {
+            return Err(Error::Runtime(format!(
+                "consumer fenced or failed ({code}): {reason}"
+            )));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if shared.rebalances.load(Ordering::Acquire) != before {
+            // A rebalance ran while the batch was collected: its records may belong to
+            // partitions we lost. Handle none; rewind the partitions we kept throughout.
+            let kept: Vec<&OwnedMessage> = {
+                let at = lock(&shared.assigned_at);
+                batch
+                    .iter()
+                    .filter(|r| {
+                        at.get(&(r.topic().to_owned(), r.partition()))
+                            .is_some_and(|g| *g <= before)
+                    })
+                    .collect()
+            };
+            rewind(consumer, &starts(kept))?;
+            continue;
+        }
+        match run_transaction(shared, consumer, producer, &batch) {
+            Ok(None) => backoff = Duration::ZERO,
+            Ok(Some(stopped)) => {
+                // Committed up to `at`; the rest comes again.
+                rewind(consumer, &starts(&batch[stopped.at..]))?;
+                if !shared.shutdown.is_triggered() {
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                    tracing::warn!(
+                        reactor = R::NAME,
+                        reason = %stopped.reason,
+                        retry_in = ?backoff,
+                        "transient failure; the event will be retried"
+                    );
+                }
+            }
+            Err(TxError::Abortable(reason)) => {
+                tracing::warn!(reactor = R::NAME, %reason, "transaction aborted; rewinding");
+                if let Err(e) = producer.abort_transaction(Duration::from_secs(30)) {
+                    return Err(Error::Runtime(format!(
+                        "abort_transaction failed after {reason}: {e}"
+                    )));
+                }
+                rewind(consumer, &starts(&batch))?;
+                backoff = (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            }
+            Err(TxError::Fenced(reason)) => {
+                tracing::error!(reactor = R::NAME, %reason, "fenced by a newer instance with the same transactional id; stopping");
+                return Err(Error::Runtime(format!("fenced: {reason}")));
+            }
+            Err(TxError::Fatal(reason)) => {
+                return Err(Error::Runtime(format!(
+                    "transaction failed ({reason}); a timed-out commit may still land, so this reactor stops: \
+                     restart it to fence the old producer"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn starts<'a>(records: impl IntoIterator<Item = &'a OwnedMessage>) -> HashMap<TopicPartition, i64> {
+    batch_starts(
+        records
+            .into_iter()
+            .map(|r| (r.topic(), r.partition(), r.offset())),
+    )
+}
+
+/// One transaction: react to the batch's events in order, produce their outputs and dead
+/// letters, commit them with the input offsets. `Ok(Some(_))` when a transient error stopped
+/// the batch early (what came before it is committed).
+fn run_transaction<R: Reactor>(
+    shared: &Arc<Shared<R>>,
+    consumer: &BaseConsumer<ReactorContext<R>>,
+    producer: &FutureProducer,
+    batch: &[OwnedMessage],
+) -> Result<Option<Stopped>, TxError> {
+    producer
+        .begin_transaction()
+        .map_err(|e| classify("begin_transaction", &e))?;
+    let mut staged: Vec<TxRecord> = Vec::new();
+    let mut next: HashMap<TopicPartition, i64> = HashMap::new();
+    let mut stopped = None;
+    let (mut reacted, mut dead) = (0u64, 0u64);
+    for (i, record) in batch.iter().enumerate() {
+        if shared.shutdown.is_triggered() {
+            stopped = Some(Stopped {
+                at: i,
+                reason: "shutting down".into(),
+            });
+            break;
+        }
+        match react_one(shared, record) {
+            Reaction::Done(outputs) => {
+                staged.extend(outputs);
+                reacted += 1;
+            }
+            Reaction::Skipped => {}
+            Reaction::DeadLetter(reason) => {
+                tracing::warn!(reactor = R::NAME, topic = record.topic(), partition = record.partition(),
+                    offset = record.offset(), %reason, "event sent to the dead letters");
+                staged.push(dead_letter(shared, record, &reason));
+                dead += 1;
+            }
+            Reaction::Retry(reason) => {
+                stopped = Some(Stopped { at: i, reason });
+                break;
+            }
+        }
+        next.insert(
+            (record.topic().to_owned(), record.partition()),
+            record.offset() + 1,
+        );
+    }
+    if next.is_empty() {
+        // Nothing handled (the first event failed transiently): nothing to commit.
+        producer
+            .abort_transaction(Duration::from_secs(30))
+            .map_err(|e| classify("abort_transaction", &e))?;
+        return Ok(stopped);
+    }
+    let deliveries: Vec<_> = staged
+        .iter()
+        .map(|r| send(producer, r))
+        .collect::<Result<_, _>>()?;
+    failpoint::hit("reactor.after_produce");
+    for delivery in deliveries {
+        shared
+            .handle
+            .block_on(delivery)
+            .map_err(|_| TxError::Abortable("output delivery cancelled".into()))?
+            .map_err(|(e, _)| classify("produce output", &e))?;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in &next {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    // Fresh group metadata for every transaction (the generation may have moved).
+    let metadata = consumer
+        .group_metadata()
+        .ok_or_else(|| TxError::Abortable("no consumer group metadata".into()))?;
+    producer
+        .send_offsets_to_transaction(&tpl, &metadata, Duration::from_secs(30))
+        .map_err(|e| classify("send_offsets_to_transaction", &e))?;
+    failpoint::hit("reactor.before_commit");
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .map_err(|e| classify_commit(&e))?;
+    let status = &shared.status.inner;
+    status.reacted.fetch_add(reacted, Ordering::Relaxed);
+    status.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+    status.transactions.fetch_add(1, Ordering::Relaxed);
+    Ok(stopped)
+}
+
+enum Reaction {
+    Done(Vec<TxRecord>),
+    /// A type the reactor does not declare.
+    Skipped,
+    DeadLetter(String),
+    Retry(String),
+}
+
+fn react_one<R: Reactor>(shared: &Shared<R>, record: &OwnedMessage) -> Reaction {
+    let meta = match Metadata::from_record(record.headers(), record.key()) {
+        Ok(meta) => meta,
+        Err(e) => return Reaction::DeadLetter(format!("envelope: {e}")),
+    };
+    let payload = match R::Events::decode(&meta, record.payload()) {
+        Ok(Some(payload)) => payload,
+        Ok(None) => return Reaction::Skipped,
+        Err(e) => return Reaction::DeadLetter(format!("payload: {e}")),
+    };
+    let received = Received {
+        origin: Origin {
+            topic: record.topic().to_owned(),
+            partition: record.partition(),
+            offset: record.offset(),
+        },
+        meta: meta.clone(),
+        payload,
+    };
+    let mut out = Outputs::new(R::NAME, shared.source.clone(), meta, shared.config.clone());
+    let reaction = shared
+        .handle
+        .block_on(AssertUnwindSafe(shared.reactor.react(&received, &mut out)).catch_unwind());
+    match reaction {
+        Ok(Ok(())) => Reaction::Done(out.into_records()),
+        Ok(Err(ReactError::Transient(e))) => Reaction::Retry(format!("{e:#}")),
+        Ok(Err(ReactError::Poison(e))) => Reaction::DeadLetter(format!("rejected: {e:#}")),
+        Err(panic) => Reaction::DeadLetter(format!("panicked: {}", panic_message(&*panic))),
+    }
+}
+
+fn dead_letter<R: Reactor>(shared: &Shared<R>, record: &OwnedMessage, reason: &str) -> TxRecord {
+    let headers = crate::kafka::dead_letter_headers(
+        record.headers(),
+        (record.topic(), record.partition(), record.offset()),
+        reason,
+        Utc::now(),
+        &shared.group,
+    );
+    TxRecord {
+        topic: shared.dlq_topic.clone(),
+        partition: None,
+        key: record
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        payload: record.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers,
+    }
+}
