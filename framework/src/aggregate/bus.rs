@@ -15,7 +15,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::reply::{Outcome, REPLY_TYPE, Reply};
@@ -36,7 +36,7 @@ pub struct SendOptions {
     pub causation: Option<Causation>,
 }
 
-type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Reply>>>>;
+type Waiters = Arc<Mutex<HashMap<Uuid, mpsc::UnboundedSender<Reply>>>>;
 
 /// Sends commands and waits for replies. Cheap to clone.
 #[derive(Clone)]
@@ -144,7 +144,7 @@ impl CommandBus {
     ) -> Result<Reply> {
         let out = self.prepare(command, &options)?;
         let id = out.meta().id;
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         // Registered before the send: the reply cannot arrive unobserved.
         self.waiters
             .lock()
@@ -152,13 +152,22 @@ impl CommandBus {
             .insert(id, tx);
         let result = async {
             self.publisher.send(&out).await?;
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(_)) => Err(Error::Runtime("the reply reader stopped".into())),
-                Err(_) => Err(Error::Timeout {
-                    what: format!("the reply to command {id}"),
-                    after: timeout,
-                }),
+            let give_up = tokio::time::Instant::now() + timeout;
+            loop {
+                match tokio::time::timeout_at(give_up, rx.recv()).await {
+                    // An earlier attempt with this id that expired unanswered (its caller
+                    // timed out and retried): its "expired" reply is not about this
+                    // attempt, whose deadline has not passed. Wait for ours.
+                    Ok(Some(reply)) if answers_an_earlier_attempt(&reply, &options) => continue,
+                    Ok(Some(reply)) => break Ok(reply),
+                    Ok(None) => break Err(Error::Runtime("the reply reader stopped".into())),
+                    Err(_) => {
+                        break Err(Error::Timeout {
+                            what: format!("the reply to command {id}"),
+                            after: timeout,
+                        });
+                    }
+                }
             }
         }
         .await;
@@ -198,6 +207,17 @@ impl CommandBus {
     }
 }
 
+/// Whether `reply` says "expired" although this attempt's deadline is still ahead: it then
+/// answers an earlier attempt with the same command id.
+fn answers_an_earlier_attempt(reply: &Reply, options: &SendOptions) -> bool {
+    let expired =
+        matches!(&reply.outcome, Outcome::Rejected { rejection } if rejection.code == "expired");
+    expired
+        && options
+            .deadline
+            .is_some_and(|deadline| Utc::now() < deadline)
+}
+
 fn read_replies(consumer: BaseConsumer, waiters: Waiters, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Acquire) {
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
@@ -224,7 +244,8 @@ fn read_replies(consumer: BaseConsumer, waiters: Waiters, stop: Arc<AtomicBool>)
         let Some(waiter) = waiters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&meta.causation_id)
+            .get(&meta.causation_id)
+            .cloned()
         else {
             continue; // another instance's, or a caller that gave up
         };

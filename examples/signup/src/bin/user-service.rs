@@ -263,6 +263,11 @@ async fn create_user(State(app): State<App>, headers: HeaderMap, body: Bytes) ->
         Outcome::Rejected { rejection } if rejection.code == "email_taken" => {
             error(StatusCode::CONFLICT, rejection.message.clone())
         }
+        // Not decided in time (the partition was moving): nothing happened, retry.
+        Outcome::Rejected { rejection } if rejection.code == "expired" => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not decided in time; retry with the same Idempotency-Key",
+        ),
         Outcome::Rejected { rejection } => error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("{}: {}", rejection.code, rejection.message),

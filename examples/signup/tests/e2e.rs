@@ -1,0 +1,469 @@
+//! The signup story end to end, against the real Kafka and Postgres: the three services run
+//! as processes (two user-service and two email-service instances), in a topic namespace and
+//! a database of their own.
+//!
+//! Checks: every accepted signup has exactly one welcome email and one committed
+//! `v1.email.sent`; the metrics equal the accepted signups; duplicates are rejected; a retry
+//! with the same Idempotency-Key gets the same answer; GET right after POST finds the user;
+//! instances killed with SIGKILL are taken over; the rebuilt metrics view equals the live one.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+const HOW_TO_START: &str = "start them with `scripts/dev-services up` (or run `scripts/test`)";
+
+fn brokers() -> String {
+    std::env::var("CHOREO_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn database_url() -> String {
+    std::env::var("CHOREO_DATABASE_URL")
+        .unwrap_or_else(|_| choreo::config::DEFAULT_DATABASE_URL.to_owned())
+}
+
+/// One run of the stack: its namespace, database, mail sink and processes.
+struct Stack {
+    namespace: String,
+    database_url: String,
+    mail_dir: PathBuf,
+    logs: PathBuf,
+    children: HashMap<String, Child>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Stack {
+    fn command(&self, bin: &str) -> Command {
+        let mut command = Command::new(bin);
+        command
+            .env("CHOREO_KAFKA_BROKERS", brokers())
+            .env("CHOREO_TOPIC_NAMESPACE", &self.namespace)
+            .env("CHOREO_DATABASE_URL", &self.database_url)
+            .env("SIGNUP_MAIL_DIR", &self.mail_dir)
+            .env("RUST_LOG", "info,rdkafka=warn");
+        command
+    }
+
+    /// Runs a one-shot command to its end; panics with its output when it fails.
+    fn run(&self, bin: &str, args: &[&str]) -> String {
+        let output = self.command(bin).args(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{bin} {args:?} failed: {}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// Starts a long-running instance, logging to a file of its own.
+    fn start(&mut self, name: &str, bin: &str, args: &[&str]) {
+        let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
+        let child = self
+            .command(bin)
+            .args(args)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.children.insert(name.to_owned(), child);
+    }
+
+    fn kill(&mut self, name: &str) {
+        let mut child = self.children.remove(name).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+/// A minimal HTTP/1.1 exchange (`Connection: close`): (status, JSON body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    key: Option<&str>,
+) -> (u16, Value) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(key) = key {
+        request.push_str(&format!("Idempotency-Key: {key}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status: u16 = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let json = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+/// Waits until `check` holds, or panics with `what`.
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn port_is_up(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Signs up `email` until it gets a final answer (201 or 409), retrying with the same key
+/// through a takeover (503: no reply in time). Returns (status, body, attempts).
+fn sign_up(port: u16, email: &str, name: &str, key: &str) -> (u16, Value, u32) {
+    let body = serde_json::json!({ "email": email, "name": name }).to_string();
+    for attempt in 1..=10 {
+        let (status, json) = http(port, "POST", "/v1/users", Some(&body), Some(key));
+        if status != 503 {
+            return (status, json, attempt);
+        }
+    }
+    panic!("no final answer for {email} after 10 attempts");
+}
+
+/// The mail sink: the `To:` of every email.
+fn emails(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "eml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let to = text
+                .lines()
+                .find_map(|l| l.strip_prefix("To: "))
+                .unwrap_or_default()
+                .to_owned();
+            out.push(to);
+        }
+    }
+    out
+}
+
+/// Every committed record of `topic`: (type, subject, id).
+fn committed_records(topic: &str, partitions: i32) -> Vec<(String, String, String)> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{topic}.e2e-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in 0..partitions {
+        let (_, end) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        ends.insert(p, end);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = (0..partitions).all(|p| {
+            consumer
+                .position()
+                .ok()
+                .and_then(|pos| pos.find_partition(topic, p).map(|e| e.offset()))
+                .is_some_and(|o| matches!(o, Offset::Offset(o) if o >= ends[&p]) || ends[&p] == 0)
+        });
+        if done {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "could not read {topic} to its end"
+        );
+        if let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) {
+            let header = |name: &str| {
+                record
+                    .headers()
+                    .and_then(|h| h.iter().find(|x| x.key == name))
+                    .and_then(|x| x.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            out.push((header("ce_type"), header("ce_subject"), header("ce_id")));
+        }
+    }
+}
+
+async fn fresh_database(name: &str) -> String {
+    let admin = choreo::postgres::connect(&choreo::PostgresConfig::new(database_url()))
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable ({e}): {HOW_TO_START}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let base = database_url().rsplit_once('/').unwrap().0.to_owned();
+    format!("{base}/{name}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signup_story() {
+    let kafka = choreo::KafkaConfig::new(brokers());
+    if let Err(e) = choreo::kafka::check_reachable(&kafka) {
+        panic!("Kafka is not reachable ({e}): {HOW_TO_START}");
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let namespace = format!("e2e{run}");
+    let database_url = fresh_database(&format!("signup_e2e_{run}")).await;
+    let base = std::env::temp_dir().join(format!("signup-e2e-{run}"));
+    let mut stack = Stack {
+        namespace: namespace.clone(),
+        database_url,
+        mail_dir: base.join("mail"),
+        logs: base.clone(),
+        children: HashMap::new(),
+    };
+    std::fs::create_dir_all(&stack.mail_dir).unwrap();
+    let user_bin = env!("CARGO_BIN_EXE_user-service");
+    let email_bin = env!("CARGO_BIN_EXE_email-service");
+    let metrics_bin = env!("CARGO_BIN_EXE_metrics-service");
+    for bin in [user_bin, email_bin, metrics_bin] {
+        stack.run(bin, &["setup"]);
+    }
+    let (user_a, user_b, metrics_port) = (free_port(), free_port(), free_port());
+    stack.start(
+        "user-0",
+        user_bin,
+        &[
+            "run",
+            "--ordinal",
+            "0",
+            "--listen",
+            &format!("127.0.0.1:{user_a}"),
+        ],
+    );
+    stack.start(
+        "user-1",
+        user_bin,
+        &[
+            "run",
+            "--ordinal",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{user_b}"),
+        ],
+    );
+    stack.start("email-0", email_bin, &["run", "--ordinal", "0"]);
+    stack.start("email-1", email_bin, &["run", "--ordinal", "1"]);
+    stack.start(
+        "metrics",
+        metrics_bin,
+        &["run", "--listen", &format!("127.0.0.1:{metrics_port}")],
+    );
+    eventually("the HTTP ports", Duration::from_secs(60), || {
+        port_is_up(user_a) && port_is_up(user_b) && port_is_up(metrics_port)
+    });
+
+    // Signups through both instances; each GET right after its POST finds the user.
+    let mut accepted: BTreeMap<String, String> = BTreeMap::new();
+    for i in 0..20 {
+        let port = if i % 2 == 0 { user_a } else { user_b };
+        let email = format!(
+            "user{i}@{}",
+            ["example.com", "example.org", "mail.test"][i % 3]
+        );
+        let (status, body, _) = sign_up(port, &email, &format!("User {i}"), &format!("key-{i}"));
+        assert_eq!(status, 201, "signup {email}: {body}");
+        let user_id = body["user_id"].as_str().unwrap().to_owned();
+        let after = body["after"].as_str().unwrap();
+        let (status, user) = http(
+            port,
+            "GET",
+            &format!("/v1/users/{user_id}?after={after}"),
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "GET right after POST: {user}");
+        assert_eq!(user["email"], email.as_str());
+        accepted.insert(email, user_id);
+    }
+
+    // A retry with the same key: the same answer, no second user.
+    let (status, again, _) = sign_up(user_b, "user0@example.com", "User 0", "key-0");
+    assert_eq!(status, 201, "retry: {again}");
+    assert_eq!(
+        again["user_id"].as_str(),
+        accepted.get("user0@example.com").map(String::as_str)
+    );
+    // The same address again, without the key: taken.
+    let (status, taken) = http(
+        user_a,
+        "POST",
+        "/v1/users",
+        Some(r#"{"email":"USER1@example.org","name":"Impostor"}"#),
+        None,
+    );
+    assert_eq!(status, 409, "duplicate email: {taken}");
+    // Bad requests say what is wrong.
+    let (status, bad) = http(
+        user_a,
+        "POST",
+        "/v1/users",
+        Some(r#"{"email":"not-an-address","name":"X"}"#),
+        None,
+    );
+    assert_eq!(status, 400);
+    assert!(bad["error"].as_str().unwrap().contains("no @"), "{bad}");
+    let (status, bad) = http(user_a, "POST", "/v1/users", Some("{\"email\":"), None);
+    assert_eq!(status, 400);
+    assert!(bad["error"].as_str().unwrap().contains("JSON"), "{bad}");
+    let (status, _) = http(
+        user_a,
+        "GET",
+        &format!("/v1/users/{}", uuid::Uuid::new_v4()),
+        None,
+        None,
+    );
+    assert_eq!(status, 404);
+
+    // Take an instance of each group away (SIGKILL); the others take over their partitions.
+    stack.kill("email-1");
+    stack.kill("user-1");
+    for i in 20..40 {
+        let email = format!(
+            "user{i}@{}",
+            ["example.com", "example.org", "mail.test"][i % 3]
+        );
+        let (status, body, _) = sign_up(user_a, &email, &format!("User {i}"), &format!("key-{i}"));
+        assert_eq!(status, 201, "signup {email} after the kill: {body}");
+        accepted.insert(email, body["user_id"].as_str().unwrap().to_owned());
+    }
+
+    // Every accepted signup: exactly one welcome email, one committed v1.email.sent.
+    let expected = accepted.len();
+    eventually(
+        "a welcome email per signup",
+        Duration::from_secs(90),
+        || emails(&stack.mail_dir).len() >= expected,
+    );
+    let mut per_address: BTreeMap<String, usize> = BTreeMap::new();
+    for to in emails(&stack.mail_dir) {
+        *per_address.entry(to).or_default() += 1;
+    }
+    let wanted: BTreeMap<String, usize> = accepted.keys().map(|e| (e.clone(), 1)).collect();
+    assert_eq!(per_address, wanted, "one welcome email per accepted signup");
+    let email_topic = format!("{namespace}.email.events");
+    eventually(
+        "a v1.email.sent per signup",
+        Duration::from_secs(60),
+        || committed_records(&email_topic, signup::contract::EMAIL_PARTITIONS).len() >= expected,
+    );
+    let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+    for (kind, subject, _) in committed_records(&email_topic, signup::contract::EMAIL_PARTITIONS) {
+        assert_eq!(kind, "v1.email.sent");
+        *sent.entry(subject).or_default() += 1;
+    }
+    assert_eq!(
+        sent, wanted,
+        "one committed v1.email.sent per accepted signup"
+    );
+
+    // The metrics equal the accepted signups.
+    let total = || {
+        let (status, view) = http(metrics_port, "GET", "/v1/metrics/signups", None, None);
+        assert_eq!(status, 200, "{view}");
+        view
+    };
+    eventually(
+        "the metrics to count every signup",
+        Duration::from_secs(60),
+        || total()["total"].as_i64() == Some(expected as i64),
+    );
+    let live = total();
+    let mut domains: BTreeMap<String, i64> = BTreeMap::new();
+    for email in accepted.keys() {
+        *domains
+            .entry(email.rsplit_once('@').unwrap().1.to_owned())
+            .or_default() += 1;
+    }
+    let reported: BTreeMap<String, i64> = live["per_domain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_owned(),
+                pair[1].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(reported, domains);
+
+    // Replay: rebuild the metrics view from the log while the service runs; same view.
+    let report = stack.run(
+        metrics_bin,
+        &["projections", "rebuild", "signup_metrics", "--quiet"],
+    );
+    assert!(
+        report.contains("signup_metrics"),
+        "rebuild report: {report}"
+    );
+    assert_eq!(total(), live, "the rebuilt view equals the live one");
+    assert!(
+        stack
+            .log("email-0")
+            .contains("owns partitions [0, 1, 2, 3, 4, 5]"),
+        "the surviving email instance took over every partition:\n{}",
+        stack.log("email-0")
+    );
+}
