@@ -5,6 +5,8 @@
 //! - `choreo-drill rebuild [--fresh] [--batch N]`: rebuilds it and prints the summary line.
 //! - `choreo-drill process ORDINAL PARTITIONS`: runs the drill aggregate's command processor
 //!   (service `bank`, entity `account`) until SIGTERM.
+//! - `choreo-drill react ORDINAL`: runs the drill reactor (`echo`, on `counter.events`) until
+//!   SIGTERM.
 //!
 //! Settings come from `CHOREO_KAFKA_BROKERS`, `CHOREO_TOPIC_NAMESPACE`, `CHOREO_DATABASE_URL`.
 
@@ -13,8 +15,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use choreo::aggregate::CommandProcessor;
 use choreo::projection::{RebuildOptions, rebuild};
+use choreo::reactor::ReactorRunner;
 use choreo::testing::CounterProjection;
 use choreo::testing::account::Account;
+use choreo::testing::echo::EchoReactor;
 use choreo::{KafkaConfig, PostgresConfig, ProjectionRunner, Shutdown};
 
 #[tokio::main]
@@ -52,6 +56,20 @@ async fn main() -> anyhow::Result<()> {
                 .context("projection runner")?;
             println!("stopped; halted: {:?}", summary.halted);
         }
+        Some("react") => {
+            let ordinal: u32 = args
+                .get(1)
+                .and_then(|a| a.parse().ok())
+                .context("ORDINAL")?;
+            EchoReactor::setup(&pool).await?;
+            let runner =
+                ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", ordinal).max_batch(20);
+            runner
+                .run(&kafka, Shutdown::on_signals())
+                .await
+                .context("reactor")?;
+            println!("stopped");
+        }
         Some("rebuild") => {
             let batch_size = args
                 .iter()
@@ -70,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{report}");
         }
         _ => anyhow::bail!(
-            "usage: choreo-drill project | rebuild [--fresh] | process ORDINAL PARTITIONS"
+            "usage: choreo-drill project | rebuild [--fresh] | process ORDINAL PARTITIONS | react ORDINAL"
         ),
     }
     Ok(())

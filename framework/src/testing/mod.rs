@@ -3,6 +3,7 @@
 //! exactly-once claims against an independent fold of the log.
 
 pub mod account;
+pub mod echo;
 mod given;
 
 pub use given::{Given, Then, given};

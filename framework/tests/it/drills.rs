@@ -11,7 +11,7 @@ use crate::common;
 use crate::projections::{PROJECTION, fold, publish, topics, view};
 
 /// Starts `choreo-drill` with the test's Kafka namespace and database.
-fn drill(
+pub(crate) fn drill(
     config: &KafkaConfig,
     database_url: &str,
     args: &[&str],
@@ -36,7 +36,7 @@ fn drill(
 }
 
 /// Waits for the process to end; panics after `timeout`.
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -60,7 +60,7 @@ fn signal(child: &Child, name: &str) {
 }
 
 /// Stops a drill process gracefully (SIGTERM) and checks it exited cleanly.
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     signal(&child, "TERM");
     let status = wait_exit(&mut child, Duration::from_secs(60));
     assert!(status.success(), "graceful stop: {status}");

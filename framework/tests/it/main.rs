@@ -13,4 +13,6 @@ mod handlers;
 #[cfg(feature = "testing")]
 mod projections;
 mod publish;
+#[cfg(all(feature = "failpoints", feature = "testing"))]
+mod reactors;
 mod topics;

@@ -1,0 +1,101 @@
+//! The drill reactor: reacts to every [`CounterBumped`] with an effect in Postgres (a row,
+//! claimed through the inbox, so exactly once) and an announcement `v1.echo.recorded` on
+//! `echo.events`. Poison events (`poison: true`) are refused; `key` `"flaky"` fails
+//! transiently the first `FLAKY_FAILURES` times it is seen by a process.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::CounterBumped;
+use crate::message::Received;
+use crate::reactor::{Inbox, Outputs, ReactError, Reactor};
+
+/// Transient failures of the `"flaky"` key before it succeeds (per process).
+pub const FLAKY_FAILURES: u32 = 3;
+
+/// What the drill reactor announces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EchoRecorded {
+    pub key: String,
+    pub amount: i64,
+}
+
+impl crate::Event for EchoRecorded {
+    const NAME: &'static str = "v1.echo.recorded";
+    fn subject(&self) -> String {
+        self.key.clone()
+    }
+}
+
+/// The drill reactor. Its effect rows live in `echo_effects` (created by [`EchoReactor::setup`]).
+#[derive(Debug)]
+pub struct EchoReactor {
+    pub inbox: Inbox,
+    pub pool: sqlx::PgPool,
+    flaky: AtomicU32,
+}
+
+impl EchoReactor {
+    pub fn new(pool: sqlx::PgPool) -> Self {
+        Self {
+            inbox: Inbox::new(pool.clone(), Self::NAME),
+            pool,
+            flaky: AtomicU32::new(0),
+        }
+    }
+
+    /// Creates the effect table.
+    pub async fn setup(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS echo_effects (
+                 event_id uuid NOT NULL,
+                 key text NOT NULL,
+                 amount bigint NOT NULL,
+                 done_at timestamptz NOT NULL DEFAULT clock_timestamp()
+             )",
+        )
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Reactor for EchoReactor {
+    type Events = CounterBumped;
+    const NAME: &'static str = "echo";
+
+    async fn react(
+        &self,
+        event: &Received<CounterBumped>,
+        out: &mut Outputs,
+    ) -> Result<(), ReactError> {
+        let bump = &event.payload;
+        if bump.poison {
+            return Err(ReactError::Poison(anyhow::anyhow!(
+                "poison event for {}",
+                bump.key
+            )));
+        }
+        if bump.key == "flaky" && self.flaky.fetch_add(1, Ordering::AcqRel) < FLAKY_FAILURES {
+            return Err(ReactError::Transient(anyhow::anyhow!(
+                "the flaky key fails for now"
+            )));
+        }
+        // No unique index on event_id: a second effect would show as a second row.
+        if let Some(mut tx) = self.inbox.claim(event.meta.id).await? {
+            sqlx::query("INSERT INTO echo_effects (event_id, key, amount) VALUES ($1, $2, $3)")
+                .bind(event.meta.id)
+                .bind(&bump.key)
+                .bind(bump.amount)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        out.event(&EchoRecorded {
+            key: bump.key.clone(),
+            amount: bump.amount,
+        })?;
+        Ok(())
+    }
+}

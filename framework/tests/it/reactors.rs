@@ -1,0 +1,233 @@
+//! Reactors: one committed output per input event, effects claimed through the inbox, poison
+//! events dead-lettered, transient failures retried; and a reactor process killed at its
+//! failpoints, which must lose and duplicate nothing (outputs in read_committed, effects).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use choreo::kafka::{TopicAdmin, TopicSpec};
+use choreo::reactor::ReactorRunner;
+use choreo::testing::CounterBumped;
+use choreo::testing::echo::EchoReactor;
+use choreo::{KafkaConfig, Publisher, Shutdown};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use uuid::Uuid;
+
+use crate::common;
+use crate::drills::{drill, stop, wait_exit};
+
+const PARTITIONS: i32 = 3;
+
+/// `counter.events` (input), `echo.events` (output), `echo.dlq`, in the test's namespace.
+async fn echo_topics(config: &KafkaConfig) {
+    let specs: Vec<TopicSpec> = [
+        TopicSpec::events("counter", PARTITIONS, 1).expect("spec"),
+        TopicSpec::events("echo", PARTITIONS, 1).expect("spec"),
+        TopicSpec::dead_letters("echo", 1).expect("spec"),
+    ]
+    .into_iter()
+    .map(|spec| TopicSpec {
+        name: config.topic_name(&spec.name),
+        ..spec
+    })
+    .collect();
+    TopicAdmin::new(config)
+        .expect("admin")
+        .ensure(&specs)
+        .await
+        .expect("topics");
+}
+
+/// Publishes the events; returns their ids.
+async fn publish(config: &KafkaConfig, events: &[CounterBumped]) -> Vec<Uuid> {
+    let publisher = Publisher::new(config, "/drill-source").expect("publisher");
+    let mut ids = Vec::new();
+    for result in futures::future::join_all(events.iter().map(|e| publisher.publish(e))).await {
+        ids.push(result.expect("publish").id);
+    }
+    ids
+}
+
+fn bumps(n: usize) -> Vec<CounterBumped> {
+    (0..n)
+        .map(|i| CounterBumped {
+            key: format!("k{}", i % 7),
+            amount: i as i64 + 1,
+            poison: false,
+        })
+        .collect()
+}
+
+fn outputs(config: &KafkaConfig, expected: usize, committed: bool) -> Vec<OwnedMessage> {
+    common::read_all(
+        config,
+        &config.topic_name("echo.events"),
+        expected,
+        Duration::from_secs(30),
+        committed,
+    )
+}
+
+/// Committed outputs: exactly one per input id, with the derived id. Returns their count.
+fn check_one_output_each(config: &KafkaConfig, inputs: &BTreeSet<Uuid>) -> usize {
+    let log = outputs(config, inputs.len(), true);
+    let mut per_cause: BTreeMap<Uuid, usize> = BTreeMap::new();
+    for record in &log {
+        let h = common::header_map(record);
+        assert_eq!(h["ce_type"], "v1.echo.recorded");
+        let cause: Uuid = h["ce_causationid"].parse().expect("causation id");
+        let id: Uuid = h["ce_id"].parse().expect("id");
+        assert_eq!(
+            id,
+            Uuid::new_v5(&cause, b"echo/0"),
+            "output ids derive from the cause"
+        );
+        *per_cause.entry(cause).or_default() += 1;
+    }
+    assert_eq!(
+        per_cause.keys().copied().collect::<BTreeSet<_>>(),
+        *inputs,
+        "an output for every input, none for anything else"
+    );
+    assert!(
+        per_cause.values().all(|&n| n == 1),
+        "each input's output is committed once: {per_cause:?}"
+    );
+    log.len()
+}
+
+/// Effect rows: exactly one per input id.
+async fn check_one_effect_each(pool: &sqlx::PgPool, inputs: &BTreeSet<Uuid>) {
+    let rows: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT event_id, count(*) FROM echo_effects GROUP BY event_id")
+            .fetch_all(pool)
+            .await
+            .expect("effects");
+    let effects: BTreeMap<Uuid, i64> = rows.into_iter().collect();
+    assert_eq!(
+        effects.keys().copied().collect::<BTreeSet<_>>(),
+        *inputs,
+        "an effect for every input"
+    );
+    assert!(
+        effects.values().all(|&n| n == 1),
+        "each effect done once: {effects:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reactor_commits_one_output_per_event_dead_letters_poison_and_retries_transient_failures()
+{
+    let config = common::kafka("reactor-basic");
+    echo_topics(&config).await;
+    let (_, pool) = common::fresh_database("reactor_basic").await;
+    EchoReactor::setup(&pool).await.expect("setup");
+    let mut events = bumps(30);
+    events.push(CounterBumped {
+        key: "bad".into(),
+        amount: 1,
+        poison: true,
+    });
+    events.push(CounterBumped {
+        key: "flaky".into(),
+        amount: 1,
+        poison: false,
+    });
+    let ids = publish(&config, &events).await;
+    let poison_id = ids[30];
+    let inputs: BTreeSet<Uuid> = ids.iter().copied().filter(|id| *id != poison_id).collect();
+
+    let shutdown = Shutdown::new();
+    let runner = ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", 0).max_batch(8);
+    let status = runner.status();
+    let task = tokio::spawn({
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        async move { runner.run(&config, shutdown).await }
+    });
+    common::eventually("every event reacted to", Duration::from_secs(60), || {
+        status.reacted() >= inputs.len() as u64 && status.dead_lettered() >= 1
+    })
+    .await;
+    shutdown.trigger();
+    task.await.expect("join").expect("reactor run");
+
+    check_one_output_each(&config, &inputs);
+    check_one_effect_each(&pool, &inputs).await;
+    let letters = common::read_all(
+        &config,
+        &config.topic_name("echo.dlq"),
+        1,
+        Duration::from_secs(20),
+        true,
+    );
+    assert_eq!(letters.len(), 1, "the poison event, once");
+    let h = common::header_map(&letters[0]);
+    assert_eq!(h["ce_id"], poison_id.to_string(), "the original headers");
+    assert!(
+        h["choreo_dlq_error"].contains("poison event for bad"),
+        "the reason: {}",
+        h["choreo_dlq_error"]
+    );
+    assert_eq!(letters[0].key(), Some(&b"bad"[..]), "the original key");
+    // The outputs continue the conversation: correlation of the input, causation = input.
+    let first = outputs(&config, inputs.len(), true);
+    assert!(first.iter().all(|r| {
+        let h = common::header_map(r);
+        h["ce_correlationid"] == h["ce_causationid"] && h["ce_source"] == "/drill"
+    }));
+}
+
+async fn killed_reactor_recovers(test: &str, failpoint: &str) {
+    let config = common::kafka(test);
+    echo_topics(&config).await;
+    let (url, pool) = common::fresh_database(&test.replace('-', "_")).await;
+    EchoReactor::setup(&pool).await.expect("setup");
+    let ids = publish(&config, &bumps(60)).await;
+    let inputs: BTreeSet<Uuid> = ids.into_iter().collect();
+
+    // Batches of at most 20: the first transaction commits, the second dies at the failpoint.
+    let mut doomed = drill(
+        &config,
+        &url,
+        &["react", "0"],
+        Some(&format!("{failpoint}@2")),
+    );
+    let status = wait_exit(&mut doomed, Duration::from_secs(90));
+    assert!(
+        !status.success(),
+        "the reactor died at {failpoint}: {status}"
+    );
+    // Restarted with the same ordinal: it fences the dead one and aborts its transaction.
+    let survivor = drill(&config, &url, &["react", "0"], None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while outputs(&config, inputs.len(), true).len() < inputs.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted reactor did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop(survivor);
+
+    let committed = check_one_output_each(&config, &inputs);
+    check_one_effect_each(&pool, &inputs).await;
+    if failpoint == "reactor.before_commit" {
+        let everything = outputs(&config, committed + 1, false);
+        assert!(
+            everything.len() > committed,
+            "a read_uncommitted reader sees the aborted transaction's outputs ({} > {committed})",
+            everything.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reactor_killed_after_producing_its_outputs_loses_and_duplicates_nothing() {
+    killed_reactor_recovers("drill-react-produce", "reactor.after_produce").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reactor_killed_before_the_kafka_commit_loses_and_duplicates_nothing() {
+    killed_reactor_recovers("drill-react-commit", "reactor.before_commit").await;
+}
