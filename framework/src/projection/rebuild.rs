@@ -257,6 +257,15 @@ async fn run<P: Projection>(
         dead_letters: &dead_letters,
     };
     let mut progress = Progress::new(options.progress, &id);
+    // Progress counts offsets, not records: in a transactional log, commit markers and
+    // aborted records take offsets too.
+    let starts = positions.clone();
+    let offsets_done = |positions: &HashMap<(String, i32), i64>| -> u64 {
+        positions
+            .iter()
+            .map(|(k, now)| (now - starts.get(k).copied().unwrap_or(*now)).max(0) as u64)
+            .sum()
+    };
     let mut records = 0u64;
     let mut dead_lettered = 0u64;
     loop {
@@ -270,9 +279,9 @@ async fn run<P: Projection>(
         }
         let total: i64 = ends
             .iter()
-            .map(|(k, end)| (end - positions[k]).max(0))
+            .map(|(k, end)| (end - starts.get(k).copied().unwrap_or(*end)).max(0))
             .sum();
-        progress.set_total(records + total as u64);
+        progress.set_total(total as u64);
         let mut idle_since = Instant::now();
         while ends.iter().any(|(k, end)| positions[k] < *end) {
             let (c, polled) = poll_batch(Arc::clone(&consumer), options.batch_size).await?;
@@ -368,8 +377,8 @@ async fn run<P: Projection>(
                 }
             }
             records += count;
-            progress.advance(records);
             refresh_positions(&consumer, &mut positions);
+            progress.advance(offsets_done(&positions), records);
         }
         failpoint::hit("rebuild.before_swap");
         if swap(pool, &id, &live, &shadow).await? {
@@ -377,7 +386,7 @@ async fn run<P: Projection>(
         }
         tracing::info!(projection = %id, "the live view moved ahead of the shadow; reading on before swapping");
     }
-    progress.finish();
+    progress.finish(offsets_done(&positions), records);
     // The old copy is no longer referenced; dropping it may wait for readers, so best effort.
     let old = format!("{live}__old");
     if let Err(e) = sqlx::query(&format!(
@@ -587,12 +596,15 @@ fn refresh_positions(consumer: &BaseConsumer, positions: &mut HashMap<(String, i
     }
 }
 
-/// The progress line: records/s and ETA from the end offsets.
+/// The progress line: how far through the log (offsets), records/s, and the ETA from the end
+/// offsets.
 struct Progress {
     enabled: bool,
     name: String,
+    /// Offsets to read, and read so far.
     total: u64,
     done: u64,
+    records: u64,
     started: Instant,
     last_print: Instant,
 }
@@ -605,6 +617,7 @@ impl Progress {
             name: name.to_owned(),
             total: 0,
             done: 0,
+            records: 0,
             started: now,
             last_print: now,
         }
@@ -614,8 +627,9 @@ impl Progress {
         self.total = total.max(self.done);
     }
 
-    fn advance(&mut self, done: u64) {
+    fn advance(&mut self, done: u64, records: u64) {
         self.done = done;
+        self.records = records;
         if self.enabled && self.last_print.elapsed() >= Duration::from_millis(500) {
             self.last_print = Instant::now();
             self.print();
@@ -624,9 +638,14 @@ impl Progress {
 
     fn print(&self) {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = self.done as f64 / secs;
+        let rate = self.records as f64 / secs;
+        let offset_rate = self.done as f64 / secs;
         let left = self.total.saturating_sub(self.done);
-        let eta = if rate > 0.0 { left as f64 / rate } else { 0.0 };
+        let eta = if offset_rate > 0.0 {
+            left as f64 / offset_rate
+        } else {
+            0.0
+        };
         let pct = if self.total > 0 {
             self.done as f64 * 100.0 / self.total as f64
         } else {
@@ -638,13 +657,15 @@ impl Progress {
         let mut err = std::io::stderr();
         let _ = write!(
             err,
-            "\rrebuilding {} [{bar}] {}/{} ({pct:.0}%) {rate:.0} records/s ETA {eta:.0}s   ",
-            self.name, self.done, self.total
+            "\rrebuilding {} [{bar}] {pct:.0}% of the log, {} records, {rate:.0} records/s, ETA {eta:.0}s   ",
+            self.name, self.records
         );
         let _ = err.flush();
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, done: u64, records: u64) {
+        self.done = done;
+        self.records = records;
         if self.enabled {
             self.print();
             eprintln!();
