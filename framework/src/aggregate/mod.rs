@@ -10,10 +10,12 @@
 mod bus;
 mod processor;
 mod reply;
+mod snapshot;
 
 pub use bus::{CommandBus, SendOptions};
 pub use processor::{CommandProcessor, ProcessorStatus};
 pub use reply::{EventRef, Outcome, REPLY_TYPE, Reply};
+pub use snapshot::SnapshotSettings;
 
 use serde::{Deserialize, Serialize};
 

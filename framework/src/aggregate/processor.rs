@@ -32,10 +32,13 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::reply::{EventRef, Outcome, REPLY_TYPE};
+use super::snapshot::{self, SnapshotSettings, StoredAggregate};
 use super::{Aggregate, Rejection};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -63,6 +66,9 @@ struct StatusInner {
     halted: Mutex<Vec<(i32, String)>>,
     aggregates: AtomicU64,
     transactions: AtomicU64,
+    restored_events: AtomicU64,
+    snapshots_loaded: AtomicU64,
+    snapshots_written: AtomicU64,
 }
 
 impl ProcessorStatus {
@@ -92,6 +98,21 @@ impl ProcessorStatus {
     pub fn transactions(&self) -> u64 {
         self.inner.transactions.load(Ordering::Relaxed)
     }
+
+    /// Events read by restores so far (a snapshot shortens this to the partition's tail).
+    pub fn restored_events(&self) -> u64 {
+        self.inner.restored_events.load(Ordering::Relaxed)
+    }
+
+    /// Restores that started from a snapshot.
+    pub fn snapshots_loaded(&self) -> u64 {
+        self.inner.snapshots_loaded.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots written.
+    pub fn snapshots_written(&self) -> u64 {
+        self.inner.snapshots_written.load(Ordering::Relaxed)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,7 +127,62 @@ pub struct CommandProcessor<A: Aggregate> {
     partitions: i32,
     max_batch: usize,
     status: ProcessorStatus,
-    _aggregate: std::marker::PhantomData<fn() -> A>,
+    snapshots: Option<Snapshotter<A>>,
+}
+
+/// Serializes a partition's aggregates (id, entry) into a snapshot body.
+type EncodeEntries<A> = fn(&[(&String, &Entry<A>)]) -> Result<Vec<u8>, String>;
+/// Reads a snapshot body back.
+type DecodeEntries<A> = fn(&[u8]) -> Result<Vec<(String, Entry<A>)>, String>;
+
+/// Snapshot settings with the aggregate's (de)serialization, fixed where `A: Serialize`.
+struct Snapshotter<A> {
+    settings: SnapshotSettings,
+    encode: EncodeEntries<A>,
+    decode: DecodeEntries<A>,
+}
+
+fn encode_entries<A: Serialize>(entries: &[(&String, &Entry<A>)]) -> Result<Vec<u8>, String> {
+    let stored: Vec<StoredAggregate<&A>> = entries
+        .iter()
+        .map(|(id, entry)| StoredAggregate {
+            id: (*id).clone(),
+            version: entry.version,
+            state: &entry.state,
+            recent: entry.recent.iter().cloned().collect(),
+        })
+        .collect();
+    snapshot::encode(&stored)
+}
+
+fn decode_entries<A: DeserializeOwned>(body: &[u8]) -> Result<Vec<(String, Entry<A>)>, String> {
+    Ok(snapshot::decode::<A>(body)?
+        .into_iter()
+        .map(|stored| {
+            (
+                stored.id,
+                Entry {
+                    state: stored.state,
+                    version: stored.version,
+                    recent: stored.recent.into_iter().collect(),
+                },
+            )
+        })
+        .collect())
+}
+
+impl<A: Aggregate + Serialize + DeserializeOwned> CommandProcessor<A> {
+    /// Snapshots each partition's aggregates to Postgres every `settings.every_events`
+    /// events, so a restore reads only the tail of the partition. Without it, a restore
+    /// reads every event of the partition.
+    pub fn snapshots(mut self, settings: SnapshotSettings) -> Self {
+        self.snapshots = Some(Snapshotter {
+            settings,
+            encode: encode_entries::<A>,
+            decode: decode_entries::<A>,
+        });
+        self
+    }
 }
 
 impl<A: Aggregate> std::fmt::Debug for CommandProcessor<A> {
@@ -139,7 +215,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             partitions,
             max_batch: 100,
             status: ProcessorStatus::default(),
-            _aggregate: std::marker::PhantomData,
+            snapshots: None,
         }
     }
 
@@ -207,6 +283,8 @@ impl<A: Aggregate> CommandProcessor<A> {
             handle: tokio::runtime::Handle::current(),
             rebalances: AtomicU64::new(0),
             assigned_at: Mutex::new(HashMap::new()),
+            snapshots: self.snapshots,
+            since_snapshot: Mutex::new(HashMap::new()),
         });
         let consumer: BaseConsumer<ProcessorContext<A>> = kafka
             .client_config(&[
@@ -318,6 +396,9 @@ struct Shared<A: Aggregate> {
     rebalances: AtomicU64,
     /// The rebalance count when each owned partition was (re)assigned and restored.
     assigned_at: Mutex<HashMap<i32, u64>>,
+    snapshots: Option<Snapshotter<A>>,
+    /// Per partition: events written since its last snapshot, and the last one's offset.
+    since_snapshot: Mutex<HashMap<i32, (u64, i64)>>,
 }
 
 struct ProcessorContext<A: Aggregate> {
@@ -383,6 +464,7 @@ impl<A: Aggregate> ConsumerContext for ProcessorContext<A> {
                 lock(&self.shared.halted).retain(|p, _| !partitions.contains(p));
                 lock(&self.shared.status.inner.ready).retain(|p| !partitions.contains(p));
                 lock(&self.shared.assigned_at).retain(|p, _| !partitions.contains(p));
+                lock(&self.shared.since_snapshot).retain(|p, _| !partitions.contains(p));
                 lock(&self.shared.status.inner.halted).retain(|(p, _)| !partitions.contains(p));
                 let _ = consumer.resume(tpl);
                 if let Err(e) = consumer.incremental_unassign(tpl) {
@@ -400,6 +482,59 @@ impl<A: Aggregate> ProcessorContext<A> {
         tracing::error!(%reason, "command processor stopping");
         lock(&self.shared.fatal).get_or_insert(reason);
         self.shared.shutdown.trigger();
+    }
+
+    /// The aggregates of the latest usable snapshot of `p` and where to read on from; no
+    /// aggregates and `low` without one. An unusable snapshot is ignored with a warning.
+    fn load_snapshot(&self, p: i32, low: i64, end: i64) -> (HashMap<String, Entry<A>>, i64) {
+        let shared = &self.shared;
+        let Some(snapshots) = &shared.snapshots else {
+            return (HashMap::new(), low);
+        };
+        let loaded = shared.handle.block_on(snapshot::load(
+            &snapshots.settings.pool,
+            &shared.events_topic,
+            p,
+        ));
+        let unusable = |reason: String| {
+            tracing::warn!(partition = p, %reason, "snapshot ignored; restoring from the beginning of the events");
+            (HashMap::new(), low)
+        };
+        let loaded = match loaded {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return (HashMap::new(), low),
+            Err(e) => return unusable(format!("cannot read it: {e}")),
+        };
+        if loaded.format != snapshot::FORMAT {
+            return unusable(format!(
+                "format {} (this build reads {})",
+                loaded.format,
+                snapshot::FORMAT
+            ));
+        }
+        if loaded.state_version != snapshots.settings.state_version {
+            return unusable(format!(
+                "state version {} (the processor declares {})",
+                loaded.state_version, snapshots.settings.state_version
+            ));
+        }
+        if loaded.events_offset < low || loaded.events_offset > end {
+            return unusable(format!(
+                "it continues at offset {} but {}[{p}] spans {low}..{end} (recreated or truncated?)",
+                loaded.events_offset, shared.events_topic
+            ));
+        }
+        match (snapshots.decode)(&loaded.body) {
+            Ok(list) => {
+                shared
+                    .status
+                    .inner
+                    .snapshots_loaded
+                    .fetch_add(1, Ordering::Relaxed);
+                (list.into_iter().collect(), loaded.events_offset)
+            }
+            Err(e) => unusable(format!("corrupt body: {e}")),
+        }
     }
 
     fn update_count(&self) {
@@ -430,12 +565,14 @@ impl<A: Aggregate> ProcessorContext<A> {
             .restore
             .fetch_watermarks(&shared.events_topic, p, Duration::from_secs(30))
             .map_err(|e| format!("cannot read the end of {}[{p}]: {e}", shared.events_topic))?;
-        // 3. Read events[p] until position() reaches the end (a commit marker follows the
-        //    last event, so last offset + 1 never equals the end).
-        let mut entries: HashMap<String, Entry<A>> = HashMap::new();
-        if end > low {
+        // 3. From the latest usable snapshot (or the beginning), read events[p] until
+        //    position() reaches the end (a commit marker follows the last event, so last
+        //    offset + 1 never equals the end).
+        let (mut entries, from) = self.load_snapshot(p, low, end);
+        let mut read = 0u64;
+        if end > from {
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&shared.events_topic, p, Offset::Offset(low))
+            tpl.add_partition_offset(&shared.events_topic, p, Offset::Offset(from))
                 .map_err(|e| e.to_string())?;
             shared
                 .restore
@@ -455,13 +592,14 @@ impl<A: Aggregate> ProcessorContext<A> {
                             None
                         }
                     })
-                    .unwrap_or(low);
+                    .unwrap_or(from);
                 if position >= end {
                     break;
                 }
                 match shared.restore.poll(Duration::from_millis(200)) {
                     Some(Ok(record)) => {
                         idle = 0;
+                        read += 1;
                         apply_restored::<A>(&mut entries, &record.detach(), &shared.events_topic)?;
                     }
                     Some(Err(e)) => {
@@ -496,17 +634,33 @@ impl<A: Aggregate> ProcessorContext<A> {
                 ));
             }
         };
-        let mut state = lock(&shared.state);
-        state.retain(|(q, _), _| *q != p);
         let restored = entries.len();
-        state.extend(entries.into_iter().map(|(id, entry)| ((p, id), entry)));
+        {
+            let mut state = lock(&shared.state);
+            state.retain(|(q, _), _| *q != p);
+            state.extend(entries.into_iter().map(|(id, entry)| ((p, id), entry)));
+        }
+        shared
+            .status
+            .inner
+            .restored_events
+            .fetch_add(read, Ordering::Relaxed);
         tracing::info!(
             partition = p,
             aggregates = restored,
+            events_read = read,
+            from,
             events_end = end,
             ?start,
             "partition restored"
         );
+        // A long read is worth a snapshot now: the next restore of p starts here.
+        lock(&shared.since_snapshot).insert(p, (read, end - 1));
+        if let Some(snapshots) = &shared.snapshots
+            && read >= snapshots.settings.every_events
+        {
+            take_snapshot(shared, p, end);
+        }
         Ok(start)
     }
 }
@@ -783,18 +937,40 @@ fn run_transaction<A: Aggregate>(
         .commit_transaction(Duration::from_secs(30))
         .map_err(|e| classify_commit(&e))?;
     // Committed: merge the overlay.
-    let mut committed = lock(&shared.state);
-    committed.extend(overlay);
-    shared
-        .status
-        .inner
-        .aggregates
-        .store(committed.len() as u64, Ordering::Relaxed);
+    {
+        let mut committed = lock(&shared.state);
+        committed.extend(overlay);
+        shared
+            .status
+            .inner
+            .aggregates
+            .store(committed.len() as u64, Ordering::Relaxed);
+    }
     shared
         .status
         .inner
         .transactions
         .fetch_add(1, Ordering::Relaxed);
+    if let Some(snapshots) = &shared.snapshots {
+        let mut due = Vec::new();
+        {
+            let mut since = lock(&shared.since_snapshot);
+            for (partition, offset) in &offsets {
+                let entry = since.entry(*partition).or_insert((0, -1));
+                entry.0 += 1;
+                entry.1 = entry.1.max(*offset);
+            }
+            for (partition, (count, last)) in since.iter_mut() {
+                if *count >= snapshots.settings.every_events {
+                    due.push((*partition, *last + 1));
+                    *count = 0;
+                }
+            }
+        }
+        for (partition, events_offset) in due {
+            take_snapshot(shared, partition, events_offset);
+        }
+    }
     Ok(())
 }
 
@@ -1007,4 +1183,46 @@ fn dead_letter<A: Aggregate>(
 /// Where each partition of a batch starts.
 fn starts(batch: &[OwnedMessage]) -> HashMap<(String, i32), i64> {
     batch_starts(batch.iter().map(|r| (r.topic(), r.partition(), r.offset())))
+}
+
+/// Serializes partition `p`'s committed aggregates here (they reflect every event before
+/// `events_offset`) and writes them to Postgres in the background; a failed write only costs
+/// a longer restore.
+fn take_snapshot<A: Aggregate>(shared: &Arc<Shared<A>>, p: i32, events_offset: i64) {
+    let Some(snapshots) = &shared.snapshots else {
+        return;
+    };
+    let (body, aggregates) = {
+        let state = lock(&shared.state);
+        let entries: Vec<(&String, &Entry<A>)> = state
+            .iter()
+            .filter(|((q, _), _)| *q == p)
+            .map(|((_, id), entry)| (id, entry))
+            .collect();
+        ((snapshots.encode)(&entries), entries.len())
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "cannot serialize a snapshot");
+            return;
+        }
+    };
+    let pool = snapshots.settings.pool.clone();
+    let version = snapshots.settings.state_version;
+    let topic = shared.events_topic.clone();
+    let status = shared.status.clone();
+    shared.handle.spawn(async move {
+        match snapshot::store(&pool, &topic, p, version, events_offset, aggregates, body).await {
+            Ok(()) => {
+                status
+                    .inner
+                    .snapshots_written
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cannot store a snapshot; the next restore reads more events");
+            }
+        }
+    });
 }

@@ -94,7 +94,7 @@ crate::event_set! {
 }
 
 /// An account's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     pub open: bool,
     pub balance: i64,

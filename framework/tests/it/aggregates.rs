@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use choreo::aggregate::{
-    CommandBus, CommandProcessor, Outcome, ProcessorStatus, Reply, SendOptions,
+    CommandBus, CommandProcessor, Outcome, ProcessorStatus, Reply, SendOptions, SnapshotSettings,
 };
 use choreo::kafka::{TopicAdmin, TopicSpec, dlq_headers, partition_for_key};
 use choreo::testing::account::*;
@@ -370,4 +370,102 @@ async fn a_second_processor_with_the_same_transactional_identity_fences_the_firs
     second_stop.trigger();
     second.await.expect("join").expect("run");
     drop(first_stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_shorten_restores_and_an_unusable_one_falls_back_to_the_whole_log() {
+    let config = common::kafka("agg-snapshots");
+    bank_topics(&config).await;
+    let (_, pool) = common::fresh_database("agg_snapshots").await;
+    let bus = CommandBus::new(&config, "bank", 1).await.expect("bus");
+    let wait = Duration::from_secs(30);
+    let run = |settings: SnapshotSettings| {
+        let shutdown = Shutdown::new();
+        let processor =
+            CommandProcessor::<Account>::new("bank", "account", 0, PARTITIONS).snapshots(settings);
+        let status = processor.status();
+        let (config, stop) = (config.clone(), shutdown.clone());
+        let task = tokio::spawn(async move { processor.run(&config, stop).await });
+        (task, status, shutdown)
+    };
+    let every = 5;
+    let (task, status, shutdown) = run(SnapshotSettings::new(pool.clone(), every, 1));
+    wait_ready(&status, PARTITIONS as usize).await;
+    let accounts: Vec<String> = (0..6).map(|i| format!("acct-{i}")).collect();
+    let mut events = 0u64;
+    for round in 0..5 {
+        let sends = accounts.iter().map(|a| {
+            let command = if round == 0 { open(a) } else { deposit(a, 10) };
+            let bus = bus.clone();
+            async move {
+                bus.send_and_wait(&command, SendOptions::default(), wait)
+                    .await
+            }
+        });
+        for reply in futures::future::join_all(sends).await {
+            assert!(accepted(&reply.expect("reply")));
+            events += 1;
+        }
+    }
+    common::eventually("snapshots written", Duration::from_secs(20), || {
+        status.snapshots_written() >= 1
+    })
+    .await;
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM choreo_meta.snapshots")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert!(stored >= 1, "snapshot rows in Postgres");
+
+    // A restart restores from the snapshots: fewer events read, the same state.
+    let (task, status, shutdown) = run(SnapshotSettings::new(pool.clone(), every, 1));
+    wait_ready(&status, PARTITIONS as usize).await;
+    assert!(status.snapshots_loaded() >= 1, "restored from a snapshot");
+    assert!(
+        status.restored_events() < events,
+        "only the tail is read: {} of {events} events",
+        status.restored_events()
+    );
+    assert_eq!(status.aggregates_in_memory(), accounts.len() as u64);
+    let refused = bus
+        .send_and_wait(&withdraw("acct-0", 41), SendOptions::default(), wait)
+        .await
+        .expect("reply");
+    assert!(!accepted(&refused), "the balance is 40");
+    let ok = bus
+        .send_and_wait(&withdraw("acct-0", 40), SendOptions::default(), wait)
+        .await
+        .expect("reply");
+    match &ok.outcome {
+        Outcome::Accepted { events } => assert_eq!(events[0].sequence, 6, "the version continues"),
+        other => panic!("{other:?}"),
+    }
+    events += 1;
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+
+    // Corrupt bodies, then another state version: each time the whole log is read, same state.
+    sqlx::query("UPDATE choreo_meta.snapshots SET body = 'not json'::bytea")
+        .execute(&pool)
+        .await
+        .expect("corrupt");
+    for version in [1, 2] {
+        let (task, status, shutdown) = run(SnapshotSettings::new(pool.clone(), 1000, version));
+        wait_ready(&status, PARTITIONS as usize).await;
+        assert_eq!(
+            status.snapshots_loaded(),
+            0,
+            "an unusable snapshot is ignored"
+        );
+        assert_eq!(status.restored_events(), events, "the whole log is read");
+        let refused = bus
+            .send_and_wait(&withdraw("acct-0", 1), SendOptions::default(), wait)
+            .await
+            .expect("reply");
+        assert!(!accepted(&refused), "the balance is 0");
+        shutdown.trigger();
+        task.await.expect("join").expect("run");
+    }
 }
