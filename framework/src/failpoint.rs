@@ -1,29 +1,55 @@
 //! Failpoints: named places where a fault drill kills the process, so a `kill -9` lands
-//! exactly in the window that matters (RELIABILITY.md).
+//! exactly in the window that matters (RELIABILITY.md), or where it injects an error.
 //!
-//! Compiled in only with the `failpoints` feature; armed by `CHOREO_FAILPOINT=<name>` (kill
-//! on the first hit) or `CHOREO_FAILPOINT=<name>@<n>` (kill on the n-th hit). Without the
-//! feature [`hit`] is an empty inline function.
+//! Compiled in only with the `failpoints` feature; armed by `CHOREO_FAILPOINT=<name>` (on the
+//! first hit) or `CHOREO_FAILPOINT=<name>@<n>` (on the n-th hit). Without the feature [`hit`]
+//! and [`inject`] are empty inline functions.
 
-/// Marks a failpoint.
+/// Whether the armed failpoint is `name` and this hit is the n-th or later.
 #[cfg(feature = "failpoints")]
-pub fn hit(name: &str) {
+fn armed(name: &str) -> bool {
     use std::sync::atomic::{AtomicU64, Ordering};
     static HITS: AtomicU64 = AtomicU64::new(0);
     let Ok(armed) = std::env::var("CHOREO_FAILPOINT") else {
-        return;
+        return false;
     };
     let (armed_name, nth) = match armed.split_once('@') {
         Some((n, count)) => (n.to_owned(), count.parse::<u64>().unwrap_or(1)),
         None => (armed, 1),
     };
-    if armed_name == name && HITS.fetch_add(1, Ordering::AcqRel) + 1 >= nth {
+    armed_name == name && HITS.fetch_add(1, Ordering::AcqRel) + 1 >= nth
+}
+
+/// Marks a failpoint: aborts the process when it is armed.
+#[cfg(feature = "failpoints")]
+pub fn hit(name: &str) {
+    if armed(name) {
         eprintln!("choreo failpoint {name}: aborting the process");
         std::process::abort();
     }
+}
+
+/// Marks an injection point: `true` exactly once, on the armed hit (the caller then acts as
+/// if the named fault happened).
+#[cfg(feature = "failpoints")]
+pub fn inject(name: &str) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    if armed(name) && !FIRED.swap(true, Ordering::AcqRel) {
+        eprintln!("choreo failpoint {name}: injecting the fault");
+        return true;
+    }
+    false
 }
 
 /// Marks a failpoint (compiled out: the `failpoints` feature is off).
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn hit(_name: &str) {}
+
+/// Marks an injection point (compiled out: the `failpoints` feature is off).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn inject(_name: &str) -> bool {
+    false
+}

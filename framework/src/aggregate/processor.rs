@@ -13,9 +13,9 @@
 //!
 //! Errors: an abortable transaction error aborts and rewinds the consumer to the batch start;
 //! fencing (another instance with our transactional id) stops this processor cleanly and
-//! never recreates it; any other transaction error stops the processor with the error (a
-//! timed-out commit may still land later, so only a fresh producer plus a full restore is
-//! safe: restart the process).
+//! never recreates it; any other transaction error has an unknown outcome (a timed-out commit
+//! may still land later): a fresh producer with the same transactional id fences the old one,
+//! then every owned partition is restored from what was committed.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -69,6 +69,7 @@ struct StatusInner {
     restored_events: AtomicU64,
     snapshots_loaded: AtomicU64,
     snapshots_written: AtomicU64,
+    producer_restarts: AtomicU64,
 }
 
 impl ProcessorStatus {
@@ -112,6 +113,11 @@ impl ProcessorStatus {
     /// Snapshots written.
     pub fn snapshots_written(&self) -> u64 {
         self.inner.snapshots_written.load(Ordering::Relaxed)
+    }
+
+    /// Producers replaced after a transaction with an unknown outcome.
+    pub fn producer_restarts(&self) -> u64 {
+        self.inner.producer_restarts.load(Ordering::Relaxed)
     }
 }
 
@@ -304,16 +310,19 @@ impl<A: Aggregate> CommandProcessor<A> {
                 shared: Arc::clone(&shared),
             })
             .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
-        let producer: FutureProducer = kafka
-            .client_config(&[
-                ("transactional.id", identity.as_str()),
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("transaction.timeout.ms", "10000"),
-                ("linger.ms", "1"),
-            ])
-            .create()
-            .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))?;
+        let producer_config = kafka.client_config(&[
+            ("transactional.id", identity.as_str()),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("transaction.timeout.ms", "10000"),
+            ("linger.ms", "1"),
+        ]);
+        let make_producer = move || -> Result<FutureProducer> {
+            producer_config
+                .create()
+                .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))
+        };
+        let mut producer = make_producer()?;
         let max_batch = self.max_batch;
         let (done_tx, done_rx) = oneshot::channel();
         let thread_shared = Arc::clone(&shared);
@@ -321,7 +330,13 @@ impl<A: Aggregate> CommandProcessor<A> {
             .name(format!("choreo-commands-{identity}"))
             .spawn(move || {
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    processing_loop(&thread_shared, &consumer, &producer, max_batch)
+                    processing_loop(
+                        &thread_shared,
+                        &consumer,
+                        &mut producer,
+                        &make_producer,
+                        max_batch,
+                    )
                 }));
                 let result = match outcome {
                     Ok(result) => result,
@@ -732,7 +747,8 @@ struct PendingReply {
 fn processing_loop<A: Aggregate>(
     shared: &Arc<Shared<A>>,
     consumer: &BaseConsumer<ProcessorContext<A>>,
-    producer: &FutureProducer,
+    producer: &mut FutureProducer,
+    make_producer: &dyn Fn() -> Result<FutureProducer>,
     max_batch: usize,
 ) -> Result<()> {
     // Fences any earlier producer with our transactional id and aborts its open transaction.
@@ -814,10 +830,26 @@ fn processing_loop<A: Aggregate>(
                 return Err(Error::Runtime(format!("fenced: {reason}")));
             }
             Err(TxError::Fatal(reason)) => {
-                return Err(Error::Runtime(format!(
-                    "transaction failed ({reason}); a timed-out commit may still land, so this processor stops: \
-                     restart it to fence the old producer and restore"
-                )));
+                // The outcome is unknown: the commit may land later (librdkafka lacks
+                // KIP-890). A new producer with our transactional id fences the old one (its
+                // transaction is then either committed or aborted for good), and a restore
+                // rebuilds the state and the command positions from what was committed.
+                tracing::warn!(%reason, "transaction outcome unknown; replacing the producer and restoring every partition");
+                let fresh = make_producer()?;
+                fresh
+                    .init_transactions(Duration::from_secs(30))
+                    .map_err(|e| {
+                        Error::Runtime(format!(
+                            "transaction failed ({reason}), and a new producer could not take over: {e}"
+                        ))
+                    })?;
+                drop(std::mem::replace(producer, fresh));
+                restore_owned(shared, consumer)?;
+                shared
+                    .status
+                    .inner
+                    .producer_restarts
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -936,6 +968,11 @@ fn run_transaction<A: Aggregate>(
     producer
         .commit_transaction(Duration::from_secs(30))
         .map_err(|e| classify_commit(&e))?;
+    if failpoint::inject("command.commit_unknown") {
+        // A drill: the commit went through, but this processor acts as if its outcome were
+        // unknown (what a timed-out commit looks like).
+        return Err(TxError::Fatal("injected: commit outcome unknown".into()));
+    }
     // Committed: merge the overlay.
     {
         let mut committed = lock(&shared.state);
@@ -1225,4 +1262,40 @@ fn take_snapshot<A: Aggregate>(shared: &Arc<Shared<A>>, p: i32, events_offset: i
             }
         }
     });
+}
+
+/// Restores every partition this instance owns, as on assignment, and moves the command
+/// consumer to where each restore says commands start (after the producer was replaced).
+fn restore_owned<A: Aggregate>(
+    shared: &Arc<Shared<A>>,
+    consumer: &BaseConsumer<ProcessorContext<A>>,
+) -> Result<()> {
+    let context = consumer.context();
+    let owned: Vec<i32> = lock(&shared.assigned_at).keys().copied().collect();
+    for p in owned {
+        if lock(&shared.halted).contains_key(&p) {
+            continue;
+        }
+        match context.restore(consumer, p) {
+            Ok(start) => consumer
+                .seek(&shared.commands_topic, p, start, Duration::from_secs(10))
+                .map_err(|e| {
+                    Error::Runtime(format!(
+                        "cannot move {}[{p}] to {start:?} after a restore: {e}",
+                        shared.commands_topic
+                    ))
+                })?,
+            Err(reason) => {
+                tracing::error!(partition = p, %reason, "partition halted");
+                lock(&shared.halted).insert(p, reason.clone());
+                lock(&shared.status.inner.ready).retain(|q| *q != p);
+                lock(&shared.status.inner.halted).push((p, reason));
+                let mut pause = TopicPartitionList::new();
+                pause.add_partition(&shared.commands_topic, p);
+                let _ = consumer.pause(&pause);
+            }
+        }
+    }
+    context.update_count();
+    Ok(())
 }

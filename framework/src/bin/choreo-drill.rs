@@ -39,11 +39,12 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|a| a.parse().ok())
             .context("PARTITIONS")?;
         let processor = CommandProcessor::<Account>::new("bank", "account", ordinal, partitions);
+        let status = processor.status();
         processor
             .run(&kafka, Shutdown::on_signals())
             .await
             .context("command processor")?;
-        println!("stopped");
+        println!("stopped; producer restarts: {}", status.producer_restarts());
         return Ok(());
     }
     let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;

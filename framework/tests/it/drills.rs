@@ -391,6 +391,60 @@ mod commands {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_with_an_unknown_outcome_replaces_the_producer_restores_and_goes_on() {
+        let config = common::kafka("drill-cmd-unknown");
+        bank_topics(&config).await;
+        let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+        let accounts: Vec<String> = (0..6).map(|i| format!("acct-{i}")).collect();
+        let mut commands: Vec<(uuid::Uuid, AccountCommand)> = accounts
+            .iter()
+            .map(|a| (uuid::Uuid::now_v7(), open(a)))
+            .collect();
+        for round in 0..4 {
+            for a in &accounts {
+                commands.push((uuid::Uuid::now_v7(), deposit(a, 5 + round)));
+            }
+        }
+        let mut replies: HashMap<uuid::Uuid, Outcome> = HashMap::new();
+        // The second committed transaction is treated as if its commit had timed out.
+        let mut processor = drill(
+            &config,
+            "postgres://unused",
+            &["process", "0", &PARTITIONS.to_string()],
+            Some("command.commit_unknown@2"),
+        );
+        send_until_answered(&bus, &commands[..accounts.len()], &mut replies, 3).await;
+        for round in 0..4 {
+            let end = accounts.len() * (round + 2);
+            send_until_answered(&bus, &commands[..end], &mut replies, 10).await;
+        }
+        assert_eq!(replies.len(), commands.len(), "every command answered");
+        assert!(
+            replies
+                .values()
+                .all(|o| matches!(o, Outcome::Accepted { .. })),
+            "all accepted"
+        );
+        assert!(
+            processor.try_wait().expect("try_wait").is_none(),
+            "the processor kept running"
+        );
+        signal(&processor, "TERM");
+        let status = wait_exit(&mut processor, Duration::from_secs(60));
+        assert!(status.success(), "graceful stop: {status}");
+        let mut out = String::new();
+        std::io::Read::read_to_string(processor.stdout.as_mut().expect("stdout"), &mut out)
+            .expect("stdout");
+        assert!(
+            out.contains("producer restarts: 1"),
+            "the producer was replaced once: {out}"
+        );
+        // Sequences contiguous per account and each command's event once: the restore after
+        // the unknown outcome picked up exactly what was committed.
+        check_exactly_once(&config, &replies);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_processor_killed_before_the_kafka_commit_loses_and_duplicates_nothing() {
         killed_processor_recovers("drill-cmd-commit", "command.before_commit").await;
     }
