@@ -309,6 +309,8 @@ async fn run<P: Projection>(
             // one apply, one commit.
             let count: u64 = by_partition.iter().map(|(_, list)| list.len() as u64).sum();
             let mut attempt = 0u32;
+            let mut transient_since: Option<Instant> = None;
+            let mut backoff = Duration::ZERO;
             loop {
                 let parts: Vec<batch::Part<'_>> = by_partition
                     .iter()
@@ -354,23 +356,29 @@ async fn run<P: Projection>(
                         });
                     }
                     Err(batch::Transient(reason)) => {
-                        attempt += 1;
-                        tracing::warn!(%reason, attempt, "rebuild batch failed transiently; retrying");
-                        if attempt > 20 {
+                        // Postgres restarting, a lost connection, a deadlock: retried with
+                        // back-off for a while (never skipped), then a clear error; the next
+                        // run resumes from the shadow checkpoints.
+                        let waited = transient_since.get_or_insert_with(Instant::now).elapsed();
+                        if waited > TRANSIENT_BUDGET {
                             return Err(Error::Runtime(format!(
-                                "rebuild of {id} keeps failing: {reason}"
+                                "rebuild of {id} kept failing for {waited:?}: {reason} (run it again to resume)"
                             )));
                         }
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                        // The outcome may be unknown: take the checkpoints as they are now.
-                        let mut c = pool.acquire().await.map_err(pg("acquire"))?;
-                        for (key, _) in &by_partition {
-                            if let Some(now) =
-                                checkpoint::read(&mut c, &id, Slot::Shadow, &key.0, key.1)
-                                    .await
-                                    .map_err(pg("read checkpoint"))?
-                            {
-                                positions.insert(key.clone(), now);
+                        backoff =
+                            (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                        tracing::warn!(%reason, retry_in = ?backoff, "rebuild batch failed transiently; retrying");
+                        tokio::time::sleep(backoff).await;
+                        // The outcome may be unknown (a connection lost at COMMIT): take the
+                        // checkpoints as they are now, or try again later if that fails too.
+                        match read_shadow_checkpoints(pool, &id, &by_partition).await {
+                            Ok(now) => {
+                                for (key, next) in now {
+                                    positions.insert(key, next);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read the shadow checkpoints yet");
                             }
                         }
                     }
@@ -594,6 +602,29 @@ fn refresh_positions(consumer: &BaseConsumer, positions: &mut HashMap<(String, i
             }
         }
     }
+}
+
+/// How long a rebuild retries transient database errors before it gives up (resumably).
+const TRANSIENT_BUDGET: Duration = Duration::from_secs(300);
+
+/// The shadow checkpoints of the batch's partitions, where they exist.
+async fn read_shadow_checkpoints(
+    pool: &PgPool,
+    id: &str,
+    parts: &[((String, i32), Vec<Record>)],
+) -> Result<Vec<((String, i32), i64)>> {
+    let pg = |op| move |e| Error::Postgres { op, source: e };
+    let mut c = pool.acquire().await.map_err(pg("acquire"))?;
+    let mut out = Vec::new();
+    for (key, _) in parts {
+        if let Some(now) = checkpoint::read(&mut c, id, Slot::Shadow, &key.0, key.1)
+            .await
+            .map_err(pg("read checkpoint"))?
+        {
+            out.push((key.clone(), now));
+        }
+    }
+    Ok(out)
 }
 
 /// The progress line: how far through the log (offsets), records/s, and the ETA from the end

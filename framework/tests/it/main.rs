@@ -11,6 +11,8 @@ mod errors;
 mod groups;
 mod handlers;
 #[cfg(feature = "testing")]
+mod outages;
+#[cfg(feature = "testing")]
 mod projections;
 mod publish;
 #[cfg(all(feature = "failpoints", feature = "testing"))]

@@ -1,0 +1,118 @@
+//! Postgres going away under a projection and under a rebuild: every connection of the
+//! test's database is terminated and new ones are refused for a while (what a Postgres
+//! restart looks like to a client), while batches are in flight. Afterwards the view must
+//! equal the fold of the log, each offset applied once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use choreo::projection::{RebuildOptions, rebuild};
+use choreo::testing::CounterProjection;
+use choreo::{ProjectionRunner, Publisher, Shutdown};
+
+use crate::common;
+use crate::projections::{PROJECTION, fold, publish, topics, view};
+
+/// Refuses new connections to `database` and terminates the open ones, for `down`.
+async fn outage(database: &str, down: Duration) {
+    let admin = choreo::postgres::connect(&common::postgres().await)
+        .await
+        .expect("admin connection");
+    sqlx::query(&format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
+    ))
+    .execute(&admin)
+    .await
+    .expect("refuse connections");
+    let killed: Vec<(bool,)> =
+        sqlx::query_as("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(database)
+            .fetch_all(&admin)
+            .await
+            .expect("terminate");
+    assert!(!killed.is_empty(), "connections were open to terminate");
+    tokio::time::sleep(down).await;
+    sqlx::query(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"))
+        .execute(&admin)
+        .await
+        .expect("allow connections");
+}
+
+fn database_of(url: &str) -> String {
+    url.rsplit('/').next().expect("database name").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_projection_survives_postgres_dropping_every_connection() {
+    let config = common::kafka("outage-live");
+    let topic = topics(&config, 3).await;
+    let (url, pool) = common::fresh_database("outage_live").await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    publish(&publisher, 0..3000).await;
+    let shutdown = Shutdown::new();
+    let runner = ProjectionRunner::new(Arc::new(CounterProjection)).configure(|mut s| {
+        s.max_batch = 50;
+        s
+    });
+    let task = tokio::spawn({
+        let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
+        async move { runner.run(&config, &pool, shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    outage(&database_of(&url), Duration::from_secs(3)).await;
+    publish(&publisher, 3000..6000).await;
+    common::wait_caught_up(
+        &pool,
+        &config,
+        PROJECTION,
+        &topic,
+        3,
+        Duration::from_secs(90),
+    )
+    .await;
+    shutdown.trigger();
+    let summary = task.await.expect("join").expect("runner");
+    assert!(
+        summary.halted.is_empty(),
+        "nothing halted: {:?}",
+        summary.halted
+    );
+    assert_eq!(
+        view(&pool, "counters_v1").await,
+        fold(&config, &topic, 6000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_survives_postgres_dropping_every_connection_mid_way() {
+    let config = common::kafka("outage-rebuild");
+    let topic = topics(&config, 3).await;
+    let (url, pool) = common::fresh_database("outage_rebuild").await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    publish(&publisher, 0..40_000).await;
+    let task = tokio::spawn({
+        let (config, pool) = (config.clone(), pool.clone());
+        async move {
+            let options = RebuildOptions {
+                batch_size: 200,
+                ..RebuildOptions::default()
+            };
+            rebuild(Arc::new(CounterProjection), &config, &pool, options).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !task.is_finished(),
+        "the rebuild ended before the outage: publish more events"
+    );
+    outage(&database_of(&url), Duration::from_secs(3)).await;
+    let report = task
+        .await
+        .expect("join")
+        .expect("the rebuild survives the outage");
+    assert_eq!(report.records, 40_000, "{report}");
+    assert_eq!(
+        view(&pool, "counters_v1").await,
+        fold(&config, &topic, 40_000)
+    );
+}
