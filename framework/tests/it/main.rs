@@ -3,6 +3,8 @@
 
 #[cfg(feature = "testing")]
 mod aggregates;
+#[cfg(feature = "testing")]
+mod broker;
 mod cli;
 mod common;
 #[cfg(all(feature = "failpoints", feature = "testing"))]
