@@ -42,6 +42,21 @@ pub fn inject(name: &str) -> bool {
     false
 }
 
+/// Marks a stall point: sleeps `duration` on every hit while it is armed (by name, without
+/// `@n`), so a drill can make something slow, e.g. a restore a rebalance must overtake.
+#[cfg(feature = "failpoints")]
+pub fn stall(name: &str, duration: std::time::Duration) {
+    if std::env::var("CHOREO_FAILPOINT").is_ok_and(|armed| armed == name) {
+        eprintln!("choreo failpoint {name}: stalling for {duration:?}");
+        std::thread::sleep(duration);
+    }
+}
+
+/// Marks a stall point (compiled out: the `failpoints` feature is off).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn stall(_name: &str, _duration: std::time::Duration) {}
+
 /// Marks a failpoint (compiled out: the `failpoints` feature is off).
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]

@@ -580,6 +580,8 @@ impl<A: Aggregate> ProcessorContext<A> {
             .restore
             .fetch_watermarks(&shared.events_topic, p, Duration::from_secs(30))
             .map_err(|e| format!("cannot read the end of {}[{p}]: {e}", shared.events_topic))?;
+        // A drill makes restores slow here, so a rebalance arrives while one runs.
+        failpoint::stall("command.restore", Duration::from_secs(4));
         // 3. From the latest usable snapshot (or the beginning), read events[p] until
         //    position() reaches the end (a commit marker follows the last event, so last
         //    offset + 1 never equals the end).

@@ -445,6 +445,90 @@ mod commands {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebalance_while_partitions_restore_decides_nothing_on_partial_state() {
+        let config = common::kafka("drill-cmd-restore");
+        bank_topics(&config).await;
+        let url = "postgres://unused";
+        let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+        let accounts: Vec<String> = (0..9).map(|i| format!("acct-{i}")).collect();
+        // History: each account opened with a deposit of 100.
+        let mut history: Vec<(uuid::Uuid, AccountCommand)> = Vec::new();
+        for a in &accounts {
+            history.push((uuid::Uuid::now_v7(), open(a)));
+            history.push((uuid::Uuid::now_v7(), deposit(a, 100)));
+        }
+        let mut replies: HashMap<uuid::Uuid, Outcome> = HashMap::new();
+        let first = drill(&config, url, &["process", "0", "3"], None);
+        send_until_answered(&bus, &history, &mut replies, 10).await;
+        stop(first);
+
+        // Every restore now stalls 4 s; while instance 0 restores, instance 1 joins, and the
+        // partitions move between them while (or right after) they are being restored.
+        let a = drill(
+            &config,
+            url,
+            &["process", "0", "3"],
+            Some("command.restore"),
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let b = drill(
+            &config,
+            url,
+            &["process", "1", "3"],
+            Some("command.restore"),
+        );
+        // Withdrawals of 60 twice per account: only one of the two may pass (balance 100),
+        // which holds only if every decision saw the fully restored state.
+        let withdrawals: Vec<(uuid::Uuid, AccountCommand)> = accounts
+            .iter()
+            .flat_map(|a| {
+                [
+                    (uuid::Uuid::now_v7(), withdraw(a, 60)),
+                    (uuid::Uuid::now_v7(), withdraw(a, 60)),
+                ]
+            })
+            .collect();
+        send_until_answered(&bus, &withdrawals, &mut replies, 30).await;
+        // By now instance 0 has given partitions to instance 1, which restores them (slowly);
+        // the same race again on the moved partitions: 40 twice from 40.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let rest: Vec<(uuid::Uuid, AccountCommand)> = accounts
+            .iter()
+            .flat_map(|a| {
+                [
+                    (uuid::Uuid::now_v7(), withdraw(a, 40)),
+                    (uuid::Uuid::now_v7(), withdraw(a, 40)),
+                ]
+            })
+            .collect();
+        send_until_answered(&bus, &rest, &mut replies, 30).await;
+        stop(a);
+        stop(b);
+        assert_eq!(
+            replies.len(),
+            history.len() + withdrawals.len() + rest.len(),
+            "every command answered"
+        );
+        for pair in withdrawals.chunks(2).chain(rest.chunks(2)) {
+            let passed = pair
+                .iter()
+                .filter(|(id, _)| matches!(replies[id], Outcome::Accepted { .. }))
+                .count();
+            assert_eq!(passed, 1, "exactly one of two racing withdrawals passes");
+        }
+        let balances = check_log(&crate::aggregates::committed_events(
+            &config,
+            accounts.len() * 4,
+            true,
+        ));
+        assert!(
+            balances.values().all(|&b| b == 0),
+            "balances after 100 - 60 - 40: {balances:?}"
+        );
+        check_exactly_once(&config, &replies);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_processor_killed_before_the_kafka_commit_loses_and_duplicates_nothing() {
         killed_processor_recovers("drill-cmd-commit", "command.before_commit").await;
     }
