@@ -109,13 +109,25 @@ impl KafkaConfig {
 
     /// A librdkafka config with the brokers, then `defaults` (choreo's settings for this kind
     /// of client), then the user's raw properties, which win.
+    ///
+    /// With `group.protocol=consumer` (KIP-848) among the raw properties, choreo's classic
+    /// group settings (`session.timeout.ms`, `heartbeat.interval.ms`,
+    /// `partition.assignment.strategy`) are left out: the broker owns them under that
+    /// protocol, and librdkafka rejects them.
     pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         if let Some(id) = &self.client_id {
             config.set("client.id", id);
         }
+        let consumer_protocol = self
+            .properties
+            .get("group.protocol")
+            .is_some_and(|p| p.eq_ignore_ascii_case("consumer"));
         for (key, value) in defaults {
+            if consumer_protocol && CLASSIC_GROUP_KEYS.contains(key) {
+                continue;
+            }
             config.set(*key, *value);
         }
         for (key, value) in &self.properties {
@@ -124,6 +136,13 @@ impl KafkaConfig {
         config
     }
 }
+
+/// Group settings of the classic protocol that KIP-848's `group.protocol=consumer` forbids.
+const CLASSIC_GROUP_KEYS: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+];
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -286,6 +305,24 @@ fn env_or(key: &str, default: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_consumer_group_protocol_drops_classic_group_settings() {
+        let defaults = [
+            ("group.id", "g"),
+            ("session.timeout.ms", "10000"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+        ];
+        let classic = KafkaConfig::new("b:9092").client_config(&defaults);
+        assert_eq!(classic.get("session.timeout.ms"), Some("10000"));
+        let kip848 = KafkaConfig::new("b:9092")
+            .property("group.protocol", "consumer")
+            .client_config(&defaults);
+        assert_eq!(kip848.get("session.timeout.ms"), None);
+        assert_eq!(kip848.get("partition.assignment.strategy"), None);
+        assert_eq!(kip848.get("group.id"), Some("g"));
+        assert_eq!(kip848.get("group.protocol"), Some("consumer"));
+    }
 
     #[test]
     fn debug_hides_secrets() {
