@@ -28,7 +28,7 @@
 //! reader and registered its schema somewhere this reader cannot see, and skipping its records
 //! would silently drop every one of them.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,8 +90,9 @@ struct Inner {
     producer: Mutex<Option<FutureProducer>>,
     /// What the last refresh read, in store order.
     stored: Mutex<Vec<StoredSchema>>,
-    /// Registrations done by this store: `(type, fingerprint)`.
-    registered: Mutex<HashSet<(String, u64)>>,
+    /// Registrations done by this store: fingerprint -> types (checked per Avro record sent,
+    /// so looked up without allocating).
+    registered: Mutex<HashMap<u64, Vec<String>>>,
     /// One refresh or registration at a time; callers that waited reuse a fresh result.
     busy: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -113,7 +114,7 @@ impl SchemaStore {
                 topic: config.topic_name(TOPIC),
                 producer: Mutex::new(None),
                 stored: Mutex::new(Vec::new()),
-                registered: Mutex::new(HashSet::new()),
+                registered: Mutex::new(HashMap::new()),
                 busy: tokio::sync::Mutex::new(None),
             }),
         }
@@ -195,8 +196,7 @@ impl SchemaStore {
             AvroSchema::parse(schema)
                 .map_err(|e| Error::Config(format!("schema for {message_type}: {e}")))?,
         );
-        let key = (message_type.to_owned(), new.fingerprint);
-        if self.lock_registered().contains(&key) {
+        if self.is_registered(message_type, new.fingerprint) {
             return Ok(new.fingerprint);
         }
         let mut busy = self.inner.busy.lock().await;
@@ -220,14 +220,18 @@ impl SchemaStore {
             });
         }
         avro::remember(Arc::clone(&new));
-        self.lock_registered().insert(key);
+        self.lock_registered()
+            .entry(new.fingerprint)
+            .or_default()
+            .push(message_type.to_owned());
         Ok(new.fingerprint)
     }
 
     /// Whether this store already registered `fingerprint` for `message_type` (no I/O).
     pub fn is_registered(&self, message_type: &str, fingerprint: u64) -> bool {
         self.lock_registered()
-            .contains(&(message_type.to_owned(), fingerprint))
+            .get(&fingerprint)
+            .is_some_and(|types| types.iter().any(|t| t == message_type))
     }
 
     fn versions_of(&self, message_type: &str) -> Vec<Arc<AvroSchema>> {
@@ -319,7 +323,7 @@ impl SchemaStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock_registered(&self) -> std::sync::MutexGuard<'_, HashSet<(String, u64)>> {
+    fn lock_registered(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<String>>> {
         self.inner
             .registered
             .lock()

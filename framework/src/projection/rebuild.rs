@@ -30,6 +30,7 @@ use super::{Projection, live_schema, projection_id};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::failpoint;
+use crate::codec::SchemaStore;
 use crate::kafka::{DeadLetterWriter, Record};
 use crate::message::EventSet;
 use crate::postgres::quote_ident;
@@ -250,11 +251,13 @@ async fn run<P: Projection>(
         .map_err(|e| Error::kafka("assign", e))?;
 
     let dead_letters = DeadLetterWriter::new(kafka, &kafka.topic_name(&id))?;
+    let schemas = SchemaStore::new(kafka);
     let target = Target {
         projection: &id,
         slot: Slot::Shadow,
         schema: &shadow,
         dead_letters: &dead_letters,
+        schemas: &schemas,
     };
     let mut progress = Progress::new(options.progress, &id);
     let mut records = 0u64;
