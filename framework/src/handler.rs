@@ -88,9 +88,8 @@ type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Sen
 /// refresh may let a second attempt succeed).
 type Undecoded = (Metadata, Origin, EnvelopeError);
 /// Decodes a record and starts its handler.
-type Route = Arc<
-    dyn Fn(Metadata, Option<&[u8]>, Origin) -> Result<HandlerFuture, Undecoded> + Send + Sync,
->;
+type Route =
+    Arc<dyn Fn(Metadata, Option<&[u8]>, Origin) -> Result<HandlerFuture, Undecoded> + Send + Sync>;
 
 /// A set of event handlers that run together in one consumer group.
 pub struct EventHandlers {
@@ -157,7 +156,10 @@ impl EventHandlers {
                         let error = EnvelopeError::Payload {
                             event_type: meta.message_type.clone(),
                             content_type: meta.content_type.clone(),
-                            reason: format!("routed to the handler of {} but not one of its versions", E::NAME),
+                            reason: format!(
+                                "routed to the handler of {} but not one of its versions",
+                                E::NAME
+                            ),
                         };
                         return Err((meta, origin, error));
                     }

@@ -1051,7 +1051,9 @@ fn decide_one<A: Aggregate>(
                     Some(crate::Causation::from_cause(&meta)),
                 );
                 event_meta.sequence = Some(staged.version);
-                event.content_type().clone_into(&mut event_meta.content_type);
+                event
+                    .content_type()
+                    .clone_into(&mut event_meta.content_type);
                 let pending = Pending {
                     topic: shared.events_topic.clone(),
                     partition: p,

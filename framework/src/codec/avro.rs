@@ -138,13 +138,26 @@ pub fn encode<T: Serialize>(
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&schema.fingerprint.to_le_bytes());
     // Serde straight into the Avro writer, guided by the schema: no intermediate `Value` tree.
-    apache_avro::write_avro_datum_ref(&schema.schema, value, &mut out).map_err(|e| {
-        EnvelopeError::Encode {
+    if apache_avro::write_avro_datum_ref(&schema.schema, value, &mut out).is_ok() {
+        return Ok(out);
+    }
+    // That serializer knows only shapes that mirror the schema (a struct for a record); a map
+    // or a flattened struct goes through a `Value`, resolved to the schema. Slower, and only
+    // taken by such types.
+    out.truncate(HEADER_LEN);
+    let encoded = apache_avro::to_value(value)
+        .and_then(|v| v.resolve(&schema.schema))
+        .and_then(|v| apache_avro::to_avro_datum(&schema.schema, v));
+    match encoded {
+        Ok(datum) => {
+            out.extend_from_slice(&datum);
+            Ok(out)
+        }
+        Err(e) => Err(EnvelopeError::Encode {
             event_type: event_type.to_owned(),
             reason: format!("Avro: {e}"),
-        }
-    })?;
-    Ok(out)
+        }),
+    }
 }
 
 /// Splits a single-object payload into the writer's fingerprint and the datum.

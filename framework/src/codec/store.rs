@@ -90,9 +90,9 @@ struct Inner {
     producer: Mutex<Option<FutureProducer>>,
     /// What the last refresh read, in store order.
     stored: Mutex<Vec<StoredSchema>>,
-    /// Registrations done by this store: fingerprint -> types (checked per Avro record sent,
-    /// so looked up without allocating).
-    registered: Mutex<HashMap<u64, Vec<String>>>,
+    /// Registrations done by this store: fingerprint -> (type, schema text) (checked per Avro
+    /// record sent, so looked up without allocating).
+    registered: Mutex<HashMap<u64, Vec<(String, String)>>>,
     /// One refresh or registration at a time; callers that waited reuse a fresh result.
     busy: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -196,23 +196,34 @@ impl SchemaStore {
             AvroSchema::parse(schema)
                 .map_err(|e| Error::Config(format!("schema for {message_type}: {e}")))?,
         );
-        if self.is_registered(message_type, new.fingerprint) {
+        // Same type and same text: done (the same fingerprint with other defaults is not).
+        let done = self
+            .lock_registered()
+            .get(&new.fingerprint)
+            .is_some_and(|found| {
+                found
+                    .iter()
+                    .any(|(t, text)| t == message_type && *text == new.text)
+            });
+        if done {
             return Ok(new.fingerprint);
         }
         let mut busy = self.inner.busy.lock().await;
         self.refresh_locked(&mut busy).await?;
         let versions = self.versions_of(message_type);
+        // Checked even when the fingerprint is stored already: the canonical form (and so the
+        // fingerprint) leaves defaults out, and a default decides whether old data can be read.
+        let problems = avro::check_compatibility(&new, &versions);
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(Error::Config(format!(
+                "the Avro schema {:016x} of {message_type} is incompatible with the schema \
+                 store: {}",
+                new.fingerprint,
+                list.join("; ")
+            )));
+        }
         if !versions.iter().any(|v| v.fingerprint == new.fingerprint) {
-            let problems = avro::check_compatibility(&new, &versions);
-            if !problems.is_empty() {
-                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                return Err(Error::Config(format!(
-                    "the Avro schema {:016x} of {message_type} is incompatible with the schema \
-                     store: {}",
-                    new.fingerprint,
-                    list.join("; ")
-                )));
-            }
             self.write(message_type, &new).await?;
             self.lock_stored().push(StoredSchema {
                 message_type: message_type.to_owned(),
@@ -223,7 +234,7 @@ impl SchemaStore {
         self.lock_registered()
             .entry(new.fingerprint)
             .or_default()
-            .push(message_type.to_owned());
+            .push((message_type.to_owned(), new.text.clone()));
         Ok(new.fingerprint)
     }
 
@@ -231,7 +242,7 @@ impl SchemaStore {
     pub fn is_registered(&self, message_type: &str, fingerprint: u64) -> bool {
         self.lock_registered()
             .get(&fingerprint)
-            .is_some_and(|types| types.iter().any(|t| t == message_type))
+            .is_some_and(|found| found.iter().any(|(t, _)| t == message_type))
     }
 
     fn versions_of(&self, message_type: &str) -> Vec<Arc<AvroSchema>> {
@@ -323,7 +334,7 @@ impl SchemaStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock_registered(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<String>>> {
+    fn lock_registered(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<(String, String)>>> {
         self.inner
             .registered
             .lock()

@@ -220,7 +220,7 @@ impl Publisher {
         } else {
             let encoded = codec::encode_event(event)
                 .map_err(|e| error(PublishErrorKind::Encode, e.to_string()))?;
-            self.ensure_registered(E::NAME, encoded.1.as_slice())
+            self.ensure_registered(E::NAME, encoded.1.as_slice(), E::AVRO_SCHEMA)
                 .await
                 .map_err(|e| error(PublishErrorKind::Fatal, e.to_string()))?;
             encoded
@@ -325,7 +325,7 @@ impl Publisher {
     /// the same `Outgoing` again after a failure reuses its id.
     pub async fn send(&self, out: &Outgoing) -> Result<Delivered, PublishError> {
         if out.meta.content_type == codec::AVRO {
-            self.ensure_registered(&out.meta.message_type, &out.payload)
+            self.ensure_registered(&out.meta.message_type, &out.payload, None)
                 .await
                 .map_err(|e| PublishError {
                     kind: PublishErrorKind::Fatal,
@@ -339,19 +339,32 @@ impl Publisher {
 
     /// Registers the writer schema of an Avro payload in the schema store before its first
     /// record is sent (readers elsewhere must be able to find it). Once per schema and type.
-    async fn ensure_registered(&self, message_type: &str, payload: &[u8]) -> Result<()> {
+    /// `declared`: the type's schema text, when known (else the one this process knows under
+    /// the payload's fingerprint).
+    async fn ensure_registered(
+        &self,
+        message_type: &str,
+        payload: &[u8],
+        declared: Option<&str>,
+    ) -> Result<()> {
         let (fingerprint, _) = codec::avro::split_header(payload).map_err(Error::Config)?;
         if self.inner.schemas.is_registered(message_type, fingerprint) {
             return Ok(());
         }
-        let schema = codec::avro::known(fingerprint).ok_or_else(|| {
-            Error::Config(format!(
-                "the Avro schema {fingerprint:016x} of {message_type} is unknown to this process"
-            ))
-        })?;
+        let text = match declared {
+            Some(text) => text.to_owned(),
+            None => codec::avro::known(fingerprint)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "the Avro schema {fingerprint:016x} of {message_type} is unknown to this process"
+                    ))
+                })?
+                .text
+                .clone(),
+        };
         self.inner
             .schemas
-            .register(message_type, &schema.text)
+            .register(message_type, &text)
             .await
             .map(|_| ())
     }

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "testing")]
 mod aggregates;
+mod avro;
 mod cli;
 mod common;
 #[cfg(all(feature = "failpoints", feature = "testing"))]
