@@ -85,8 +85,9 @@ pub enum UnknownTypes {
 
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
 /// A record whose payload could not be decoded, with what the route was given back (a schema
-/// refresh may let a second attempt succeed).
-type Undecoded = (Metadata, Origin, EnvelopeError);
+/// refresh may let a second attempt succeed). Boxed: the error path is rare, the `Ok` path
+/// stays small.
+type Undecoded = Box<(Metadata, Origin, EnvelopeError)>;
 /// Decodes a record and starts its handler.
 type Route =
     Arc<dyn Fn(Metadata, Option<&[u8]>, Origin) -> Result<HandlerFuture, Undecoded> + Send + Sync>;
@@ -161,9 +162,9 @@ impl EventHandlers {
                                 E::NAME
                             ),
                         };
-                        return Err((meta, origin, error));
+                        return Err(Box::new((meta, origin, error)));
                     }
-                    Err(error) => return Err((meta, origin, error)),
+                    Err(error) => return Err(Box::new((meta, origin, error))),
                 };
                 let handler = Arc::clone(&handler);
                 Ok(Box::pin(async move {
@@ -322,7 +323,8 @@ impl HandlerWorker {
             subject = %meta.subject, topic = %origin.topic, partition = origin.partition, offset = origin.offset);
         let future = match route(meta, record.payload(), origin) {
             Ok(future) => future,
-            Err((meta, origin, e)) if e.halts() => {
+            Err(undecoded) if undecoded.2.halts() => {
+                let (meta, origin, e) = *undecoded;
                 // An unknown writer schema: read the store again (a newer writer registers
                 // before it writes), then try once more.
                 let asked = std::time::Instant::now();
@@ -333,15 +335,17 @@ impl HandlerWorker {
                 }
                 match route(meta, record.payload(), origin) {
                     Ok(future) => future,
-                    Err((_, _, e)) if e.halts() => {
-                        return Step::Halt(format!("offset {}: {e}", record.offset()));
+                    Err(again) if again.2.halts() => {
+                        return Step::Halt(format!("offset {}: {}", record.offset(), again.2));
                     }
-                    Err((_, _, e)) => {
-                        return Step::DeadLetter(format!("undecodable payload: {e}"));
+                    Err(again) => {
+                        return Step::DeadLetter(format!("undecodable payload: {}", again.2));
                     }
                 }
             }
-            Err((_, _, e)) => return Step::DeadLetter(format!("undecodable payload: {e}")),
+            Err(undecoded) => {
+                return Step::DeadLetter(format!("undecodable payload: {}", undecoded.2));
+            }
         };
         match AssertUnwindSafe(future.instrument(span))
             .catch_unwind()

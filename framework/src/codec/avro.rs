@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock, RwLock};
 
+/// The Avro library choreo uses (its `Schema` appears in [`AvroSchema`]).
+pub use apache_avro;
 use apache_avro::Schema;
 use apache_avro::rabin::Rabin;
 use apache_avro::schema_compatibility::SchemaCompatibility;
@@ -80,8 +82,10 @@ fn by_fingerprint() -> &'static RwLock<HashMap<u64, Arc<AvroSchema>>> {
 
 /// Declared schema text (by address: a `&'static str` constant of an event type) -> schema,
 /// so a type's schema is parsed once per process, not once per message.
-fn by_declaration() -> &'static RwLock<HashMap<(usize, usize), Arc<AvroSchema>>> {
-    static TABLE: OnceLock<RwLock<HashMap<(usize, usize), Arc<AvroSchema>>>> = OnceLock::new();
+type DeclaredTable = RwLock<HashMap<(usize, usize), Arc<AvroSchema>>>;
+
+fn by_declaration() -> &'static DeclaredTable {
+    static TABLE: OnceLock<DeclaredTable> = OnceLock::new();
     TABLE.get_or_init(Default::default)
 }
 

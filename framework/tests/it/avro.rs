@@ -398,12 +398,6 @@ async fn send_raw(
         .expect("raw send");
 }
 
-#[derive(Serialize)]
-struct Written {
-    email: String,
-    plan: String,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_writer_schema_refreshes_the_store_then_halts_never_dead_letters() {
     let config = common::kafka("avro-unknown");
