@@ -222,7 +222,7 @@ impl Publisher {
                 .map_err(|e| error(PublishErrorKind::Encode, e.to_string()))?;
             self.ensure_registered(E::NAME, encoded.1.as_slice(), E::AVRO_SCHEMA)
                 .await
-                .map_err(|e| error(PublishErrorKind::Fatal, e.to_string()))?;
+                .map_err(|e| error(registration_error_kind(&e), e.to_string()))?;
             encoded
         };
         let causation = causation.unwrap_or(Causation {
@@ -328,7 +328,7 @@ impl Publisher {
             self.ensure_registered(&out.meta.message_type, &out.payload, None)
                 .await
                 .map_err(|e| PublishError {
-                    kind: PublishErrorKind::Fatal,
+                    kind: registration_error_kind(&e),
                     topic: out.topic.clone(),
                     message_id: out.meta.id,
                     reason: e.to_string(),
@@ -428,6 +428,15 @@ impl Publisher {
             return PublishErrorKind::Fatal;
         }
         classify(error)
+    }
+}
+
+/// A schema the store refuses (incompatible, invalid) will be refused again: fatal. The store
+/// not answering (a timeout, a broker move) may pass: retriable.
+fn registration_error_kind(error: &Error) -> PublishErrorKind {
+    match error {
+        Error::Config(_) => PublishErrorKind::Fatal,
+        _ => PublishErrorKind::Retriable,
     }
 }
 
