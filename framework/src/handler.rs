@@ -32,7 +32,7 @@ use chrono::Utc;
 use futures::FutureExt;
 use tracing::Instrument;
 
-use crate::codec;
+use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka::consumer::panic_message;
@@ -40,7 +40,7 @@ use crate::kafka::{
     Batch, ConsumerRuntime, ConsumerSettings, DeadLetterWriter, PartitionControl, PartitionLogic,
     PartitionWorker, Record, RunSummary, StartOffset, WorkerOutcome,
 };
-use crate::message::{EnvelopeError, Event, Metadata, Origin, Received};
+use crate::message::{EnvelopeError, Event, EventSet, Metadata, Origin, Received};
 use crate::shutdown::Shutdown;
 
 /// How a handler failed.
@@ -84,14 +84,20 @@ pub enum UnknownTypes {
 }
 
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
-type Route = Arc<
-    dyn Fn(Metadata, Option<&[u8]>, Origin) -> Result<HandlerFuture, EnvelopeError> + Send + Sync,
->;
+/// A record whose payload could not be decoded, with what the route was given back (a schema
+/// refresh may let a second attempt succeed). Boxed: the error path is rare, the `Ok` path
+/// stays small.
+type Undecoded = Box<(Metadata, Origin, EnvelopeError)>;
+/// Decodes a record and starts its handler.
+type Route =
+    Arc<dyn Fn(Metadata, Option<&[u8]>, Origin) -> Result<HandlerFuture, Undecoded> + Send + Sync>;
 
 /// A set of event handlers that run together in one consumer group.
 pub struct EventHandlers {
     group: String,
     routes: HashMap<String, Route>,
+    /// Types with a handler of their own (the other routes are older versions, upcast).
+    exact: BTreeSet<String>,
     topics: BTreeSet<String>,
     unknown: UnknownTypes,
     settings: Option<ConsumerSettings>,
@@ -116,6 +122,7 @@ impl EventHandlers {
         Self {
             group: group.into(),
             routes: HashMap::new(),
+            exact: BTreeSet::new(),
             topics: BTreeSet::new(),
             unknown: UnknownTypes::DeadLetter,
             settings: None,
@@ -131,7 +138,7 @@ impl EventHandlers {
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
         let name = E::name();
-        if self.routes.contains_key(name.as_str()) {
+        if !self.exact.insert(name.as_str().to_owned()) {
             self.error.get_or_insert(Error::Config(format!(
                 "{name} has two handlers in group {}",
                 self.group
@@ -142,7 +149,23 @@ impl EventHandlers {
         let handler = Arc::new(handler);
         let route: Route = Arc::new(
             move |meta: Metadata, payload: Option<&[u8]>, origin: Origin| {
-                let event: E = codec::decode(&meta, payload)?;
+                // `EventSet::decode` reads `E` itself and, through its upcasters, its older
+                // versions, which arrive here as `E`.
+                let event: E = match <E as EventSet>::decode(&meta, payload) {
+                    Ok(Some(event)) => event,
+                    Ok(None) => {
+                        let error = EnvelopeError::Payload {
+                            event_type: meta.message_type.clone(),
+                            content_type: meta.content_type.clone(),
+                            reason: format!(
+                                "routed to the handler of {} but not one of its versions",
+                                E::NAME
+                            ),
+                        };
+                        return Err(Box::new((meta, origin, error)));
+                    }
+                    Err(error) => return Err(Box::new((meta, origin, error))),
+                };
                 let handler = Arc::clone(&handler);
                 Ok(Box::pin(async move {
                     handler(Received {
@@ -154,6 +177,15 @@ impl EventHandlers {
                 }) as HandlerFuture)
             },
         );
+        // Older versions go to this handler too, unless they have a handler of their own.
+        for old in E::upcasters().names() {
+            if let Some(entity) = old.split('.').nth(1) {
+                self.topics.insert(format!("{entity}.events"));
+            }
+            if !self.exact.contains(old) {
+                self.routes.insert(old.to_owned(), Arc::clone(&route));
+            }
+        }
         self.routes.insert(name.as_str().to_owned(), route);
         self
     }
@@ -218,6 +250,7 @@ impl EventHandlers {
             routes: Arc::new(self.routes),
             unknown: self.unknown,
             dead_letters: DeadLetterWriter::new(config, &self.group)?,
+            schemas: SchemaStore::new(config),
         });
         ConsumerRuntime::run(config, settings, logic, shutdown).await
     }
@@ -227,6 +260,7 @@ struct HandlerLogic {
     routes: Arc<HashMap<String, Route>>,
     unknown: UnknownTypes,
     dead_letters: DeadLetterWriter,
+    schemas: SchemaStore,
 }
 
 impl PartitionLogic for HandlerLogic {
@@ -241,6 +275,7 @@ impl PartitionLogic for HandlerLogic {
             routes: Arc::clone(&self.routes),
             unknown: self.unknown,
             dead_letters: self.dead_letters.clone(),
+            schemas: self.schemas.clone(),
         }
     }
 }
@@ -249,6 +284,7 @@ struct HandlerWorker {
     routes: Arc<HashMap<String, Route>>,
     unknown: UnknownTypes,
     dead_letters: DeadLetterWriter,
+    schemas: SchemaStore,
 }
 
 /// What became of one record.
@@ -287,7 +323,29 @@ impl HandlerWorker {
             subject = %meta.subject, topic = %origin.topic, partition = origin.partition, offset = origin.offset);
         let future = match route(meta, record.payload(), origin) {
             Ok(future) => future,
-            Err(e) => return Step::DeadLetter(format!("undecodable payload: {e}")),
+            Err(undecoded) if undecoded.2.halts() => {
+                let (meta, origin, e) = *undecoded;
+                // An unknown writer schema: read the store again (a newer writer registers
+                // before it writes), then try once more.
+                let asked = std::time::Instant::now();
+                if let Err(refresh) = self.schemas.refresh_if_older(asked).await {
+                    return Step::Retry(HandlerError::transient(anyhow::anyhow!(
+                        "{e}; refreshing the schema store failed: {refresh}"
+                    )));
+                }
+                match route(meta, record.payload(), origin) {
+                    Ok(future) => future,
+                    Err(again) if again.2.halts() => {
+                        return Step::Halt(format!("offset {}: {}", record.offset(), again.2));
+                    }
+                    Err(again) => {
+                        return Step::DeadLetter(format!("undecodable payload: {}", again.2));
+                    }
+                }
+            }
+            Err(undecoded) => {
+                return Step::DeadLetter(format!("undecodable payload: {}", undecoded.2));
+            }
         };
         match AssertUnwindSafe(future.instrument(span))
             .catch_unwind()

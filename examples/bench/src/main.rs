@@ -1,6 +1,6 @@
 //! Run with: scripts/bench publish
 //!
-//! (or `scripts/bench consume`, `rebuild`, `rebuild-naive`; `--quick` for a smoke run.) The benchmarks of
+//! (or `scripts/bench consume`, `rebuild`, `rebuild-naive`, `codec`; `--quick` for a smoke run.) The benchmarks of
 //! `shared/design/BENCHMARKS.md`: the framework and a hand-written rdkafka baseline doing the
 //! same work, in the same run, in interleaved rounds. The last line printed is
 //! `<name>: framework=<rate>/s baseline=<rate>/s ratio=<framework/baseline>`, where each rate
@@ -9,6 +9,7 @@
 //! Each run works on a fresh topic (`bench-<random>.reading.events`, 6 partitions) and
 //! deletes it at the end.
 
+mod codec;
 mod consume;
 mod data;
 mod publish;
@@ -48,6 +49,9 @@ enum Bench {
     Rebuild(Opts),
     /// The same framework rebuild against one Postgres transaction per event.
     RebuildNaive(Opts),
+    /// The codec alone, in process: Avro (framework side) against JSON (baseline side),
+    /// encode + decode per event.
+    Codec(Opts),
 }
 
 /// What `main` runs.
@@ -57,6 +61,7 @@ enum Kind {
     Consume,
     Rebuild,
     RebuildNaive,
+    Codec,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -230,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Consume(opts) => ("consume", opts, Kind::Consume),
         Bench::Rebuild(opts) => ("rebuild", opts, Kind::Rebuild),
         Bench::RebuildNaive(opts) => ("rebuild-naive", opts, Kind::RebuildNaive),
+        Bench::Codec(opts) => ("codec", opts, Kind::Codec),
     };
     anyhow::ensure!(opts.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(opts.window >= 1, "--window must be at least 1");
@@ -242,6 +248,13 @@ async fn main() -> anyhow::Result<()> {
         events >= u64::from(opts.rounds),
         "--events must be at least --rounds"
     );
+
+    if kind == Kind::Codec {
+        // No Kafka: the codec alone.
+        let rounds = codec::run(events, opts.rounds)?;
+        summarize(name, &rounds);
+        return Ok(());
+    }
 
     // Only the brokers are taken from the environment, so both sides run with the same
     // client settings (CHOREO_KAFKA_PROPERTIES would reach the framework side only).
@@ -284,6 +297,7 @@ async fn main() -> anyhow::Result<()> {
             Kind::Consume => consume::run(&setup, &mut created).await,
             Kind::Rebuild => rebuild::run(&setup, false, opts.sample).await,
             Kind::RebuildNaive => rebuild::run(&setup, true, opts.sample).await,
+            Kind::Codec => Err(anyhow::anyhow!("the codec benchmark needs no topic")),
         }
     };
     let outcome = tokio::select! {
@@ -297,17 +311,22 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("warning: could not delete the benchmark topics {names:?}: {e}");
     }
     let rounds = outcome?;
+    summarize(name, &rounds);
+    Ok(())
+}
 
-    let framework = total_rate(&rounds, Side::Framework);
-    let baseline = total_rate(&rounds, Side::Baseline);
+/// The medians, CPU per event and the summary line (last).
+fn summarize(name: &str, rounds: &[Round]) {
+    let framework = total_rate(rounds, Side::Framework);
+    let baseline = total_rate(rounds, Side::Baseline);
     println!(
         "  medians: framework {:.0}/s, baseline {:.0}/s",
-        median_rate(&rounds, Side::Framework),
-        median_rate(&rounds, Side::Baseline)
+        median_rate(rounds, Side::Framework),
+        median_rate(rounds, Side::Baseline)
     );
     if let (Some(f), Some(b)) = (
-        cpu_per_event(&rounds, Side::Framework),
-        cpu_per_event(&rounds, Side::Baseline),
+        cpu_per_event(rounds, Side::Framework),
+        cpu_per_event(rounds, Side::Baseline),
     ) {
         println!(
             "  process cpu per event: framework {f:.2} us, baseline {b:.2} us (baseline/framework {:.2})",
@@ -318,5 +337,4 @@ async fn main() -> anyhow::Result<()> {
         "{name}: framework={framework:.0}/s baseline={baseline:.0}/s ratio={:.2}",
         framework / baseline.max(1e-9)
     );
-    Ok(())
 }

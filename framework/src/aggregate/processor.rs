@@ -262,6 +262,16 @@ impl<A: Aggregate> CommandProcessor<A> {
         if admin.describe(&dlq_topic).await?.is_none() {
             return Err(Error::TopicMissing(dlq_topic));
         }
+        // Avro: register our writer schemas before the first event is written, and learn the
+        // stored ones before restore reads the log (restore runs on a thread that cannot wait
+        // for the store; an event whose schema is still unknown there halts its partition).
+        let schemas = crate::codec::SchemaStore::new(kafka);
+        for (name, schema) in A::Event::avro_schemas() {
+            schemas.register(name, schema).await?;
+        }
+        if !A::Event::avro_schemas().is_empty() || !A::Event::upcast_names().is_empty() {
+            schemas.refresh().await?;
+        }
         let identity = format!("{group}-{}", self.ordinal);
         let shared = Arc::new(Shared::<A> {
             group: group.clone(),
@@ -1168,6 +1178,9 @@ fn decide_one<A: Aggregate>(
                     Some(crate::Causation::from_cause(&meta)),
                 );
                 event_meta.sequence = Some(staged.version);
+                event
+                    .content_type()
+                    .clone_into(&mut event_meta.content_type);
                 let pending = TxRecord {
                     topic: shared.events_topic.clone(),
                     partition: Some(p),

@@ -127,6 +127,8 @@ struct Inner {
     config: KafkaConfig,
     max_message_bytes: usize,
     queue_timeout: Duration,
+    /// Where Avro writer schemas are registered before their first record.
+    schemas: codec::SchemaStore,
     /// Namespaced topic per event type: derived once, not per message.
     topics: std::sync::RwLock<std::collections::HashMap<&'static str, Arc<str>>>,
 }
@@ -168,6 +170,7 @@ impl Publisher {
                 config: config.clone(),
                 max_message_bytes,
                 queue_timeout: Duration::from_secs(30),
+                schemas: codec::SchemaStore::new(config),
                 topics: Default::default(),
             }),
         })
@@ -209,8 +212,19 @@ impl Publisher {
             reason,
         };
         let subject = event.subject();
-        let payload = codec::encode_json(E::NAME, event)
-            .map_err(|e| error(PublishErrorKind::Encode, e.to_string()))?;
+        // A const per type: the JSON path pays nothing for Avro.
+        let (content_type, payload) = if E::AVRO_SCHEMA.is_none() {
+            let payload = codec::encode_json(E::NAME, event)
+                .map_err(|e| error(PublishErrorKind::Encode, e.to_string()))?;
+            (codec::JSON, payload)
+        } else {
+            let encoded = codec::encode_event(event)
+                .map_err(|e| error(PublishErrorKind::Encode, e.to_string()))?;
+            self.ensure_registered(E::NAME, encoded.1.as_slice(), E::AVRO_SCHEMA)
+                .await
+                .map_err(|e| error(registration_error_kind(&e), e.to_string()))?;
+            encoded
+        };
         let causation = causation.unwrap_or(Causation {
             correlation_id: id,
             causation_id: id,
@@ -221,7 +235,7 @@ impl Publisher {
             &self.inner.source,
             &subject,
             Utc::now().trunc_subsecs(6),
-            codec::JSON,
+            content_type,
             causation,
             9,
         );
@@ -267,7 +281,7 @@ impl Publisher {
         let () = E::VALID;
         let name = E::NAME;
         let id = Uuid::now_v7();
-        let meta = Metadata::new(
+        let mut meta = Metadata::new(
             id,
             name,
             self.inner.source.as_str(),
@@ -276,12 +290,13 @@ impl Publisher {
             causation,
         );
         let topic = self.topic_of::<E>().to_string();
-        let payload = codec::encode_json(name, event).map_err(|e| PublishError {
+        let (content_type, payload) = codec::encode_event(event).map_err(|e| PublishError {
             kind: PublishErrorKind::Encode,
             topic: topic.clone(),
             message_id: id,
             reason: e.to_string(),
         })?;
+        content_type.clone_into(&mut meta.content_type);
         Ok(Outgoing::new(topic, meta, payload))
     }
 
@@ -309,7 +324,49 @@ impl Publisher {
     /// once (e.g. with `futures::future::join_all`): sends do not wait for each other. Sending
     /// the same `Outgoing` again after a failure reuses its id.
     pub async fn send(&self, out: &Outgoing) -> Result<Delivered, PublishError> {
+        if out.meta.content_type == codec::AVRO {
+            self.ensure_registered(&out.meta.message_type, &out.payload, None)
+                .await
+                .map_err(|e| PublishError {
+                    kind: registration_error_kind(&e),
+                    topic: out.topic.clone(),
+                    message_id: out.meta.id,
+                    reason: e.to_string(),
+                })?;
+        }
         self.deliver(out, out.headers.clone()).await
+    }
+
+    /// Registers the writer schema of an Avro payload in the schema store before its first
+    /// record is sent (readers elsewhere must be able to find it). Once per schema and type.
+    /// `declared`: the type's schema text, when known (else the one this process knows under
+    /// the payload's fingerprint).
+    async fn ensure_registered(
+        &self,
+        message_type: &str,
+        payload: &[u8],
+        declared: Option<&str>,
+    ) -> Result<()> {
+        let (fingerprint, _) = codec::avro::split_header(payload).map_err(Error::Config)?;
+        if self.inner.schemas.is_registered(message_type, fingerprint) {
+            return Ok(());
+        }
+        let text = match declared {
+            Some(text) => text.to_owned(),
+            None => codec::avro::known(fingerprint)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "the Avro schema {fingerprint:016x} of {message_type} is unknown to this process"
+                    ))
+                })?
+                .text
+                .clone(),
+        };
+        self.inner
+            .schemas
+            .register(message_type, &text)
+            .await
+            .map(|_| ())
     }
 
     async fn deliver(
@@ -371,6 +428,15 @@ impl Publisher {
             return PublishErrorKind::Fatal;
         }
         classify(error)
+    }
+}
+
+/// A schema the store refuses (incompatible, invalid) will be refused again: fatal. The store
+/// not answering (a timeout, a broker move) may pass: retriable.
+fn registration_error_kind(error: &Error) -> PublishErrorKind {
+    match error {
+        Error::Config(_) => PublishErrorKind::Fatal,
+        _ => PublishErrorKind::Retriable,
     }
 }
 

@@ -50,7 +50,7 @@ pub enum EnvelopeError {
     StructuredMode(String),
     #[error("the record key {key:?} differs from header ce_subject {subject:?}")]
     KeyMismatch { key: String, subject: String },
-    #[error("content-type {0:?} is not supported (application/json is)")]
+    #[error("content-type {0:?} is not supported (application/json and application/avro are)")]
     ContentType(String),
     #[error("the record has no value (payload)")]
     MissingPayload,
@@ -62,6 +62,32 @@ pub enum EnvelopeError {
     },
     #[error("payload of {event_type} cannot be encoded: {reason}")]
     Encode { event_type: String, reason: String },
+    /// An Avro payload whose writer schema is in no schema store this process can see: usually
+    /// a newer writer this reader has not heard of yet. Halts the partition; never a dead
+    /// letter (every later record of that writer would follow it there).
+    #[error(
+        "payload of {event_type} was written with Avro schema {fingerprint:016x}, which is not \
+         in the schema store (a newer writer not registered yet?); halting rather than \
+         dead-lettering"
+    )]
+    UnknownSchema {
+        event_type: String,
+        fingerprint: u64,
+    },
+    /// The schema an event type declares does not parse: a bug that would fail every record.
+    #[error("the Avro schema declared for {event_type} is invalid: {reason}")]
+    BadSchema { event_type: String, reason: String },
+}
+
+impl EnvelopeError {
+    /// Whether the error halts the partition instead of dead-lettering the record: it is not
+    /// about this record but about what the reader knows (a schema it lacks, or its own).
+    pub fn halts(&self) -> bool {
+        matches!(
+            self,
+            EnvelopeError::UnknownSchema { .. } | EnvelopeError::BadSchema { .. }
+        )
+    }
 }
 
 /// The attributes of a message: everything but the payload.

@@ -42,8 +42,20 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     #[doc(hidden)]
     const VALID: () = assert_name(Self::NAME, Kind::Event, Self::TENSE);
 
+    /// The Avro schema (JSON text) this type is written with; `None` (the default) writes
+    /// JSON. With a schema, payloads use Avro single-object encoding and
+    /// `content-type: application/avro`, and the schema is registered in the schema store
+    /// before the first write. Readers of either kind read both: the content type decides.
+    const AVRO_SCHEMA: Option<&'static str> = None;
+
     /// The entity this event is about: the Kafka key and `ce_subject`.
     fn subject(&self) -> String;
+
+    /// Older versions this type is upcast from (see [`crate::codec::upcast`]). Readers of this
+    /// type receive records of those versions as this type.
+    fn upcasters() -> crate::codec::Upcasters<Self> {
+        crate::codec::Upcasters::new()
+    }
 
     /// The checked name.
     fn name() -> MessageName {
@@ -99,14 +111,34 @@ pub trait EventSet: Sized + Send + Sync + 'static {
     /// The entity this value is about (the Kafka key).
     fn subject_of(&self) -> String;
 
-    /// The JSON payload of this value.
+    /// The payload of this value, in its type's codec (see [`EventSet::content_type`]).
     fn encode(&self) -> Result<Vec<u8>, EnvelopeError>;
 
-    /// The topics the set's types live in (`{entity}.events`, deduplicated).
+    /// The content type [`EventSet::encode`] writes for this value.
+    fn content_type(&self) -> &'static str {
+        crate::codec::JSON
+    }
+
+    /// Older message names the set's types are upcast from (their records are read too).
+    fn upcast_names() -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    /// `(name, schema)` of every type in the set written as Avro, to register before writing.
+    fn avro_schemas() -> Vec<(&'static str, &'static str)> {
+        Vec::new()
+    }
+
+    /// The topics the set's types live in (`{entity}.events`, deduplicated), including those
+    /// of the older versions they are upcast from.
     fn topics() -> Vec<String> {
         let mut topics: Vec<String> = Self::names()
             .iter()
             .map(|n| format!("{}.events", n.entity()))
+            .chain(Self::upcast_names().into_iter().filter_map(|n| {
+                // Names of Event types, checked at compile time: `v1.{entity}.{verb}`.
+                n.split('.').nth(1).map(|entity| format!("{entity}.events"))
+            }))
             .collect();
         topics.sort();
         topics.dedup();
@@ -121,9 +153,10 @@ impl<E: Event> EventSet for E {
 
     fn decode(meta: &Metadata, payload: Option<&[u8]>) -> Result<Option<Self>, EnvelopeError> {
         if meta.message_type == E::NAME {
-            crate::codec::decode(meta, payload).map(Some)
+            crate::codec::decode_event::<E>(meta, payload).map(Some)
         } else {
-            Ok(None)
+            // Another type: perhaps an older version of this one.
+            E::upcasters().decode(meta, payload).transpose()
         }
     }
 
@@ -137,7 +170,19 @@ impl<E: Event> EventSet for E {
     }
 
     fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
-        crate::codec::encode_json(E::NAME, self)
+        crate::codec::encode_event(self).map(|(_, payload)| payload)
+    }
+
+    fn content_type(&self) -> &'static str {
+        crate::codec::content_type_of::<E>()
+    }
+
+    fn upcast_names() -> Vec<&'static str> {
+        E::upcasters().names().collect()
+    }
+
+    fn avro_schemas() -> Vec<(&'static str, &'static str)> {
+        E::AVRO_SCHEMA.map(|s| (E::NAME, s)).into_iter().collect()
     }
 }
 
@@ -263,7 +308,13 @@ macro_rules! event_set {
             ) -> ::std::result::Result<::std::option::Option<Self>, $crate::message::EnvelopeError> {
                 $(
                     if meta.message_type == <$ty as $crate::Event>::NAME {
-                        return $crate::codec::decode::<$ty>(meta, payload).map(|e| ::std::option::Option::Some($name::$variant(e)));
+                        return $crate::codec::decode_event::<$ty>(meta, payload).map(|e| ::std::option::Option::Some($name::$variant(e)));
+                    }
+                )+
+                // Not a declared type: perhaps an older version of one (exact names win).
+                $(
+                    if let ::std::option::Option::Some(result) = <$ty as $crate::Event>::upcasters().decode(meta, payload) {
+                        return result.map(|e| ::std::option::Option::Some($name::$variant(e)));
                     }
                 )+
                 ::std::result::Result::Ok(::std::option::Option::None)
@@ -278,7 +329,27 @@ macro_rules! event_set {
             }
 
             fn encode(&self) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::message::EnvelopeError> {
-                match self { $($name::$variant(e) => $crate::codec::encode_json(<$ty as $crate::Event>::NAME, e)),+ }
+                match self { $($name::$variant(e) => $crate::codec::encode_event(e).map(|(_, payload)| payload)),+ }
+            }
+
+            fn content_type(&self) -> &'static str {
+                match self { $($name::$variant(_) => $crate::codec::content_type_of::<$ty>()),+ }
+            }
+
+            fn upcast_names() -> ::std::vec::Vec<&'static str> {
+                let mut names = ::std::vec::Vec::new();
+                $( names.extend(<$ty as $crate::Event>::upcasters().names()); )+
+                names
+            }
+
+            fn avro_schemas() -> ::std::vec::Vec<(&'static str, &'static str)> {
+                let mut schemas = ::std::vec::Vec::new();
+                $(
+                    if let ::std::option::Option::Some(schema) = <$ty as $crate::Event>::AVRO_SCHEMA {
+                        schemas.push((<$ty as $crate::Event>::NAME, schema));
+                    }
+                )+
+                schemas
             }
         }
     };

@@ -7,6 +7,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use super::checkpoint::{self, Slot};
 use super::{ApplyError, Projection};
+use crate::codec::SchemaStore;
 use crate::failpoint;
 use crate::kafka::{DeadLetterWriter, Record};
 use crate::message::{EventSet, Metadata, Origin, Received};
@@ -19,6 +20,8 @@ pub(crate) struct Target<'a> {
     /// The schema `search_path` is set to.
     pub schema: &'a str,
     pub dead_letters: &'a DeadLetterWriter,
+    /// Read again when a record names an Avro writer schema this process does not know.
+    pub schemas: &'a SchemaStore,
 }
 
 /// What became of a batch.
@@ -173,7 +176,27 @@ async fn apply_parts_inner<P: Projection>(
                     continue;
                 }
             };
-            match P::Events::decode(&meta, record.payload()) {
+            let mut decoded = P::Events::decode(&meta, record.payload());
+            if matches!(&decoded, Err(e) if e.halts()) {
+                // An unknown writer schema: a newer writer registers before it writes, so read
+                // the store again and retry once; still unknown halts (never a dead letter).
+                target
+                    .schemas
+                    .refresh_if_older(std::time::Instant::now())
+                    .await
+                    .map_err(|e| Transient(format!("refreshing the schema store: {e}")))?;
+                decoded = P::Events::decode(&meta, record.payload());
+                if let Err(e) = &decoded
+                    && e.halts()
+                {
+                    return Ok(PartsOutcome::Halt(format!(
+                        "{}[{partition}]@{}: {e}",
+                        topic,
+                        record.offset()
+                    )));
+                }
+            }
+            match decoded {
                 Ok(Some(payload)) => {
                     let origin = Origin {
                         topic: topic.clone(),

@@ -27,6 +27,7 @@ use super::batch::{self, PartsOutcome, Target};
 use super::checkpoint::{self, Slot};
 use super::runner::{create_schema, setup};
 use super::{Projection, live_schema, projection_id};
+use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -250,11 +251,13 @@ async fn run<P: Projection>(
         .map_err(|e| Error::kafka("assign", e))?;
 
     let dead_letters = DeadLetterWriter::new(kafka, &kafka.topic_name(&id))?;
+    let schemas = SchemaStore::new(kafka);
     let target = Target {
         projection: &id,
         slot: Slot::Shadow,
         schema: &shadow,
         dead_letters: &dead_letters,
+        schemas: &schemas,
     };
     let mut progress = Progress::new(options.progress, &id);
     // Progress counts offsets, not records: in a transactional log, commit markers and

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use super::batch::{self, Outcome, Target};
 use super::checkpoint::{self, Slot};
 use super::{Projection, live_schema, projection_id};
+use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka::{
@@ -87,6 +88,7 @@ impl<P: Projection> ProjectionRunner<P> {
             id: projection_id::<P>(),
             schema: live_schema::<P>(),
             dead_letters: DeadLetterWriter::new(kafka, &settings.group_id)?,
+            schemas: SchemaStore::new(kafka),
             watermarks,
         });
         ConsumerRuntime::run(kafka, settings, logic, shutdown).await
@@ -154,6 +156,7 @@ struct RunnerLogic<P: Projection> {
     id: String,
     schema: String,
     dead_letters: DeadLetterWriter,
+    schemas: SchemaStore,
     watermarks: BaseConsumer,
 }
 
@@ -183,6 +186,7 @@ impl<P: Projection> PartitionLogic for RunnerLogic<P> {
             id: self.id.clone(),
             schema: self.schema.clone(),
             dead_letters: self.dead_letters.clone(),
+            schemas: self.schemas.clone(),
             expected: None,
         }
     }
@@ -232,6 +236,7 @@ struct RunnerWorker<P: Projection> {
     id: String,
     schema: String,
     dead_letters: DeadLetterWriter,
+    schemas: SchemaStore,
     /// The checkpoint as this task last saw it.
     expected: Option<i64>,
 }
@@ -257,6 +262,7 @@ impl<P: Projection> RunnerWorker<P> {
             slot: Slot::Live,
             schema: &self.schema,
             dead_letters: &self.dead_letters,
+            schemas: &self.schemas,
         };
         let mut attempt = 0u32;
         loop {

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "testing")]
 mod aggregates;
+mod avro;
 #[cfg(feature = "testing")]
 mod broker;
 mod cli;

@@ -1,5 +1,5 @@
 //! The generic `choreo` CLI: everything an operator needs that takes no user code — topics,
-//! tailing a topic, projection lag and dead letters. Commands that need a service's code
+//! tailing a topic, projection lag, dead letters and the Avro schema store. Commands that need a service's code
 //! (`projections rebuild`) live in that service's own binary.
 //!
 //! Run with: `cargo run -p choreo --bin choreo -- --help`
@@ -8,6 +8,7 @@ mod connect;
 mod dlq;
 mod projections;
 mod reader;
+mod schemas;
 mod show;
 mod tail;
 mod topics;
@@ -77,6 +78,9 @@ enum Command {
     /// Inspect dead letters and feed them back to their consumer group.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// The Avro schema store: check a new schema for compatibility, list what is stored.
+    #[command(subcommand)]
+    Schemas(schemas::SchemasCommand),
 }
 
 fn main() -> ExitCode {
@@ -114,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Tail(args) => tail::run(&services, args).await,
             Command::Projections(command) => projections::run(&services, command).await,
             Command::Dlq(command) => dlq::run(&services, command).await,
+            Command::Schemas(command) => schemas::run(&services, command).await,
         }
     })
 }
