@@ -36,7 +36,13 @@ pub struct SendOptions {
     pub causation: Option<Causation>,
 }
 
-type Waiters = Arc<Mutex<HashMap<Uuid, mpsc::UnboundedSender<Reply>>>>;
+/// Per command id, every call waiting for its reply (a double submit waits twice), with the
+/// token that lets each call remove only itself; replies carry the deadline they judged.
+type Waiters = Arc<Mutex<HashMap<Uuid, Vec<(u64, ReplySender)>>>>;
+type ReplySender = mpsc::UnboundedSender<(Reply, Option<String>)>;
+
+/// Distinguishes the calls waiting on one command id.
+static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Sends commands and waits for replies. Cheap to clone.
 #[derive(Clone)]
@@ -144,37 +150,55 @@ impl CommandBus {
     ) -> Result<Reply> {
         let out = self.prepare(command, &options)?;
         let id = out.meta().id;
+        let own_deadline = out.meta().extensions.get("deadline").cloned();
+        // The timeout covers the send too (librdkafka would otherwise retry a send for
+        // minutes while the broker is away).
+        let give_up = tokio::time::Instant::now() + timeout;
+        let timed_out = || Error::Timeout {
+            what: format!("the reply to command {id}"),
+            after: timeout,
+        };
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
         // Registered before the send: the reply cannot arrive unobserved.
         self.waiters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, tx);
+            .entry(id)
+            .or_default()
+            .push((token, tx));
         let result = async {
-            self.publisher.send(&out).await?;
-            let give_up = tokio::time::Instant::now() + timeout;
+            match tokio::time::timeout_at(give_up, self.publisher.send(&out)).await {
+                Ok(sent) => sent?,
+                Err(_) => return Err(timed_out()),
+            };
             loop {
                 match tokio::time::timeout_at(give_up, rx.recv()).await {
-                    // An earlier attempt with this id that expired unanswered (its caller
-                    // timed out and retried): its "expired" reply is not about this
-                    // attempt, whose deadline has not passed. Wait for ours.
-                    Ok(Some(reply)) if answers_an_earlier_attempt(&reply, &options) => continue,
-                    Ok(Some(reply)) => break Ok(reply),
-                    Ok(None) => break Err(Error::Runtime("the reply reader stopped".into())),
-                    Err(_) => {
-                        break Err(Error::Timeout {
-                            what: format!("the reply to command {id}"),
-                            after: timeout,
-                        });
+                    // "expired" for another attempt with this id (a retry carries a new
+                    // deadline, and the processor echoes the one it judged): not ours.
+                    Ok(Some((reply, echoed)))
+                        if is_expired(&reply) && echoed.is_some() && echoed != own_deadline =>
+                    {
+                        continue;
                     }
+                    Ok(Some((reply, _))) => break Ok(reply),
+                    Ok(None) => break Err(Error::Runtime("the reply reader stopped".into())),
+                    Err(_) => break Err(timed_out()),
                 }
             }
         }
         .await;
-        self.waiters
+        let mut waiters = self
+            .waiters
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(calls) = waiters.get_mut(&id) {
+            calls.retain(|(t, _)| *t != token);
+            if calls.is_empty() {
+                waiters.remove(&id);
+            }
+        }
+        drop(waiters);
         result
     }
 
@@ -207,15 +231,9 @@ impl CommandBus {
     }
 }
 
-/// Whether `reply` says "expired" although this attempt's deadline is still ahead: it then
-/// answers an earlier attempt with the same command id.
-fn answers_an_earlier_attempt(reply: &Reply, options: &SendOptions) -> bool {
-    let expired =
-        matches!(&reply.outcome, Outcome::Rejected { rejection } if rejection.code == "expired");
-    expired
-        && options
-            .deadline
-            .is_some_and(|deadline| Utc::now() < deadline)
+/// Whether the reply says the command expired before it was decided.
+fn is_expired(reply: &Reply) -> bool {
+    matches!(&reply.outcome, Outcome::Rejected { rejection } if rejection.code == "expired")
 }
 
 fn read_replies(consumer: BaseConsumer, waiters: Waiters, stop: Arc<AtomicBool>) {
@@ -241,7 +259,7 @@ fn read_replies(consumer: BaseConsumer, waiters: Waiters, stop: Arc<AtomicBool>)
                 continue;
             }
         };
-        let Some(waiter) = waiters
+        let Some(calls) = waiters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&meta.causation_id)
@@ -251,11 +269,15 @@ fn read_replies(consumer: BaseConsumer, waiters: Waiters, stop: Arc<AtomicBool>)
         };
         match record.payload().map(serde_json::from_slice::<Outcome>) {
             Some(Ok(outcome)) => {
-                let _ = waiter.send(Reply {
+                let reply = Reply {
                     command_id: meta.causation_id,
-                    subject: meta.subject,
+                    subject: meta.subject.clone(),
                     outcome,
-                });
+                };
+                let echoed = meta.extensions.get("deadline").cloned();
+                for (_, call) in calls {
+                    let _ = call.send((reply.clone(), echoed.clone()));
+                }
             }
             _ => tracing::warn!(command = %meta.causation_id, "reply with an undecodable outcome"),
         }

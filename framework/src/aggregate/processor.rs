@@ -51,6 +51,10 @@ use crate::kafka::transaction::{
 use crate::message::{CommandSet, EventSet, Metadata};
 use crate::shutdown::Shutdown;
 
+/// Producer replacements in a row (no commit between them) before the processor gives up:
+/// an error that survives a fresh producer and a restore is not going away.
+const MAX_REPLACEMENTS: u32 = 5;
+
 /// How many recent command ids each aggregate remembers (duplicates get the first outcome).
 const RECENT_COMMANDS: usize = 64;
 
@@ -155,7 +159,14 @@ fn encode_entries<A: Serialize>(entries: &[(&String, &Entry<A>)]) -> Result<Vec<
             id: (*id).clone(),
             version: entry.version,
             state: &entry.state,
-            recent: entry.recent.iter().cloned().collect(),
+            // Only accepted outcomes, as a restore from the log rebuilds them: a restore from
+            // a snapshot must give the same state as one from the first event.
+            recent: entry
+                .recent
+                .iter()
+                .filter(|(_, outcome)| matches!(outcome, Outcome::Accepted { .. }))
+                .cloned()
+                .collect(),
         })
         .collect();
     snapshot::encode(&stored)
@@ -301,6 +312,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             assigned_at: Mutex::new(HashMap::new()),
             snapshots: self.snapshots,
             since_snapshot: Mutex::new(HashMap::new()),
+            reply_topics: Mutex::new(HashMap::new()),
         });
         let consumer: BaseConsumer<ProcessorContext<A>> = kafka
             .client_config(&[
@@ -424,6 +436,8 @@ struct Shared<A: Aggregate> {
     snapshots: Option<Snapshotter<A>>,
     /// Per partition: events written since its last snapshot, and the last one's offset.
     since_snapshot: Mutex<HashMap<i32, (u64, i64)>>,
+    /// Partition counts of the reply topics seen in commands.
+    reply_topics: Mutex<HashMap<String, i32>>,
 }
 
 struct ProcessorContext<A: Aggregate> {
@@ -516,11 +530,18 @@ impl<A: Aggregate> ProcessorContext<A> {
         let Some(snapshots) = &shared.snapshots else {
             return (HashMap::new(), low);
         };
-        let loaded = shared.handle.block_on(snapshot::load(
-            &snapshots.settings.pool,
-            &shared.events_topic,
-            p,
-        ));
+        // A cache: a database that does not answer quickly means a restore from the log.
+        let loaded = shared
+            .handle
+            // The timer is made inside the runtime: block_on's thread has no runtime context.
+            .block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    snapshot::load(&snapshots.settings.pool, &shared.events_topic, p),
+                )
+                .await
+            })
+            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
         let unusable = |reason: String| {
             tracing::warn!(partition = p, %reason, "snapshot ignored; restoring from the beginning of the events");
             (HashMap::new(), low)
@@ -770,6 +791,8 @@ fn processing_loop<A: Aggregate>(
     consumer
         .subscribe(&[&shared.commands_topic])
         .map_err(|e| Error::kafka("subscribe", e))?;
+    // Producer replacements since the last committed transaction.
+    let mut replacements = 0u32;
     while !shared.shutdown.is_triggered() {
         let before = shared.rebalances.load(Ordering::Acquire);
         let mut batch: Vec<OwnedMessage> = Vec::new();
@@ -825,7 +848,7 @@ fn processing_loop<A: Aggregate>(
             continue;
         }
         match run_transaction(shared, consumer, producer, &batch) {
-            Ok(()) => {}
+            Ok(()) => replacements = 0,
             Err(TxError::Abortable(reason)) => {
                 tracing::warn!(%reason, "transaction aborted; rewinding to the last committed commands");
                 if let Err(e) = producer.abort_transaction(Duration::from_secs(30)) {
@@ -846,7 +869,14 @@ fn processing_loop<A: Aggregate>(
                 // KIP-890). A new producer with our transactional id fences the old one (its
                 // transaction is then either committed or aborted for good), and a restore
                 // rebuilds the state and the command positions from what was committed.
-                tracing::warn!(%reason, "transaction outcome unknown; replacing the producer and restoring every partition");
+                replacements += 1;
+                if replacements > MAX_REPLACEMENTS {
+                    return Err(Error::Runtime(format!(
+                        "transactions keep failing with unknown outcomes ({reason}); stopping after {MAX_REPLACEMENTS} producer replacements"
+                    )));
+                }
+                tracing::warn!(%reason, replacements, "transaction outcome unknown; replacing the producer and restoring every partition");
+                std::thread::sleep(Duration::from_millis(500) * replacements);
                 let fresh = make_producer()?;
                 fresh
                     .init_transactions(Duration::from_secs(30))
@@ -1056,7 +1086,7 @@ fn decide_one<A: Aggregate>(
             .get("replypartition")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let reply_meta = Metadata::new(
+        let mut reply_meta = Metadata::new(
             Uuid::new_v5(&meta.id, b"reply"),
             REPLY_TYPE,
             shared.source.as_str(),
@@ -1064,6 +1094,13 @@ fn decide_one<A: Aggregate>(
             now,
             Some(crate::Causation::from_cause(&meta)),
         );
+        // The deadline judged: a sender retrying with the same id tells this answer from
+        // the answer to its own attempt.
+        if let Some(deadline) = meta.extensions.get("deadline") {
+            reply_meta
+                .extensions
+                .insert("deadline".into(), deadline.clone());
+        }
         PendingReply {
             topic,
             partition,
@@ -1077,6 +1114,12 @@ fn decide_one<A: Aggregate>(
         rejection: Rejection::new(code, message),
     };
 
+    if let Err(reason) = check_reply_address(shared, &meta) {
+        // No reply can be sent (producing to it would fail the whole transaction): the
+        // command goes to the dead letters undecided.
+        dead.push(dead_letter(shared, record, &reason, now));
+        return;
+    }
     let expected = partition_for_key(meta.subject.as_bytes(), shared.partitions);
     if expected != p {
         let reason = format!(
@@ -1090,27 +1133,6 @@ fn decide_one<A: Aggregate>(
             Vec::new(),
         ));
         return;
-    }
-    if let Some(deadline) = meta.extensions.get("deadline") {
-        match DateTime::parse_from_rfc3339(deadline) {
-            Ok(deadline) if deadline.with_timezone(&Utc) < now => {
-                replies.push(reply_to(
-                    Some(reject(
-                        "expired",
-                        format!("the command's deadline {deadline} has passed"),
-                    )),
-                    Vec::new(),
-                ));
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let reason = format!("header ce_deadline is not RFC 3339: {e}");
-                dead.push(dead_letter(shared, record, &reason, now));
-                replies.push(reply_to(Some(reject("bad_command", reason)), Vec::new()));
-                return;
-            }
-        }
     }
     let command = match A::Command::decode(&meta, record.payload()) {
         Ok(Some(command)) => command,
@@ -1135,9 +1157,30 @@ fn decide_one<A: Aggregate>(
         .entry(key.clone())
         .or_insert_with(|| committed.get(&key).cloned().unwrap_or_default());
     if let Some((_, first)) = entry.recent.iter().find(|(id, _)| *id == meta.id) {
-        // A retry: answer with the first outcome, decide nothing.
+        // A retry: answer with the first outcome (even past its deadline), decide nothing.
         replies.push(reply_to(Some(first.clone()), Vec::new()));
         return;
+    }
+    if let Some(deadline) = meta.extensions.get("deadline") {
+        match DateTime::parse_from_rfc3339(deadline) {
+            Ok(deadline) if deadline.with_timezone(&Utc) < now => {
+                replies.push(reply_to(
+                    Some(reject(
+                        "expired",
+                        format!("the command's deadline {deadline} has passed"),
+                    )),
+                    Vec::new(),
+                ));
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let reason = format!("header ce_deadline is not RFC 3339: {e}");
+                dead.push(dead_letter(shared, record, &reason, now));
+                replies.push(reply_to(Some(reject("bad_command", reason)), Vec::new()));
+                return;
+            }
+        }
     }
     let decided = std::panic::catch_unwind(AssertUnwindSafe(|| entry.state.decide(&command)))
         .unwrap_or_else(|panic| {
@@ -1301,16 +1344,59 @@ fn restore_owned<A: Aggregate>(
                     ))
                 })?,
             Err(reason) => {
-                tracing::error!(partition = p, %reason, "partition halted");
-                lock(&shared.halted).insert(p, reason.clone());
-                lock(&shared.status.inner.ready).retain(|q| *q != p);
-                lock(&shared.status.inner.halted).push((p, reason));
-                let mut pause = TopicPartitionList::new();
-                pause.add_partition(&shared.commands_topic, p);
-                let _ = consumer.pause(&pause);
+                // Usually the brokers are struggling (that is how the outcome got lost):
+                // stop rather than halt a partition nobody would reassign; a restart restores
+                // on assignment, and halts only if the log itself is bad.
+                return Err(Error::Runtime(format!(
+                    "restore of {}[{p}] after replacing the producer failed: {reason}",
+                    shared.commands_topic
+                )));
             }
         }
     }
     context.update_count();
+    Ok(())
+}
+
+/// A command's reply address (`ce_replyto`, `ce_replypartition`) must name an existing
+/// partition: producing to a missing one would fail every transaction that holds it.
+fn check_reply_address<A: Aggregate>(shared: &Shared<A>, meta: &Metadata) -> Result<(), String> {
+    let Some(topic) = meta.extensions.get("replyto").filter(|t| !t.is_empty()) else {
+        return Ok(()); // fire and forget
+    };
+    let partition: i32 = meta
+        .extensions
+        .get("replypartition")
+        .map_or(Ok(0), |v| v.parse())
+        .map_err(|_| {
+            format!(
+                "ce_replypartition {:?} is not a number",
+                meta.extensions.get("replypartition")
+            )
+        })?;
+    let known = lock(&shared.reply_topics).get(topic).copied();
+    let count = match known {
+        Some(count) => count,
+        None => {
+            let metadata = shared
+                .restore
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(|e| format!("cannot look the reply topic {topic} up: {e}"))?;
+            let count = metadata
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map_or(0, |t| t.partitions().len() as i32);
+            if count > 0 {
+                lock(&shared.reply_topics).insert(topic.clone(), count);
+            }
+            count
+        }
+    };
+    if partition < 0 || partition >= count {
+        return Err(format!(
+            "the reply address {topic}[{partition}] does not exist ({topic} has {count} partitions)"
+        ));
+    }
     Ok(())
 }

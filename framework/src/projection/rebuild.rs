@@ -337,6 +337,16 @@ async fn run<P: Projection>(
                         // advisory lock excludes that; go on from where it is.
                         let key = &by_partition[part].0;
                         let now = checkpoint.unwrap_or(parts[part].expected);
+                        if now < parts[part].expected {
+                            // Moved back: another rebuild (its advisory lock is on a
+                            // connection that can be lost) reset it. Applying the records in
+                            // hand would skip the offsets in between: stop; run it again.
+                            return Err(Error::Runtime(format!(
+                                "rebuild of {id}: the shadow checkpoint of {}[{}] moved back from {} to {now}; \
+                                 is another rebuild running? run it again to resume",
+                                key.0, key.1, parts[part].expected
+                            )));
+                        }
                         tracing::warn!(
                             partition = key.1,
                             now,

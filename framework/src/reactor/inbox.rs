@@ -3,9 +3,15 @@
 //! One row per (consumer, event id) in `choreo_meta.inbox`. Two ways to use it:
 //! - [`Inbox::once`] for an effect outside Postgres (an email, an HTTP call): skipped when the
 //!   row exists, the row written after the effect succeeded. At-least-once: a crash between
-//!   the effect and the row repeats the effect once.
+//!   the effect and the row repeats the effect. If the row cannot be written (Postgres
+//!   read-only after a failover, a full disk), the effect is remembered in the process and
+//!   not repeated while the row write is retried.
 //! - [`Inbox::claim`] for an effect in Postgres: a transaction that has inserted the row; the
-//!   effect's writes commit with it, so the effect happens exactly once.
+//!   effect's writes commit with it, so the effect happens exactly once. The transaction has
+//!   a `lock_timeout`, so a paused zombie holding the same row cannot block the new owner.
+//!
+//! Either way, stage the reactor's outputs whether or not the effect ran this time: the
+//! Kafka transaction that carried them the first time may have aborted after the effect.
 
 use std::future::Future;
 
@@ -19,6 +25,8 @@ use super::ReactError;
 pub struct Inbox {
     pool: PgPool,
     consumer: String,
+    /// Effects done whose row is not written yet (the write failed): not repeated.
+    unrecorded: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>,
 }
 
 impl Inbox {
@@ -27,6 +35,7 @@ impl Inbox {
         Self {
             pool,
             consumer: consumer.into(),
+            unrecorded: Default::default(),
         }
     }
 
@@ -61,11 +70,25 @@ impl Inbox {
     where
         F: Future<Output = Result<T, ReactError>> + Send,
     {
+        let unrecorded = || {
+            self.unrecorded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if unrecorded().contains(&event_id) {
+            // Done earlier in this process; only the row is missing.
+            self.mark_done(event_id).await?;
+            unrecorded().remove(&event_id);
+            return Ok(None);
+        }
         if self.is_done(event_id).await? {
             return Ok(None);
         }
         let value = effect.await?;
-        self.mark_done(event_id).await?;
+        if let Err(e) = self.mark_done(event_id).await {
+            unrecorded().insert(event_id);
+            return Err(e.into());
+        }
         Ok(Some(value))
     }
 
@@ -77,6 +100,12 @@ impl Inbox {
         event_id: Uuid,
     ) -> Result<Option<Transaction<'static, Postgres>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('lock_timeout', '5s', true), \
+                    set_config('idle_in_transaction_session_timeout', '60s', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
         let inserted = sqlx::query(
             "INSERT INTO choreo_meta.inbox (consumer, event_id) VALUES ($1, $2)
              ON CONFLICT DO NOTHING",

@@ -30,6 +30,7 @@ use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::oneshot;
 
 use super::{Outputs, ReactError, Reactor};
+use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -178,6 +179,8 @@ impl<R: Reactor> ReactorRunner<R> {
             assigned_at: Mutex::new(HashMap::new()),
             fatal: Mutex::new(None),
             stopped: AtomicBool::new(false),
+            start: self.start,
+            schemas: SchemaStore::new(kafka),
         });
         let reset = match self.start {
             StartFrom::Beginning => "earliest",
@@ -259,6 +262,9 @@ struct Shared<R: Reactor> {
     assigned_at: Mutex<HashMap<TopicPartition, u64>>,
     fatal: Mutex<Option<String>>,
     stopped: AtomicBool,
+    start: StartFrom,
+    /// Writer schemas of Avro events, refreshed when an unknown one turns up.
+    schemas: SchemaStore,
 }
 
 struct ReactorContext<R: Reactor> {
@@ -288,6 +294,9 @@ impl<R: Reactor> ConsumerContext for ReactorContext<R> {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // The committed offsets (stable ones: read_committed) are where we start.
+                if shared.start == StartFrom::End {
+                    start_new_partitions_at_end(shared, consumer, tpl);
+                }
                 if let Err(e) = consumer.incremental_assign(tpl) {
                     tracing::error!(error = %e, "incremental_assign failed");
                     lock(&shared.fatal).get_or_insert(format!("incremental_assign failed: {e}"));
@@ -313,6 +322,47 @@ impl<R: Reactor> ConsumerContext for ReactorContext<R> {
             }
             other => tracing::error!(error = ?other, "rebalance error"),
         }
+    }
+}
+
+/// `StartFrom::End` for partitions the group never committed: their current end, committed
+/// at once, so an owner that dies before its first transaction does not make the next one
+/// start at a later end and skip what arrived in between.
+fn start_new_partitions_at_end<R: Reactor>(
+    shared: &Shared<R>,
+    consumer: &BaseConsumer<ReactorContext<R>>,
+    tpl: &mut TopicPartitionList,
+) {
+    let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
+        Ok(committed) => committed,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read committed offsets; auto.offset.reset decides");
+            return;
+        }
+    };
+    let mut first = TopicPartitionList::new();
+    for element in committed.elements() {
+        if matches!(element.offset(), Offset::Offset(_)) {
+            continue;
+        }
+        let (topic, partition) = (element.topic(), element.partition());
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(30)) {
+            Ok((_, end)) => {
+                let _ = first.add_partition_offset(topic, partition, Offset::Offset(end));
+                if let Some(mut e) = tpl.find_partition(topic, partition) {
+                    let _ = e.set_offset(Offset::Offset(end));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%topic, partition, error = %e, "cannot read the end; auto.offset.reset decides")
+            }
+        }
+    }
+    if first.count() > 0 {
+        if let Err(e) = consumer.commit(&first, rdkafka::consumer::CommitMode::Sync) {
+            tracing::warn!(error = %e, "cannot commit the first positions");
+        }
+        tracing::info!(reactor = R::NAME, group = %shared.group, "new partitions start at their current end");
     }
 }
 
@@ -538,9 +588,30 @@ fn react_one<R: Reactor>(shared: &Shared<R>, record: &OwnedMessage) -> Reaction 
         Ok(meta) => meta,
         Err(e) => return Reaction::DeadLetter(format!("envelope: {e}")),
     };
-    let payload = match R::Events::decode(&meta, record.payload()) {
+    let mut decoded = R::Events::decode(&meta, record.payload());
+    if matches!(&decoded, Err(e) if e.halts()) {
+        // An unknown writer schema is usually a newer writer, never garbage: read the store
+        // again; still unknown, the event waits (retried, like a halt that heals once the
+        // schema is there), it is never dead-lettered.
+        if let Err(e) = shared
+            .handle
+            .block_on(shared.schemas.refresh_if_older(std::time::Instant::now()))
+        {
+            return Reaction::Retry(format!("refreshing the schema store: {e}"));
+        }
+        decoded = R::Events::decode(&meta, record.payload());
+    }
+    let payload = match decoded {
         Ok(Some(payload)) => payload,
         Ok(None) => return Reaction::Skipped,
+        Err(e) if e.halts() => {
+            return Reaction::Retry(format!(
+                "{}[{}]@{}: {e}",
+                record.topic(),
+                record.partition(),
+                record.offset()
+            ));
+        }
         Err(e) => return Reaction::DeadLetter(format!("payload: {e}")),
     };
     let received = Received {
