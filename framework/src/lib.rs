@@ -5,12 +5,16 @@
 //! `v1.user.signedup`), react to facts, and keep their own views, rebuilt from the log.
 //!
 //! ```text
-//!  service A ──publish v1.user.signedup──► user.events[p]  (the log of record, kept forever)
-//!                                               │  consumer groups: one owner per partition
-//!                         ┌─────────────────────┼─────────────────────┐
-//!                         ▼                     ▼                     ▼
-//!                  EventHandlers          EventHandlers         (projections, reactors:
-//!                  group "email"          group "metrics"        later layers)
+//!  POST /v1/users ─► CommandBus ──v1.user.signup──► user.commands[p]
+//!                                                        │ CommandProcessor: one writer per
+//!                                                        ▼ partition, one Kafka tx per batch
+//!                     reply (events + offsets) ◄── user.events[p]  the log of record
+//!                                                        │  consumer groups: one owner per partition
+//!                     ┌──────────────────────────────────┼──────────────────────────┐
+//!                     ▼                                  ▼                          ▼
+//!              ProjectionRunner                 ReactorRunner                EventHandlers
+//!              Postgres view + checkpoint       effect (inbox) + outputs     at-least-once
+//!              in one PG transaction            + offsets in one Kafka tx
 //! ```
 //!
 //! ## Layout
@@ -20,11 +24,14 @@
 //! - [`error`], [`config`]: the error type; typed settings with `from_env()`.
 //! - [`message`]: names (`v{major}.{entity}.{verb}`, tense rules), the [`Event`] and
 //!   [`Command`] traits, the CloudEvents envelope ([`Metadata`]).
-//! - [`codec`]: payload encodings (JSON).
-//! - [`kafka`]: topics, the [`Publisher`], the consumer runtime, dead letters.
-//! - [`handler`]: event handlers in consumer groups ([`EventHandlers`]).
-//! - [`postgres`]: connecting to the database.
-//! - [`shutdown`], [`failpoint`]: the shutdown signal; fault-drill hooks.
+//! - [`codec`]: payload encodings (JSON, Avro with a schema store), upcasting.
+//! - [`kafka`]: topics, the [`Publisher`], the consumer runtime, transactions, dead letters.
+//! - three wings that do not know each other: [`aggregate`] (command processing, the command
+//!   bus, snapshots), [`projection`] (read models, rebuilds), [`reactor`] (effects and
+//!   outputs in Kafka transactions, the inbox); and [`handler`] (plain event handlers).
+//! - [`service`]: the admin commands every service gets (`projections rebuild`, ...).
+//! - [`postgres`], [`shutdown`], [`failpoint`]: the database, the shutdown signal, fault
+//!   drills.
 //!
 //! ## Guarantees
 //!
@@ -32,6 +39,9 @@
 //! |---|---|
 //! | Publisher | idempotent producer, acks=all, order per key, id fixed before the first send |
 //! | Event handlers | at-least-once, in order per partition; offsets stored only after success |
+//! | Command processing | exactly-once inside Kafka; duplicates answered with their first outcome |
+//! | Projections | exactly-once effect in Postgres, fenced against zombies; rebuild equals live |
+//! | Reactors | outputs exactly-once inside Kafka; outside effects at-least-once with an inbox |
 //! | Everything | nothing silently dropped: undecodable or rejected records go to `{group}.dlq` |
 
 pub mod aggregate;
