@@ -231,3 +231,44 @@ async fn a_reactor_killed_after_producing_its_outputs_loses_and_duplicates_nothi
 async fn a_reactor_killed_before_the_kafka_commit_loses_and_duplicates_nothing() {
     killed_reactor_recovers("drill-react-commit", "reactor.before_commit").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reactor_started_from_the_end_acts_only_on_later_events_and_keeps_that_start() {
+    let config = common::kafka("reactor-end");
+    echo_topics(&config).await;
+    let (_, pool) = common::fresh_database("reactor_end").await;
+    EchoReactor::setup(&pool).await.expect("setup");
+    publish(&config, &bumps(10)).await;
+
+    let run = |shutdown: Shutdown| {
+        let runner = ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", 0)
+            .start_from(choreo::reactor::StartFrom::End);
+        let status = runner.status();
+        let config = config.clone();
+        (
+            tokio::spawn(async move { runner.run(&config, shutdown).await }),
+            status,
+        )
+    };
+    let shutdown = Shutdown::new();
+    let (task, status) = run(shutdown.clone());
+    common::eventually("partitions assigned", Duration::from_secs(30), || {
+        status.assigned().len() == PARTITIONS as usize
+    })
+    .await;
+    // Stopped before any transaction: the start positions were committed on assignment.
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+    let later: BTreeSet<Uuid> = publish(&config, &bumps(7)).await.into_iter().collect();
+    let shutdown = Shutdown::new();
+    let (task, status) = run(shutdown.clone());
+    common::eventually(
+        "the later events reacted to",
+        Duration::from_secs(60),
+        || status.reacted() >= later.len() as u64,
+    )
+    .await;
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+    check_one_output_each(&config, &later);
+}
