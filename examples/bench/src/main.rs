@@ -9,10 +9,15 @@
 //! Each run works on a fresh topic (`bench-<random>.reading.events`, 6 partitions) and
 //! deletes it at the end.
 
+mod cmd;
+mod commands;
 mod consume;
 mod data;
+mod latency;
 mod publish;
 mod rebuild;
+mod restore;
+mod sendwait;
 
 use std::time::Duration;
 
@@ -48,6 +53,15 @@ enum Bench {
     Rebuild(Opts),
     /// The same framework rebuild against one Postgres transaction per event.
     RebuildNaive(Opts),
+    /// The command processor (EOS transaction per batch) against a hand-written
+    /// transactional loop, both draining the same backlog of commands.
+    Commands(Opts),
+    /// p99 of `CommandBus::send_and_wait` at a fixed open-loop rate against a raw client of
+    /// the hand-written loop.
+    SendWait(Opts),
+    /// A command processor from assignment to ready over the events of its partitions,
+    /// against reading and decoding the same partitions raw.
+    Restore(Opts),
 }
 
 /// What `main` runs.
@@ -57,6 +71,9 @@ enum Kind {
     Consume,
     Rebuild,
     RebuildNaive,
+    Commands,
+    SendWait,
+    Restore,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -78,6 +95,21 @@ pub struct Opts {
     /// ones of the topic).
     #[arg(long, default_value_t = 20_000)]
     sample: u64,
+    /// send-wait and e2e-latency: requests per second of the open-loop load (default 500
+    /// and 1000).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// send-wait and e2e-latency: seconds of load per round and side (default 30, 10 with
+    /// --quick).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+/// What a benchmark ends with: timed rounds of both sides (summarised as rates), or its
+/// own last line (latency and failover benchmarks).
+enum Summary {
+    Rates(Vec<Round>),
+    Line(String),
 }
 
 /// What a benchmark works with.
@@ -102,7 +134,7 @@ pub enum Side {
 }
 
 impl Side {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Side::Framework => "framework",
             Side::Baseline => "baseline",
@@ -230,6 +262,9 @@ async fn main() -> anyhow::Result<()> {
         Bench::Consume(opts) => ("consume", opts, Kind::Consume),
         Bench::Rebuild(opts) => ("rebuild", opts, Kind::Rebuild),
         Bench::RebuildNaive(opts) => ("rebuild-naive", opts, Kind::RebuildNaive),
+        Bench::Commands(opts) => ("commands", opts, Kind::Commands),
+        Bench::SendWait(opts) => ("send-wait", opts, Kind::SendWait),
+        Bench::Restore(opts) => ("restore", opts, Kind::Restore),
     };
     anyhow::ensure!(opts.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(opts.window >= 1, "--window must be at least 1");
@@ -277,14 +312,26 @@ async fn main() -> anyhow::Result<()> {
         window: opts.window,
     };
 
+    let seconds = opts.seconds.unwrap_or(if opts.quick { 10 } else { 30 });
+    anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
     let mut created = vec![topic];
     let run = async {
-        match kind {
+        let rounds = match kind {
             Kind::Publish => publish::run(&setup).await,
             Kind::Consume => consume::run(&setup, &mut created).await,
             Kind::Rebuild => rebuild::run(&setup, false, opts.sample).await,
             Kind::RebuildNaive => rebuild::run(&setup, true, opts.sample).await,
-        }
+            Kind::Commands => commands::run(&setup, &mut created).await,
+            Kind::Restore => restore::run(&setup, &mut created).await,
+            Kind::SendWait => {
+                let rate = opts.rate.unwrap_or(500.0);
+                anyhow::ensure!(rate > 0.0, "--rate must be positive");
+                return sendwait::run(&setup, &mut created, rate, seconds)
+                    .await
+                    .map(Summary::Line);
+            }
+        };
+        rounds.map(Summary::Rates)
     };
     let outcome = tokio::select! {
         outcome = run => outcome,
@@ -296,7 +343,13 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = setup.admin.delete(&names).await {
         eprintln!("warning: could not delete the benchmark topics {names:?}: {e}");
     }
-    let rounds = outcome?;
+    let rounds = match outcome? {
+        Summary::Rates(rounds) => rounds,
+        Summary::Line(line) => {
+            println!("{line}");
+            return Ok(());
+        }
+    };
 
     let framework = total_rate(&rounds, Side::Framework);
     let baseline = total_rate(&rounds, Side::Baseline);
