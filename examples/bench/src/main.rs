@@ -13,6 +13,7 @@ mod cmd;
 mod commands;
 mod consume;
 mod data;
+mod failover;
 mod latency;
 mod publish;
 mod rebuild;
@@ -62,6 +63,22 @@ enum Bench {
     /// A command processor from assignment to ready over the events of its partitions,
     /// against reading and decoding the same partitions raw.
     Restore(Opts),
+    /// kill -9 of the command processor instance owning a probe key, under load: seconds
+    /// until the other instance answers again.
+    Failover(Opts),
+    /// One processor instance of `failover` (started by it).
+    #[command(hide = true)]
+    FailoverChild(ChildOpts),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ChildOpts {
+    #[arg(long)]
+    brokers: String,
+    #[arg(long)]
+    namespace: String,
+    #[arg(long)]
+    ordinal: u32,
 }
 
 /// What `main` runs.
@@ -74,6 +91,7 @@ enum Kind {
     Commands,
     SendWait,
     Restore,
+    Failover,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -265,6 +283,10 @@ async fn main() -> anyhow::Result<()> {
         Bench::Commands(opts) => ("commands", opts, Kind::Commands),
         Bench::SendWait(opts) => ("send-wait", opts, Kind::SendWait),
         Bench::Restore(opts) => ("restore", opts, Kind::Restore),
+        Bench::Failover(opts) => ("failover", opts, Kind::Failover),
+        Bench::FailoverChild(child) => {
+            return failover::child(&child.brokers, &child.namespace, child.ordinal).await;
+        }
     };
     anyhow::ensure!(opts.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(opts.window >= 1, "--window must be at least 1");
@@ -327,6 +349,13 @@ async fn main() -> anyhow::Result<()> {
                 let rate = opts.rate.unwrap_or(500.0);
                 anyhow::ensure!(rate > 0.0, "--rate must be positive");
                 return sendwait::run(&setup, &mut created, rate, seconds)
+                    .await
+                    .map(Summary::Line);
+            }
+            Kind::Failover => {
+                let rate = opts.rate.unwrap_or(200.0);
+                anyhow::ensure!(rate > 0.0, "--rate must be positive");
+                return failover::run(&setup, &mut created, rate)
                     .await
                     .map(Summary::Line);
             }
