@@ -13,6 +13,7 @@ mod cmd;
 mod commands;
 mod consume;
 mod data;
+mod e2e;
 mod failover;
 mod latency;
 mod publish;
@@ -66,6 +67,9 @@ enum Bench {
     /// kill -9 of the command processor instance owning a probe key, under load: seconds
     /// until the other instance answers again.
     Failover(Opts),
+    /// Publish -> read model committed (a NOTIFY inside the batch transaction), p99 at a
+    /// fixed open-loop rate, against raw producer -> raw consumer -> UNNEST insert.
+    E2eLatency(Opts),
     /// One processor instance of `failover` (started by it).
     #[command(hide = true)]
     FailoverChild(ChildOpts),
@@ -92,6 +96,7 @@ enum Kind {
     SendWait,
     Restore,
     Failover,
+    E2eLatency,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -284,6 +289,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::SendWait(opts) => ("send-wait", opts, Kind::SendWait),
         Bench::Restore(opts) => ("restore", opts, Kind::Restore),
         Bench::Failover(opts) => ("failover", opts, Kind::Failover),
+        Bench::E2eLatency(opts) => ("e2e-latency", opts, Kind::E2eLatency),
         Bench::FailoverChild(child) => {
             return failover::child(&child.brokers, &child.namespace, child.ordinal).await;
         }
@@ -317,8 +323,14 @@ async fn main() -> anyhow::Result<()> {
         )?])
         .await
         .with_context(|| format!("creating {topic}"))?;
+    // The latency and failover benchmarks size their load by rate and time, not --events.
+    let size = match kind {
+        Kind::SendWait | Kind::Failover | Kind::E2eLatency => "payloads".to_owned(),
+        Kind::Commands => format!("{events} commands and events"),
+        _ => format!("{events} events"),
+    };
     println!(
-        "{name}: {events} events of ~{} bytes over {} keys, topic {topic} ({PARTITIONS} partitions), {} rounds per side",
+        "{name}: {size} of ~{} bytes over {} keys, topic {topic} ({PARTITIONS} partitions), {} rounds per side",
         data::PAYLOAD_BYTES,
         data::AGGREGATES,
         opts.rounds
@@ -349,6 +361,13 @@ async fn main() -> anyhow::Result<()> {
                 let rate = opts.rate.unwrap_or(500.0);
                 anyhow::ensure!(rate > 0.0, "--rate must be positive");
                 return sendwait::run(&setup, &mut created, rate, seconds)
+                    .await
+                    .map(Summary::Line);
+            }
+            Kind::E2eLatency => {
+                let rate = opts.rate.unwrap_or(1000.0);
+                anyhow::ensure!(rate > 0.0, "--rate must be positive");
+                return e2e::run(&setup, &mut created, rate, seconds)
                     .await
                     .map(Summary::Line);
             }

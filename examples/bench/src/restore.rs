@@ -150,8 +150,19 @@ async fn framework_round(setup: &Setup, topics: &Topics, round: u32) -> anyhow::
         };
         let ready = cmd::wait_ready(&status, &task, Duration::from_secs(600)).await?;
         let stable = stable.await.context("joining the group watcher")??;
+        // The processor lists a partition as ready before it updates the aggregate count
+        // (that happens once the whole assignment is restored): wait for the count.
+        let expected = AGGREGATES.min(setup.events);
+        let counted = Instant::now() + Duration::from_secs(10);
+        while status.aggregates_in_memory() != expected && Instant::now() < counted {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let rss_after = rss_bytes();
         let aggregates = status.aggregates_in_memory();
+        anyhow::ensure!(
+            aggregates == expected,
+            "the processor holds {aggregates} aggregates, expected {expected}"
+        );
         if let (Some(before), Some(after)) = (rss_before, rss_after) {
             let delta = after.saturating_sub(before);
             println!(
@@ -160,14 +171,10 @@ async fn framework_round(setup: &Setup, topics: &Topics, round: u32) -> anyhow::
                 before as f64 / MIB,
                 after as f64 / MIB,
                 delta as f64 / MIB,
-                delta as f64 / MIB * 100_000.0 / aggregates.max(1) as f64
+                delta as f64 / MIB * 100_000.0 / aggregates as f64
             );
         }
-        anyhow::ensure!(
-            aggregates == AGGREGATES.min(setup.events),
-            "the processor holds {aggregates} aggregates, expected {}",
-            AGGREGATES.min(setup.events)
-        );
+
         anyhow::Ok(ready.saturating_duration_since(stable))
     }
     .await;
