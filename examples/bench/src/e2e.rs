@@ -159,6 +159,9 @@ async fn notify(conn: &mut PgConnection, channel: &str, seqs: &[i64]) -> Result<
 struct Clock {
     due: HashMap<u64, Instant>,
     arrived: HashMap<u64, Instant>,
+    /// Notifications per channel: about one per committed transaction (a batch of more
+    /// than [`NOTIFY_CHUNK`] events sends several).
+    notifications: HashMap<String, u64>,
 }
 
 type SharedClock = Arc<Mutex<Clock>>;
@@ -250,6 +253,10 @@ async fn measure(
                 };
                 let now = Instant::now();
                 let mut clock = lock(&clock);
+                *clock
+                    .notifications
+                    .entry(notification.channel().to_owned())
+                    .or_default() += 1;
                 for seq in notification.payload().split(',') {
                     match seq.parse::<u64>() {
                         Ok(seq) => {
@@ -324,12 +331,13 @@ async fn measure(
         for round in 0..setup.rounds {
             for (k, side) in Side::order(round).into_iter().enumerate() {
                 let base = 2 * warmup + (2 * u64::from(round) + k as u64) * per_round;
-                let measured = load.side(side, base..base + per_round).await?;
+                let (measured, transactions) = load.side(side, base..base + per_round).await?;
                 println!(
-                    "  round {}: {:<9} {}",
+                    "  round {}: {:<9} {} ({transactions} transactions, {:.1} events each)",
                     round + 1,
                     side.label(),
-                    latency::describe(&measured)
+                    latency::describe(&measured),
+                    measured.len() as f64 / transactions.max(1) as f64
                 );
                 match side {
                     Side::Framework => framework.extend(&measured),
@@ -409,8 +417,19 @@ struct Load<'a> {
 
 impl Load<'_> {
     /// Publishes events `range` (their seq numbers) at the rate, then waits for every
-    /// notification; returns each event's latency from its due time.
-    async fn side(&self, side: Side, range: std::ops::Range<u64>) -> anyhow::Result<Vec<Duration>> {
+    /// notification; returns each event's latency from its due time, and how many
+    /// notifications (about: transactions) the side's pipeline sent meanwhile.
+    async fn side(
+        &self,
+        side: Side,
+        range: std::ops::Range<u64>,
+    ) -> anyhow::Result<(Vec<Duration>, u64)> {
+        let channel = match side {
+            Side::Framework => FRAMEWORK_CHANNEL,
+            Side::Baseline => BASELINE_CHANNEL,
+        };
+        let notified = |clock: &Clock| clock.notifications.get(channel).copied().unwrap_or(0);
+        let before = notified(&lock(self.clock));
         let first = range.start;
         let n = range.end - range.start;
         latency::open_loop(self.rate, n, |i, due| {
@@ -449,10 +468,11 @@ impl Load<'_> {
                     .filter(|s| !clock.arrived.contains_key(s))
                     .count();
                 if missing == 0 {
-                    return Ok(range
+                    let latencies = range
                         .clone()
                         .map(|s| clock.arrived[&s].saturating_duration_since(clock.due[&s]))
-                        .collect());
+                        .collect();
+                    return Ok((latencies, notified(&clock).saturating_sub(before)));
                 }
                 anyhow::ensure!(
                     Instant::now() < deadline,
