@@ -1,13 +1,18 @@
 //! Run with: scripts/bench publish
 //!
-//! (or `scripts/bench consume`, `rebuild`, `rebuild-naive`; `--quick` for a smoke run.) The benchmarks of
+//! (or `scripts/bench consume`, `rebuild`, `rebuild-naive`, `commands`, `send-wait`,
+//! `restore`, `failover`, `e2e-latency`; `--quick` for a smoke run.) The benchmarks of
 //! `shared/design/BENCHMARKS.md`: the framework and a hand-written rdkafka baseline doing the
 //! same work, in the same run, in interleaved rounds. The last line printed is
 //! `<name>: framework=<rate>/s baseline=<rate>/s ratio=<framework/baseline>`, where each rate
-//! is the side's events over the side's time, summed over its rounds.
+//! is the side's events over the side's time, summed over its rounds; for the latency
+//! benchmarks (`send-wait`, `e2e-latency`) it is
+//! `<name>: framework_p99=<ms>ms baseline_p99=<ms>ms ratio=<f/b>`, and `failover`, which has
+//! no baseline, ends with `failover: framework=<seconds>s target<=<session timeout + 5>s`.
 //!
-//! Each run works on a fresh topic (`bench-<random>.reading.events`, 6 partitions) and
-//! deletes it at the end.
+//! Each run works on a fresh namespace (`bench-<random>`: topic
+//! `bench-<random>.reading.events`, 6 partitions, and whatever else the benchmark needs) and
+//! deletes its topics at the end.
 
 mod cmd;
 mod commands;
