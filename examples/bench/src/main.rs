@@ -1,19 +1,31 @@
 //! Run with: scripts/bench publish
 //!
-//! (or `scripts/bench consume`, `rebuild`, `rebuild-naive`, `codec`; `--quick` for a smoke run.) The benchmarks of
+//! (or `scripts/bench consume`, `rebuild`, `rebuild-naive`, `codec`, `commands`, `send-wait`,
+//! `restore`, `failover`, `e2e-latency`; `--quick` for a smoke run.) The benchmarks of
 //! `shared/design/BENCHMARKS.md`: the framework and a hand-written rdkafka baseline doing the
 //! same work, in the same run, in interleaved rounds. The last line printed is
 //! `<name>: framework=<rate>/s baseline=<rate>/s ratio=<framework/baseline>`, where each rate
-//! is the side's events over the side's time, summed over its rounds.
+//! is the side's events over the side's time, summed over its rounds; for the latency
+//! benchmarks (`send-wait`, `e2e-latency`) it is
+//! `<name>: framework_p99=<ms>ms baseline_p99=<ms>ms ratio=<f/b>`, and `failover`, which has
+//! no baseline, ends with `failover: framework=<seconds>s target<=<session timeout + 5>s`.
 //!
-//! Each run works on a fresh topic (`bench-<random>.reading.events`, 6 partitions) and
-//! deletes it at the end.
+//! Each run works on a fresh namespace (`bench-<random>`: topic
+//! `bench-<random>.reading.events`, 6 partitions, and whatever else the benchmark needs) and
+//! deletes its topics at the end.
 
+mod cmd;
 mod codec;
+mod commands;
 mod consume;
 mod data;
+mod e2e;
+mod failover;
+mod latency;
 mod publish;
 mod rebuild;
+mod restore;
+mod sendwait;
 
 use std::time::Duration;
 
@@ -52,6 +64,34 @@ enum Bench {
     /// The codec alone, in process: Avro (framework side) against JSON (baseline side),
     /// encode + decode per event.
     Codec(Opts),
+    /// The command processor (EOS transaction per batch) against a hand-written
+    /// transactional loop, both draining the same backlog of commands.
+    Commands(Opts),
+    /// p99 of `CommandBus::send_and_wait` at a fixed open-loop rate against a raw client of
+    /// the hand-written loop.
+    SendWait(Opts),
+    /// A command processor from assignment to ready over the events of its partitions,
+    /// against reading and decoding the same partitions raw.
+    Restore(Opts),
+    /// kill -9 of the command processor instance owning a probe key, under load: seconds
+    /// until the other instance answers again.
+    Failover(Opts),
+    /// Publish -> read model committed (a NOTIFY inside the batch transaction), p99 at a
+    /// fixed open-loop rate, against raw producer -> raw consumer -> UNNEST insert.
+    E2eLatency(Opts),
+    /// One processor instance of `failover` (started by it).
+    #[command(hide = true)]
+    FailoverChild(ChildOpts),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ChildOpts {
+    #[arg(long)]
+    brokers: String,
+    #[arg(long)]
+    namespace: String,
+    #[arg(long)]
+    ordinal: u32,
 }
 
 /// What `main` runs.
@@ -62,6 +102,11 @@ enum Kind {
     Rebuild,
     RebuildNaive,
     Codec,
+    Commands,
+    SendWait,
+    Restore,
+    Failover,
+    E2eLatency,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -83,6 +128,21 @@ pub struct Opts {
     /// ones of the topic).
     #[arg(long, default_value_t = 20_000)]
     sample: u64,
+    /// send-wait and e2e-latency: requests per second of the open-loop load (default 500
+    /// and 1000).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// send-wait and e2e-latency: seconds of load per round and side (default 30, 10 with
+    /// --quick).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+/// What a benchmark ends with: timed rounds of both sides (summarised as rates), or its
+/// own last line (latency and failover benchmarks).
+enum Summary {
+    Rates(Vec<Round>),
+    Line(String),
 }
 
 /// What a benchmark works with.
@@ -107,7 +167,7 @@ pub enum Side {
 }
 
 impl Side {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Side::Framework => "framework",
             Side::Baseline => "baseline",
@@ -236,6 +296,14 @@ async fn main() -> anyhow::Result<()> {
         Bench::Rebuild(opts) => ("rebuild", opts, Kind::Rebuild),
         Bench::RebuildNaive(opts) => ("rebuild-naive", opts, Kind::RebuildNaive),
         Bench::Codec(opts) => ("codec", opts, Kind::Codec),
+        Bench::Commands(opts) => ("commands", opts, Kind::Commands),
+        Bench::SendWait(opts) => ("send-wait", opts, Kind::SendWait),
+        Bench::Restore(opts) => ("restore", opts, Kind::Restore),
+        Bench::Failover(opts) => ("failover", opts, Kind::Failover),
+        Bench::E2eLatency(opts) => ("e2e-latency", opts, Kind::E2eLatency),
+        Bench::FailoverChild(child) => {
+            return failover::child(&child.brokers, &child.namespace, child.ordinal).await;
+        }
     };
     anyhow::ensure!(opts.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(opts.window >= 1, "--window must be at least 1");
@@ -273,8 +341,14 @@ async fn main() -> anyhow::Result<()> {
         )?])
         .await
         .with_context(|| format!("creating {topic}"))?;
+    // The latency and failover benchmarks size their load by rate and time, not --events.
+    let size = match kind {
+        Kind::SendWait | Kind::Failover | Kind::E2eLatency => "payloads".to_owned(),
+        Kind::Commands => format!("{events} commands and events"),
+        _ => format!("{events} events"),
+    };
     println!(
-        "{name}: {events} events of ~{} bytes over {} keys, topic {topic} ({PARTITIONS} partitions), {} rounds per side",
+        "{name}: {size} of ~{} bytes over {} keys, topic {topic} ({PARTITIONS} partitions), {} rounds per side",
         data::PAYLOAD_BYTES,
         data::AGGREGATES,
         opts.rounds
@@ -290,15 +364,41 @@ async fn main() -> anyhow::Result<()> {
         window: opts.window,
     };
 
+    let seconds = opts.seconds.unwrap_or(if opts.quick { 10 } else { 30 });
+    anyhow::ensure!(seconds >= 1, "--seconds must be at least 1");
     let mut created = vec![topic];
     let run = async {
-        match kind {
+        let rounds = match kind {
             Kind::Publish => publish::run(&setup).await,
             Kind::Consume => consume::run(&setup, &mut created).await,
             Kind::Rebuild => rebuild::run(&setup, false, opts.sample).await,
             Kind::RebuildNaive => rebuild::run(&setup, true, opts.sample).await,
-            Kind::Codec => Err(anyhow::anyhow!("the codec benchmark needs no topic")),
-        }
+            Kind::Codec => return Err(anyhow::anyhow!("the codec benchmark needs no topic")),
+            Kind::Commands => commands::run(&setup, &mut created).await,
+            Kind::Restore => restore::run(&setup, &mut created).await,
+            Kind::SendWait => {
+                let rate = opts.rate.unwrap_or(500.0);
+                anyhow::ensure!(rate > 0.0, "--rate must be positive");
+                return sendwait::run(&setup, &mut created, rate, seconds)
+                    .await
+                    .map(Summary::Line);
+            }
+            Kind::E2eLatency => {
+                let rate = opts.rate.unwrap_or(1000.0);
+                anyhow::ensure!(rate > 0.0, "--rate must be positive");
+                return e2e::run(&setup, &mut created, rate, seconds)
+                    .await
+                    .map(Summary::Line);
+            }
+            Kind::Failover => {
+                let rate = opts.rate.unwrap_or(200.0);
+                anyhow::ensure!(rate > 0.0, "--rate must be positive");
+                return failover::run(&setup, &mut created, rate)
+                    .await
+                    .map(Summary::Line);
+            }
+        };
+        rounds.map(Summary::Rates)
     };
     let outcome = tokio::select! {
         outcome = run => outcome,
@@ -310,7 +410,13 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = setup.admin.delete(&names).await {
         eprintln!("warning: could not delete the benchmark topics {names:?}: {e}");
     }
-    let rounds = outcome?;
+    let rounds = match outcome? {
+        Summary::Rates(rounds) => rounds,
+        Summary::Line(line) => {
+            println!("{line}");
+            return Ok(());
+        }
+    };
     summarize(name, &rounds);
     Ok(())
 }

@@ -262,7 +262,7 @@ pub async fn run(setup: &Setup, naive: bool, sample: u64) -> anyhow::Result<Vec<
 }
 
 /// `base` with its database name replaced.
-fn database_url(base: &str, database: &str) -> String {
+pub(crate) fn database_url(base: &str, database: &str) -> String {
     let (prefix, rest) = base.rsplit_once('/').unwrap_or((base, ""));
     let query = rest.find('?').map_or("", |i| &rest[i..]);
     format!("{prefix}/{database}{query}")
