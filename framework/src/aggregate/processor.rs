@@ -627,37 +627,49 @@ impl<A: Aggregate> ProcessorContext<A> {
                 .assign(&tpl)
                 .map_err(|e| format!("cannot assign {}[{p}]: {e}", shared.events_topic))?;
             let mut idle = 0;
+            // position() is a round trip to librdkafka's main thread: ask it only when a
+            // record could be the last one or nothing came (a commit marker may be all that
+            // is left), not once per record.
+            let mut check = true;
             loop {
-                let position = shared
-                    .restore
-                    .position()
-                    .ok()
-                    .and_then(|l| l.elements().first().map(|e| e.offset()))
-                    .and_then(|o| {
-                        if let Offset::Offset(o) = o {
-                            Some(o)
-                        } else {
-                            None
-                        }
-                    })
-                    .unwrap_or(from);
-                if position >= end {
-                    break;
+                if check {
+                    let position = shared
+                        .restore
+                        .position()
+                        .ok()
+                        .and_then(|l| l.elements().first().map(|e| e.offset()))
+                        .and_then(|o| {
+                            if let Offset::Offset(o) = o {
+                                Some(o)
+                            } else {
+                                None
+                            }
+                        })
+                        .unwrap_or(from);
+                    if position >= end {
+                        break;
+                    }
                 }
                 match shared.restore.poll(Duration::from_millis(200)) {
+                    Some(Ok(record)) if record.offset() >= end => {
+                        // Past the end taken above: not part of this restore.
+                        break;
+                    }
                     Some(Ok(record)) => {
                         idle = 0;
                         read += 1;
-                        apply_restored::<A>(&mut entries, &record.detach(), &shared.events_topic)?;
+                        check = record.offset() + 1 >= end;
+                        apply_restored::<A, _>(&mut entries, &record, &shared.events_topic)?;
                     }
                     Some(Err(e)) => {
                         return Err(format!("reading {}[{p}] failed: {e}", shared.events_topic));
                     }
                     None => {
+                        check = true;
                         idle += 1;
                         if idle > 150 {
                             return Err(format!(
-                                "restore of {}[{p}] stalled at {position} of {end}",
+                                "restore of {}[{p}] stalled before {end}",
                                 shared.events_topic
                             ));
                         }
@@ -714,12 +726,13 @@ impl<A: Aggregate> ProcessorContext<A> {
 }
 
 /// Folds one restored event into its aggregate; a gap, a duplicate or an unknown type halts.
-fn apply_restored<A: Aggregate>(
+fn apply_restored<A: Aggregate, M: Message>(
     entries: &mut HashMap<String, Entry<A>>,
-    record: &OwnedMessage,
+    record: &M,
     topic: &str,
 ) -> Result<(), String> {
-    let at = format!("{topic}[{}]@{}", record.partition(), record.offset());
+    // Where, for error messages only (no allocation per event on the happy path).
+    let at = Located(topic, record.partition(), record.offset());
     let meta = Metadata::from_record(record.headers(), record.key())
         .map_err(|e| format!("undecodable event at {at}: {e}"))?;
     let event = A::Event::decode(&meta, record.payload())
@@ -733,7 +746,15 @@ fn apply_restored<A: Aggregate>(
     let sequence = meta
         .sequence
         .ok_or_else(|| format!("event at {at} has no ce_sequence"))?;
-    let entry = entries.entry(meta.subject.clone()).or_default();
+    if !entries.contains_key(&meta.subject) {
+        entries.insert(meta.subject.clone(), Entry::default());
+    }
+    let Some(entry) = entries.get_mut(&meta.subject) else {
+        return Err(format!(
+            "aggregate {} vanished during restore",
+            meta.subject
+        ));
+    };
     if sequence != entry.version + 1 {
         return Err(format!(
             "sequence of {} jumps from {} to {sequence} at {at}: the log is not contiguous",
@@ -1399,4 +1420,13 @@ fn check_reply_address<A: Aggregate>(shared: &Shared<A>, meta: &Metadata) -> Res
         ));
     }
     Ok(())
+}
+
+/// `topic[partition]@offset`, formatted only when an error needs it.
+struct Located<'a>(&'a str, i32, i64);
+
+impl std::fmt::Display for Located<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]@{}", self.0, self.1, self.2)
+    }
 }
