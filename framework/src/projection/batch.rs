@@ -289,10 +289,8 @@ async fn apply_parts_inner<P: Projection>(
     for p in &poison {
         record_dead_letter(&mut tx, target, flat[p.index], &p.reason).await?;
     }
-    sqlx::query("SELECT pg_notify('choreo_checkpoints', $1)")
-        .bind(target.projection)
-        .execute(&mut *tx)
-        .await?;
+    // No NOTIFY here: nothing listens (wait_for polls the checkpoints), and a NOTIFY costs a
+    // round trip plus a global queue lock at every commit.
     failpoint::hit("projection.before_commit");
     let poisoned = poison.len();
     for l in &live {

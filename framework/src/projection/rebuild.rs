@@ -504,11 +504,6 @@ async fn swap(pool: &PgPool, id: &str, live: &str, shadow: &str) -> Result<bool>
         .execute(&mut *tx)
         .await
         .map_err(pg("mark rebuilt"))?;
-    sqlx::query("SELECT pg_notify('choreo_checkpoints', $1)")
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(pg("notify"))?;
     failpoint::hit("rebuild.before_swap_commit");
     tx.commit().await.map_err(pg("commit swap"))?;
     Ok(true)
