@@ -301,6 +301,10 @@ impl<A: Aggregate> CommandProcessor<A> {
                     ("enable.auto.commit", "false"),
                     ("isolation.level", "read_committed"),
                     ("enable.partition.eof", "false"),
+                    // Restores read history, partition after partition: a fetch that waits
+                    // for new data at the end of one (500 ms by default) would delay the
+                    // first fetch of the next.
+                    ("fetch.wait.max.ms", "10"),
                 ])
                 .create()
                 .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?,
@@ -626,7 +630,7 @@ impl<A: Aggregate> ProcessorContext<A> {
                 .restore
                 .assign(&tpl)
                 .map_err(|e| format!("cannot assign {}[{p}]: {e}", shared.events_topic))?;
-            let mut idle = 0;
+            let mut idle_since = std::time::Instant::now();
             // position() is a round trip to librdkafka's main thread: ask it only when a
             // record could be the last one or nothing came (a commit marker may be all that
             // is left), not once per record.
@@ -650,13 +654,20 @@ impl<A: Aggregate> ProcessorContext<A> {
                         break;
                     }
                 }
-                match shared.restore.poll(Duration::from_millis(200)) {
+                // Near the end only a commit marker may be left: poll briefly, then look at
+                // the position again, rather than wait out a long poll per partition.
+                let wait = if check {
+                    Duration::from_millis(5)
+                } else {
+                    Duration::from_millis(200)
+                };
+                match shared.restore.poll(wait) {
                     Some(Ok(record)) if record.offset() >= end => {
                         // Past the end taken above: not part of this restore.
                         break;
                     }
                     Some(Ok(record)) => {
-                        idle = 0;
+                        idle_since = std::time::Instant::now();
                         read += 1;
                         check = record.offset() + 1 >= end;
                         apply_restored::<A, _>(&mut entries, &record, &shared.events_topic)?;
@@ -666,8 +677,7 @@ impl<A: Aggregate> ProcessorContext<A> {
                     }
                     None => {
                         check = true;
-                        idle += 1;
-                        if idle > 150 {
+                        if idle_since.elapsed() > Duration::from_secs(30) {
                             return Err(format!(
                                 "restore of {}[{p}] stalled before {end}",
                                 shared.events_topic
