@@ -775,7 +775,7 @@ fn apply_restored<A: Aggregate, M: Message>(
         .map_err(|panic| format!("apply panicked at {at}: {}", panic_message(&*panic)))?;
     entry.version = sequence;
     let event_ref = EventRef {
-        message_type: meta.message_type.clone(),
+        message_type: meta.message_type,
         topic: topic.to_owned(),
         partition: record.partition(),
         offset: record.offset(),
