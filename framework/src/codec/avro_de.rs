@@ -647,8 +647,9 @@ impl<'de> de::Deserializer<'de> for Datum<'_, 'de> {
         }
     }
 
+    // Not i128/u128: `from_value` leaves them to serde's default, an error, and so do we.
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 ignored_any
+        bool i8 i16 i32 i64 u8 u16 u32 u64 f32 f64 ignored_any
     }
 
     fn deserialize_char<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value> {

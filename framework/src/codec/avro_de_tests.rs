@@ -444,6 +444,20 @@ fn huge_lengths_fail_before_allocating() {
 }
 
 #[test]
+fn integers_widen_and_narrow_as_with_from_value() {
+    let (schema, plan) = parse(r#"{"type":"array","items":"long"}"#);
+    let bytes = [6, 0, 0xfe, 0x03, 0x80, 0x04, 0];
+    let wide: Vec<i64> = same(&schema, &plan, &bytes).expect("longs");
+    assert_eq!(wide, [0, 255, 256]);
+    let floats: Vec<f64> = same(&schema, &plan, &bytes).expect("longs read as floats");
+    assert_eq!(floats, [0.0, 255.0, 256.0]);
+    same::<Vec<u8>>(&schema, &plan, &bytes).expect_err("256 is no u8");
+    same::<Vec<i128>>(&schema, &plan, &bytes).expect_err("neither path does i128");
+    same::<Vec<char>>(&schema, &plan, &bytes).expect_err("Avro has no char");
+    same::<Vec<bool>>(&schema, &plan, &bytes).expect_err("a long is no bool");
+}
+
+#[test]
 fn bad_bytes_are_errors_on_both_paths() {
     let (schema, plan) = parse(EVERYTHING);
     let good = everything_datums().swap_remove(3);
