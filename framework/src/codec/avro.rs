@@ -1,8 +1,10 @@
 //! Avro single-object encoding: `C3 01`, the writer schema's CRC-64-AVRO (Rabin) fingerprint
 //! as 8 bytes little-endian, then the Avro binary datum.
 //!
-//! The reader parses the header itself and looks the writer schema up by fingerprint, then
-//! decodes with the writer schema and resolves to the reader's schema by Avro's rules. (The
+//! The reader parses the header itself and looks the writer schema up by fingerprint. When the
+//! writer schema is the reader's, the datum is read straight into the type (`avro_de`);
+//! otherwise it is decoded with the writer schema and resolved to the reader's schema by Avro's
+//! rules. (The
 //! `apache-avro` single-object reader accepts only its own schema's fingerprint, so it cannot
 //! read what an older or newer writer wrote.)
 //!
