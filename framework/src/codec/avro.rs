@@ -1,8 +1,10 @@
 //! Avro single-object encoding: `C3 01`, the writer schema's CRC-64-AVRO (Rabin) fingerprint
 //! as 8 bytes little-endian, then the Avro binary datum.
 //!
-//! The reader parses the header itself and looks the writer schema up by fingerprint, then
-//! decodes with the writer schema and resolves to the reader's schema by Avro's rules. (The
+//! The reader parses the header itself and looks the writer schema up by fingerprint. When the
+//! writer schema is the reader's, the datum is read straight into the type (`avro_de`);
+//! otherwise it is decoded with the writer schema and resolved to the reader's schema by Avro's
+//! rules. (The
 //! `apache-avro` single-object reader accepts only its own schema's fingerprint, so it cannot
 //! read what an older or newer writer wrote.)
 //!
@@ -24,6 +26,7 @@ use apache_avro::schema_compatibility::SchemaCompatibility;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::avro_de::{self, FastError, Plan};
 use crate::message::EnvelopeError;
 
 /// The two magic bytes of Avro single-object encoding.
@@ -44,6 +47,9 @@ pub struct AvroSchema {
     /// The schema text as declared (with defaults and docs, which the canonical form drops and
     /// a reader needs).
     pub text: String,
+    /// The schema compiled for the direct decoder, or why it cannot be (then every datum of it
+    /// goes through `apache-avro`'s `Value`).
+    direct: Result<Plan, String>,
 }
 
 impl AvroSchema {
@@ -56,10 +62,12 @@ impl AvroSchema {
         // network (the schema store), so a surprise is an error, not a crash.
         let fingerprint = std::panic::catch_unwind(AssertUnwindSafe(|| fingerprint(&schema)))
             .map_err(|_| "the schema has no canonical form".to_owned())?;
+        let direct = Plan::compile(&schema);
         Ok(Self {
             schema,
             fingerprint,
             text: text.to_owned(),
+            direct,
         })
     }
 }
@@ -186,6 +194,13 @@ pub fn split_header(payload: &[u8]) -> Result<(u64, &[u8]), String> {
 
 /// Decodes a single-object payload: the writer schema by fingerprint, resolved to `reader`
 /// (or read as written when the type declares no schema).
+///
+/// Two paths. When the writer used the reader's schema (or there is no reader schema), the
+/// datum is read straight into `T` by the direct decoder (`avro_de`), which answers serde as
+/// `apache_avro::from_value` would. Otherwise, and for the schema shapes the direct decoder
+/// leaves out (the logical types decimal, big-decimal, uuid and duration; arrays of items that
+/// take no bytes; a record read as a Rust enum), `apache-avro` decodes to its `Value`, resolves
+/// it to the reader's schema by Avro's rules, and maps it onto `T`.
 pub fn decode<T: DeserializeOwned>(
     event_type: &str,
     content_type: &str,
@@ -202,21 +217,32 @@ pub fn decode<T: DeserializeOwned>(
         event_type: event_type.to_owned(),
         fingerprint,
     })?;
+    let leftover = |left: usize| {
+        bad(format!(
+            "{left} bytes left after the Avro datum (writer schema {fingerprint:016x}): corrupt or \
+             written with another schema"
+        ))
+    };
     // Same schema: no resolution needed (the common case, and the cheaper one).
     let resolve_to = reader
         .filter(|r| r.fingerprint != fingerprint)
         .map(|r| &r.schema);
+    if let (None, Ok(plan)) = (resolve_to, &writer.direct) {
+        match avro_de::from_datum::<T>(plan, datum) {
+            Ok((value, 0)) => return Ok(value),
+            Ok((_, left)) => return Err(leftover(left)),
+            Err(FastError::Invalid(reason)) => return Err(bad(format!("Avro: {reason}"))),
+            // Found at run time (a record read as a Rust enum): the `Value` path below.
+            Err(FastError::Unsupported(_)) => {}
+        }
+    }
     let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
         apache_avro::from_avro_datum(&writer.schema, &mut datum, resolve_to)
     }))
     .map_err(|_| bad("the Avro decoder panicked on this payload".to_owned()))?;
     let value = decoded.map_err(|e| bad(format!("Avro: {e}")))?;
     if !datum.is_empty() {
-        return Err(bad(format!(
-            "{} bytes left after the Avro datum (writer schema {fingerprint:016x}): corrupt or \
-             written with another schema",
-            datum.len()
-        )));
+        return Err(leftover(datum.len()));
     }
     apache_avro::from_value::<T>(&value).map_err(|e| bad(format!("Avro value: {e}")))
 }

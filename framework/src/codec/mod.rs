@@ -2,11 +2,13 @@
 //! per record by its `content-type` header, so JSON and Avro events share a topic.
 //!
 //! - [`avro`]: the single-object format, the process-wide schema table, compatibility checks.
+//! - `avro_de`: the direct decoder, an Avro datum straight into a serde type (the hot path).
 //! - [`store`]: the schema store, where writers register their schemas before the first write
 //!   and readers look up the schemas of fingerprints they do not know.
 //! - [`upcast`]: old versions become the newest before user code sees them.
 
 pub mod avro;
+mod avro_de;
 pub mod store;
 pub mod upcast;
 
