@@ -74,6 +74,7 @@ struct StatusInner {
     snapshots_loaded: AtomicU64,
     snapshots_written: AtomicU64,
     producer_restarts: AtomicU64,
+    parked_reused: AtomicU64,
 }
 
 impl ProcessorStatus {
@@ -117,6 +118,11 @@ impl ProcessorStatus {
     /// Snapshots written.
     pub fn snapshots_written(&self) -> u64 {
         self.inner.snapshots_written.load(Ordering::Relaxed)
+    }
+
+    /// Restores that started from the state parked when the partition was revoked.
+    pub fn parked_reused(&self) -> u64 {
+        self.inner.parked_reused.load(Ordering::Relaxed)
     }
 
     /// Producers replaced after a transaction with an unknown outcome.
@@ -317,6 +323,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             snapshots: self.snapshots,
             since_snapshot: Mutex::new(HashMap::new()),
             reply_topics: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
         });
         let consumer: BaseConsumer<ProcessorContext<A>> = kafka
             .client_config(&[
@@ -442,7 +449,14 @@ struct Shared<A: Aggregate> {
     since_snapshot: Mutex<HashMap<i32, (u64, i64)>>,
     /// Partition counts of the reply topics seen in commands.
     reply_topics: Mutex<HashMap<String, i32>>,
+    /// State of revoked partitions: aggregates, the events offset they reflect, when parked.
+    parked: Mutex<ParkedState<A>>,
 }
+
+type ParkedState<A> = HashMap<i32, (HashMap<String, Entry<A>>, i64, std::time::Instant)>;
+
+/// How long a revoked partition's state is kept for a quick reassignment.
+const PARKED_FOR: Duration = Duration::from_secs(60);
 
 struct ProcessorContext<A: Aggregate> {
     shared: Arc<Shared<A>>,
@@ -502,8 +516,11 @@ impl<A: Aggregate> ConsumerContext for ProcessorContext<A> {
                 self.update_count();
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // No transaction is open here: we never poll inside one.
-                lock(&self.shared.state).retain(|(p, _), _| !partitions.contains(p));
+                // No transaction is open here: we never poll inside one. The revoked
+                // partitions' committed state is parked with the events offset it reflects,
+                // so a quick reassignment (a rolling restart of another instance, say) only
+                // reads what was written meanwhile.
+                self.park(&partitions);
                 lock(&self.shared.halted).retain(|p, _| !partitions.contains(p));
                 lock(&self.shared.status.inner.ready).retain(|p| !partitions.contains(p));
                 lock(&self.shared.assigned_at).retain(|p, _| !partitions.contains(p));
@@ -525,6 +542,41 @@ impl<A: Aggregate> ProcessorContext<A> {
         tracing::error!(%reason, "command processor stopping");
         lock(&self.shared.fatal).get_or_insert(reason);
         self.shared.shutdown.trigger();
+    }
+
+    /// Moves the committed state of revoked partitions aside, tagged with the events offset it
+    /// reflects (halted partitions' state is incomplete and dropped); drops parked state older
+    /// than [`PARKED_FOR`].
+    fn park(&self, partitions: &[i32]) {
+        let shared = &self.shared;
+        let since = lock(&shared.since_snapshot);
+        let halted = lock(&shared.halted);
+        let mut state = lock(&shared.state);
+        let mut parked = lock(&shared.parked);
+        parked.retain(|_, (_, _, at)| at.elapsed() < PARKED_FOR);
+        for p in partitions {
+            let entries: HashMap<String, Entry<A>> = state
+                .extract_if(|(q, _), _| q == p)
+                .map(|((_, id), entry)| (id, entry))
+                .collect();
+            if let (Some((_, last)), false) = (since.get(p), halted.contains_key(p)) {
+                parked.insert(*p, (entries, last + 1, std::time::Instant::now()));
+            }
+        }
+    }
+
+    /// Parked state of `p` if it is recent and its offset lies within the log.
+    fn unpark(&self, p: i32, low: i64, end: i64) -> Option<(HashMap<String, Entry<A>>, i64)> {
+        let (entries, offset, at) = lock(&self.shared.parked).remove(&p)?;
+        if at.elapsed() >= PARKED_FOR || offset < low || offset > end {
+            return None;
+        }
+        self.shared
+            .status
+            .inner
+            .parked_reused
+            .fetch_add(1, Ordering::Relaxed);
+        Some((entries, offset))
     }
 
     /// The aggregates of the latest usable snapshot of `p` and where to read on from; no
@@ -620,7 +672,10 @@ impl<A: Aggregate> ProcessorContext<A> {
         // 3. From the latest usable snapshot (or the beginning), read events[p] until
         //    position() reaches the end (a commit marker follows the last event, so last
         //    offset + 1 never equals the end).
-        let (mut entries, from) = self.load_snapshot(p, low, end);
+        let (mut entries, from) = match self.unpark(p, low, end) {
+            Some(parked) => parked,
+            None => self.load_snapshot(p, low, end),
+        };
         let mut read = 0u64;
         if end > from {
             let mut tpl = TopicPartitionList::new();
@@ -1061,15 +1116,17 @@ fn run_transaction<A: Aggregate>(
         .inner
         .transactions
         .fetch_add(1, Ordering::Relaxed);
-    if let Some(snapshots) = &shared.snapshots {
-        let mut due = Vec::new();
-        {
-            let mut since = lock(&shared.since_snapshot);
-            for (partition, offset) in &offsets {
-                let entry = since.entry(*partition).or_insert((0, -1));
-                entry.0 += 1;
-                entry.1 = entry.1.max(*offset);
-            }
+    // Per partition: the last event written (what parked state and snapshots reflect) and
+    // how many since the last snapshot.
+    let mut due = Vec::new();
+    {
+        let mut since = lock(&shared.since_snapshot);
+        for (partition, offset) in &offsets {
+            let entry = since.entry(*partition).or_insert((0, -1));
+            entry.0 += 1;
+            entry.1 = entry.1.max(*offset);
+        }
+        if let Some(snapshots) = &shared.snapshots {
             for (partition, (count, last)) in since.iter_mut() {
                 if *count >= snapshots.settings.every_events {
                     due.push((*partition, *last + 1));
@@ -1077,9 +1134,9 @@ fn run_transaction<A: Aggregate>(
                 }
             }
         }
-        for (partition, events_offset) in due {
-            take_snapshot(shared, partition, events_offset);
-        }
+    }
+    for (partition, events_offset) in due {
+        take_snapshot(shared, partition, events_offset);
     }
     Ok(())
 }

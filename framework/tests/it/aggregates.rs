@@ -469,3 +469,79 @@ async fn snapshots_shorten_restores_and_an_unusable_one_falls_back_to_the_whole_
         task.await.expect("join").expect("run");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_comes_back_quickly_restores_from_its_parked_state() {
+    let config = common::kafka("agg-parked");
+    bank_topics(&config).await;
+    let bus = CommandBus::new(&config, "bank", 1).await.expect("bus");
+    let wait = Duration::from_secs(30);
+    let shutdown_a = Shutdown::new();
+    let (task_a, status_a) = start(&config, 0, &shutdown_a);
+    wait_ready(&status_a, PARTITIONS as usize).await;
+    let accounts: Vec<String> = (0..9).map(|i| format!("acct-{i}")).collect();
+    for a in &accounts {
+        assert!(accepted(
+            &bus.send_and_wait(&open(a), SendOptions::default(), wait)
+                .await
+                .expect("reply")
+        ));
+        assert!(accepted(
+            &bus.send_and_wait(&deposit(a, 30), SendOptions::default(), wait)
+                .await
+                .expect("reply")
+        ));
+    }
+    // B joins: A gives some partitions away (and parks their state); B leaves again: after
+    // the session timeout they come back to A, which only catches up.
+    let shutdown_b = Shutdown::new();
+    let (task_b, status_b) = start(&config, 1, &shutdown_b);
+    common::eventually(
+        "the partitions to be shared",
+        Duration::from_secs(60),
+        || {
+            !status_b.ready_partitions().is_empty()
+                && status_a.ready_partitions().len() < PARTITIONS as usize
+        },
+    )
+    .await;
+    // B decides on its partitions from a full restore: withdraw 10 from every account.
+    for a in &accounts {
+        assert!(accepted(
+            &bus.send_and_wait(&withdraw(a, 10), SendOptions::default(), wait)
+                .await
+                .expect("reply")
+        ));
+    }
+    shutdown_b.trigger();
+    task_b.await.expect("join").expect("run b");
+    let before = status_a.restored_events();
+    common::eventually(
+        "A to own every partition again",
+        Duration::from_secs(60),
+        || status_a.ready_partitions().len() == PARTITIONS as usize,
+    )
+    .await;
+    assert!(status_a.parked_reused() >= 1, "restored from parked state");
+    assert!(
+        status_a.restored_events() - before <= accounts.len() as u64,
+        "only the events written meanwhile were read: {}",
+        status_a.restored_events() - before
+    );
+    // The state is right: 30 - 10 = 20 on every account, whoever wrote what.
+    for a in &accounts {
+        let refused = bus
+            .send_and_wait(&withdraw(a, 21), SendOptions::default(), wait)
+            .await
+            .expect("reply");
+        assert!(!accepted(&refused), "{a}: the balance is 20");
+        let ok = bus
+            .send_and_wait(&withdraw(a, 20), SendOptions::default(), wait)
+            .await
+            .expect("reply");
+        assert!(accepted(&ok), "{a}: the balance is 20");
+    }
+    shutdown_a.trigger();
+    task_a.await.expect("join").expect("run a");
+    check_log(&committed_events(&config, accounts.len() * 4, true));
+}
