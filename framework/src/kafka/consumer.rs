@@ -306,6 +306,8 @@ struct Shared<L: PartitionLogic> {
     shutdown: Shutdown,
     /// Set when the `run` future is dropped: stop without touching the caller's signal.
     abandoned: AtomicBool,
+    /// How long an assignment retries the logic's start offsets before halting.
+    start_offsets_budget: Duration,
 }
 
 impl<L: PartitionLogic> Shared<L> {
@@ -452,7 +454,7 @@ impl<L: PartitionLogic> RuntimeContext<L> {
     /// logic is an error, not a dead poll thread.
     fn start_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<StartOffset>> {
         let shared = &self.shared;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + shared.start_offsets_budget;
         let mut attempt = 0;
         loop {
             let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -860,8 +862,18 @@ impl ConsumerRuntime {
         for (key, value) in &settings.properties {
             client.set(key, value);
         }
+        // How long an assignment may wait for start offsets (a database restarting): as long
+        // as the group lets a member sit in its rebalance callback, with a margin, at most 4
+        // minutes; then the partition halts with the error.
+        let max_poll = client
+            .get("max.poll.interval.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(300_000);
+        let start_offsets_budget = Duration::from_millis(max_poll.saturating_sub(20_000))
+            .clamp(Duration::from_secs(30), Duration::from_secs(240));
         let (reports_tx, reports_rx) = std_mpsc::channel();
         let shared = Arc::new(Shared {
+            start_offsets_budget,
             logic,
             settings,
             handle: Handle::current(),
