@@ -83,7 +83,11 @@ impl Reactor for WelcomeEmail {
     type Events = SignedUp;
     const NAME: &'static str = "welcome-email";
 
-    async fn react(&self, event: &Received<SignedUp>, out: &mut Outputs) -> Result<(), ReactError> {
+    async fn react(
+        &self,
+        event: &Received<SignedUp>,
+        out: &mut Outputs<'_>,
+    ) -> Result<(), ReactError> {
         let user = &event.payload;
         // Derived from the signup event: the same on every redelivery.
         let message_id = Uuid::new_v5(&event.meta.id, b"welcome-email");

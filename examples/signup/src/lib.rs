@@ -39,5 +39,23 @@ pub fn ordinal_from_env() -> u32 {
         .unwrap_or(0)
 }
 
+/// Runs a projection's live view in the background; its end (error or not) stops the
+/// service, so an instance never serves a view that stopped moving.
+pub fn spawn_projection<P: choreo::Projection>(
+    projection: P,
+    kafka: &choreo::KafkaConfig,
+    pool: &sqlx::PgPool,
+    shutdown: &choreo::Shutdown,
+) -> tokio::task::JoinHandle<choreo::Result<()>> {
+    let (kafka, pool, shutdown) = (kafka.clone(), pool.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let result = choreo::ProjectionRunner::new(std::sync::Arc::new(projection))
+            .run(&kafka, &pool, shutdown.clone())
+            .await;
+        shutdown.trigger();
+        result.map(|_| ())
+    })
+}
+
 /// How long an HTTP handler waits for a reply or a view.
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -46,7 +46,8 @@ use crate::failpoint;
 use crate::kafka::consumer::{forward_log, panic_message};
 use crate::kafka::partition_for_key;
 use crate::kafka::transaction::{
-    TxError, TxRecord, batch_starts, classify, classify_commit, rewind, send,
+    TxError, TxRecord, abort_and_rewind, check_consumer, classify, classify_commit, collect_batch,
+    rewind, send, starts,
 };
 use crate::message::{CommandSet, EventSet, Metadata};
 use crate::shutdown::Shutdown;
@@ -881,34 +882,20 @@ fn processing_loop<A: Aggregate>(
     let mut replacements = 0u32;
     while !shared.shutdown.is_triggered() {
         let before = shared.rebalances.load(Ordering::Acquire);
-        let mut batch: Vec<OwnedMessage> = Vec::new();
-        let mut timeout = Duration::from_millis(100);
-        while batch.len() < max_batch {
-            match consumer.poll(timeout) {
-                Some(Ok(record)) => batch.push(record.detach()),
-                Some(Err(e)) => {
-                    if let KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset) = e {
-                        return Err(Error::Runtime(format!(
-                            "command consumer: {e} (auto.offset.reset=error)"
-                        )));
-                    }
-                    tracing::warn!(error = %e, "command consumer error");
-                    break;
-                }
-                None => break,
+        let (batch, error) = collect_batch(consumer, max_batch, Duration::from_millis(100));
+        match error {
+            Some(e @ KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+                return Err(Error::Runtime(format!(
+                    "command consumer: {e} (auto.offset.reset=error)"
+                )));
             }
-            timeout = Duration::ZERO;
+            Some(e) => tracing::warn!(error = %e, "command consumer error"),
+            None => {}
         }
         if let Some(reason) = lock(&shared.fatal).clone() {
             return Err(Error::Runtime(reason));
         }
-        // A newer instance with our group.instance.id fences this consumer (a fatal error):
-        // stop cleanly, like a fenced producer, rather than linger without partitions.
-        if let Some((code, reason)) = consumer.client().fatal_error() {
-            return Err(Error::Runtime(format!(
-                "consumer fenced or failed ({code}): {reason}"
-            )));
-        }
+        check_consumer(consumer)?;
         if batch.is_empty() {
             continue;
         }
@@ -917,10 +904,10 @@ fn processing_loop<A: Aggregate>(
             // belong to partitions we lost, or predate a restore. Decide nothing on them.
             // Partitions we kept throughout are rewound (their records were consumed);
             // partitions (re)assigned meanwhile already start at their committed offset.
-            let kept: Vec<OwnedMessage> = {
+            let kept: Vec<&OwnedMessage> = {
                 let assigned_at = lock(&shared.assigned_at);
                 batch
-                    .into_iter()
+                    .iter()
                     .filter(|r| {
                         assigned_at
                             .get(&r.partition())
@@ -928,21 +915,14 @@ fn processing_loop<A: Aggregate>(
                     })
                     .collect()
             };
-            if !kept.is_empty() {
-                rewind(consumer, &starts(&kept))?;
-            }
+            rewind(consumer, &starts(kept))?;
             continue;
         }
         match run_transaction(shared, consumer, producer, &batch) {
             Ok(()) => replacements = 0,
             Err(TxError::Abortable(reason)) => {
                 tracing::warn!(%reason, "transaction aborted; rewinding to the last committed commands");
-                if let Err(e) = producer.abort_transaction(Duration::from_secs(30)) {
-                    return Err(Error::Runtime(format!(
-                        "abort_transaction failed after {reason}: {e}"
-                    )));
-                }
-                rewind(consumer, &starts(&batch))?;
+                abort_and_rewind(producer, consumer, &batch, &reason)?;
             }
             Err(TxError::Fenced(reason)) => {
                 // Another instance owns our transactional id now: stop, never recreate (two
@@ -1361,11 +1341,6 @@ fn dead_letter<A: Aggregate>(
         payload: record.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers,
     }
-}
-
-/// Where each partition of a batch starts.
-fn starts(batch: &[OwnedMessage]) -> HashMap<(String, i32), i64> {
-    batch_starts(batch.iter().map(|r| (r.topic(), r.partition(), r.offset())))
 }
 
 /// Serializes partition `p`'s committed aggregates here (they reflect every event before

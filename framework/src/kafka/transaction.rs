@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::Offset;
 
 use crate::error::{Error, Result};
@@ -120,13 +120,61 @@ pub(crate) fn rewind<C: ConsumerContext>(
     Ok(())
 }
 
-/// The first offset of each (topic, partition) in a batch, in the shape [`rewind`] takes.
-pub(crate) fn batch_starts<'a>(
-    records: impl IntoIterator<Item = (&'a str, i32, i64)>,
+/// The first offset of each (topic, partition) among `records`, in the shape [`rewind`]
+/// takes.
+pub(crate) fn starts<'a>(
+    records: impl IntoIterator<Item = &'a OwnedMessage>,
 ) -> HashMap<(String, i32), i64> {
     let mut first = HashMap::new();
-    for (topic, partition, offset) in records {
-        first.entry((topic.to_owned(), partition)).or_insert(offset);
+    for record in records {
+        first
+            .entry((record.topic().to_owned(), record.partition()))
+            .or_insert(record.offset());
     }
     first
+}
+
+/// Polls up to `max` records: the first wait is `linger`, then only what is already there.
+/// A consumer error ends the batch early and is handed back.
+pub(crate) fn collect_batch<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    max: usize,
+    linger: Duration,
+) -> (Vec<OwnedMessage>, Option<KafkaError>) {
+    let mut batch = Vec::new();
+    let mut timeout = linger;
+    while batch.len() < max {
+        match consumer.poll(timeout) {
+            Some(Ok(record)) => batch.push(record.detach()),
+            Some(Err(e)) => return (batch, Some(e)),
+            None => break,
+        }
+        timeout = Duration::ZERO;
+    }
+    (batch, None)
+}
+
+/// A consumer fenced by a newer instance with our `group.instance.id` (or failed fatally)
+/// must stop cleanly, like a fenced producer, rather than linger without partitions.
+pub(crate) fn check_consumer<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Result<()> {
+    match consumer.client().fatal_error() {
+        Some((code, reason)) => Err(Error::Runtime(format!(
+            "consumer fenced or failed ({code}): {reason}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// After an abortable error: abort the transaction and rewind the consumer to the start of
+/// the batch it held.
+pub(crate) fn abort_and_rewind<C: ConsumerContext>(
+    producer: &FutureProducer,
+    consumer: &BaseConsumer<C>,
+    batch: &[OwnedMessage],
+    reason: &str,
+) -> Result<()> {
+    producer
+        .abort_transaction(Duration::from_secs(30))
+        .map_err(|e| Error::Runtime(format!("abort_transaction failed after {reason}: {e}")))?;
+    rewind(consumer, &starts(batch))
 }

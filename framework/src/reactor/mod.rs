@@ -46,7 +46,7 @@ pub trait Reactor: Send + Sync + 'static {
     fn react(
         &self,
         event: &Received<Self::Events>,
-        out: &mut Outputs,
+        out: &mut Outputs<'_>,
     ) -> impl Future<Output = Result<(), ReactError>> + Send;
 }
 
@@ -77,20 +77,21 @@ impl From<sqlx::Error> for ReactError {
 
 /// The outputs of reacting to one event, produced in the batch's transaction.
 #[derive(Debug)]
-pub struct Outputs {
+pub struct Outputs<'a> {
     reactor: &'static str,
-    source: String,
-    cause: Metadata,
-    config: KafkaConfig,
+    source: &'a str,
+    cause: &'a Metadata,
+    config: &'a KafkaConfig,
     records: Vec<TxRecord>,
 }
 
-impl Outputs {
+impl<'a> Outputs<'a> {
+    /// Borrows what it needs from the runner and the input: nothing is copied per event.
     pub(crate) fn new(
         reactor: &'static str,
-        source: String,
-        cause: Metadata,
-        config: KafkaConfig,
+        source: &'a str,
+        cause: &'a Metadata,
+        config: &'a KafkaConfig,
     ) -> Self {
         Self {
             reactor,
@@ -111,10 +112,10 @@ impl Outputs {
         let mut meta = Metadata::new(
             id,
             message_type,
-            self.source.as_str(),
+            self.source,
             subject,
             Utc::now(),
-            Some(Causation::from_cause(&self.cause)),
+            Some(Causation::from_cause(self.cause)),
         );
         meta.traceparent.clone_from(&self.cause.traceparent);
         meta

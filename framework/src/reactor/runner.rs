@@ -36,7 +36,8 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::kafka::consumer::{forward_log, panic_message};
 use crate::kafka::transaction::{
-    TxError, TxRecord, batch_starts, classify, classify_commit, rewind, send,
+    TxError, TxRecord, abort_and_rewind, check_consumer, classify, classify_commit, collect_batch,
+    rewind, send, starts,
 };
 use crate::message::{EventSet, Metadata, Origin, Received};
 use crate::shutdown::Shutdown;
@@ -399,27 +400,14 @@ fn reacting_loop<R: Reactor>(
             });
         }
         let before = shared.rebalances.load(Ordering::Acquire);
-        let mut batch: Vec<OwnedMessage> = Vec::new();
-        let mut timeout = Duration::from_millis(100);
-        while batch.len() < max_batch {
-            match consumer.poll(timeout) {
-                Some(Ok(record)) => batch.push(record.detach()),
-                Some(Err(e)) => {
-                    tracing::warn!(reactor = R::NAME, error = %e, "consumer error");
-                    break;
-                }
-                None => break,
-            }
-            timeout = Duration::ZERO;
+        let (batch, error) = collect_batch(consumer, max_batch, Duration::from_millis(100));
+        if let Some(e) = error {
+            tracing::warn!(reactor = R::NAME, error = %e, "consumer error");
         }
         if let Some(reason) = lock(&shared.fatal).clone() {
             return Err(Error::Runtime(reason));
         }
-        if let Some((code, reason)) = consumer.client().fatal_error() {
-            return Err(Error::Runtime(format!(
-                "consumer fenced or failed ({code}): {reason}"
-            )));
-        }
+        check_consumer(consumer)?;
         if batch.is_empty() {
             continue;
         }
@@ -457,12 +445,7 @@ fn reacting_loop<R: Reactor>(
             }
             Err(TxError::Abortable(reason)) => {
                 tracing::warn!(reactor = R::NAME, %reason, "transaction aborted; rewinding");
-                if let Err(e) = producer.abort_transaction(Duration::from_secs(30)) {
-                    return Err(Error::Runtime(format!(
-                        "abort_transaction failed after {reason}: {e}"
-                    )));
-                }
-                rewind(consumer, &starts(&batch))?;
+                abort_and_rewind(producer, consumer, &batch, &reason)?;
                 backoff = (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
             }
             Err(TxError::Fenced(reason)) => {
@@ -478,14 +461,6 @@ fn reacting_loop<R: Reactor>(
         }
     }
     Ok(())
-}
-
-fn starts<'a>(records: impl IntoIterator<Item = &'a OwnedMessage>) -> HashMap<TopicPartition, i64> {
-    batch_starts(
-        records
-            .into_iter()
-            .map(|r| (r.topic(), r.partition(), r.offset())),
-    )
 }
 
 /// One transaction: react to the batch's events in order, produce their outputs and dead
@@ -620,10 +595,10 @@ fn react_one<R: Reactor>(shared: &Shared<R>, record: &OwnedMessage) -> Reaction 
             partition: record.partition(),
             offset: record.offset(),
         },
-        meta: meta.clone(),
+        meta,
         payload,
     };
-    let mut out = Outputs::new(R::NAME, shared.source.clone(), meta, shared.config.clone());
+    let mut out = Outputs::new(R::NAME, &shared.source, &received.meta, &shared.config);
     let reaction = shared
         .handle
         .block_on(AssertUnwindSafe(shared.reactor.react(&received, &mut out)).catch_unwind());

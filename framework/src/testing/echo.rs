@@ -68,7 +68,7 @@ impl Reactor for EchoReactor {
     async fn react(
         &self,
         event: &Received<CounterBumped>,
-        out: &mut Outputs,
+        out: &mut Outputs<'_>,
     ) -> Result<(), ReactError> {
         let bump = &event.payload;
         if bump.poison {

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use choreo::kafka::TopicSpec;
 use choreo::service::{ProjectionAdmin, ProjectionCommand};
-use choreo::{KafkaConfig, PostgresConfig, ProjectionRunner, Shutdown};
+use choreo::{KafkaConfig, PostgresConfig, Shutdown};
 use clap::{Parser, Subcommand};
 use sqlx::PgPool;
 
@@ -95,16 +95,7 @@ async fn run(kafka: &KafkaConfig, listen: SocketAddr) -> anyhow::Result<()> {
         .with_state(pool.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("metrics-service listening on http://{listen}");
-    let projecting = tokio::spawn({
-        let (kafka, shutdown, pool) = (kafka.clone(), shutdown.clone(), pool.clone());
-        async move {
-            let result = ProjectionRunner::new(Arc::new(SignupMetrics))
-                .run(&kafka, &pool, shutdown.clone())
-                .await;
-            shutdown.trigger();
-            result.map(|_| ())
-        }
-    });
+    let projecting = signup::spawn_projection(SignupMetrics, kafka, &pool, &shutdown);
     let serve_shutdown = shutdown.clone();
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { serve_shutdown.wait().await })

@@ -24,7 +24,7 @@ use choreo::aggregate::{CommandBus, CommandProcessor, Outcome, ProcessorStatus, 
 use choreo::kafka::TopicSpec;
 use choreo::projection::{live_schema, projection_id, wait_for};
 use choreo::service::{ProjectionAdmin, ProjectionCommand};
-use choreo::{KafkaConfig, PostgresConfig, ProjectionRunner, Shutdown};
+use choreo::{KafkaConfig, PostgresConfig, Shutdown};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -133,16 +133,7 @@ async fn run(kafka: &KafkaConfig, ordinal: u32, listen: SocketAddr) -> anyhow::R
             result
         }
     });
-    let projecting = tokio::spawn({
-        let (kafka, shutdown, pool) = (kafka.clone(), shutdown.clone(), pool.clone());
-        async move {
-            let result = ProjectionRunner::new(Arc::new(UsersView))
-                .run(&kafka, &pool, shutdown.clone())
-                .await;
-            shutdown.trigger();
-            result.map(|_| ())
-        }
-    });
+    let projecting = signup::spawn_projection(UsersView, kafka, &pool, &shutdown);
     let serve_shutdown = shutdown.clone();
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { serve_shutdown.wait().await })
