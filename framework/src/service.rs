@@ -36,6 +36,10 @@ pub enum ProjectionCommand {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Consumers (each with a Postgres connection) sharing the partitions; batches of
+        /// different lanes apply concurrently.
+        #[arg(long, default_value_t = RebuildOptions::default().lanes)]
+        lanes: usize,
     },
     /// Drop and recreate a projection's view, empty (development only: stop the service's
     /// runners first).
@@ -121,11 +125,17 @@ impl ProjectionAdmin {
                 }
                 Ok(())
             }
-            ProjectionCommand::Rebuild { name, fresh, quiet } => {
+            ProjectionCommand::Rebuild {
+                name,
+                fresh,
+                quiet,
+                lanes,
+            } => {
                 let entry = self.find(&name)?;
                 let options = RebuildOptions {
                     fresh,
                     progress: !quiet,
+                    lanes,
                     ..RebuildOptions::default()
                 };
                 let report = (entry.rebuild)(kafka.clone(), pool.clone(), options).await?;

@@ -5,8 +5,11 @@
 //! 2. The shadow schema `{live}__shadow` gets the projection's tables and checkpoints of its
 //!    own (slot `shadow`), starting at the log start. A killed rebuild leaves them behind and
 //!    the next run resumes from them (or discards them with `fresh`).
-//! 3. Partitions are assigned directly (no consumer group) and applied with the same batch
-//!    transaction as the live runner, so the shadow equals what the live view would be.
+//! 3. Partitions are assigned directly (no consumer group), dealt out over a few lanes (a
+//!    consumer and a connection each), and applied with the same batch transaction as the
+//!    live runner, so the shadow equals what the live view would be. Lanes run concurrently,
+//!    as the live runner's partitions do: one lane polls and decodes while another waits for
+//!    Postgres, and Postgres works on more than one core.
 //! 4. Caught up with the end offsets, one transaction locks the live checkpoints; if the
 //!    shadow has passed every one of them, it renames the schemas and makes the shadow
 //!    checkpoints the live ones. Live runners then fail their next compare-and-set, re-read
@@ -44,6 +47,10 @@ pub struct RebuildOptions {
     pub progress: bool,
     /// Most records per transaction.
     pub batch_size: usize,
+    /// How many consumers, each with its own Postgres connection, share the partitions
+    /// (at most one per partition). Batches of different lanes apply concurrently, as the
+    /// live runner's partitions do.
+    pub lanes: usize,
 }
 
 impl Default for RebuildOptions {
@@ -52,6 +59,7 @@ impl Default for RebuildOptions {
             fresh: false,
             progress: false,
             batch_size: 5_000,
+            lanes: 4,
         }
     }
 }
@@ -176,29 +184,16 @@ async fn run<P: Projection>(
     }
 
     // Partitions, assigned directly at the shadow checkpoints (created at the log start).
-    let consumer: Arc<BaseConsumer> = Arc::new(
-        kafka
-            .client_config(&[
-                ("group.id", &format!("{id}.rebuild")),
-                ("enable.auto.commit", "false"),
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "false"),
-            ])
-            .create()
-            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?,
-    );
+    let consumer = rebuild_consumer(kafka, &id)?;
     let topics: Vec<String> = P::Events::topics()
         .iter()
         .map(|t| kafka.topic_name(t))
         .collect();
     // Dead letters redriven to the live view are part of it: the rebuild reads them too.
     let redrive = format!("{}.redrive", kafka.topic_name(&id));
-    let mut partitions: Vec<(String, i32)> = Vec::new();
-    {
+    let partitions = {
         let c = Arc::clone(&consumer);
-        let topics = topics.clone();
-        let redrive = redrive.clone();
-        let found = tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>> {
+        tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>> {
             let mut out = Vec::new();
             for topic in topics.iter().chain(std::iter::once(&redrive)) {
                 let metadata = c
@@ -220,14 +215,32 @@ async fn run<P: Projection>(
             Ok(out)
         })
         .await
-        .map_err(|e| Error::Runtime(format!("metadata task failed: {e}")))??;
-        partitions.extend(found);
+        .map_err(|e| Error::Runtime(format!("metadata task failed: {e}")))??
+    };
+
+    // Lanes: the partitions dealt out over a few consumers, each applying its own batches on
+    // its own connection. While one lane waits for Postgres, another polls and decodes, and
+    // Postgres works on more than one core.
+    let lane_count = options.lanes.clamp(1, partitions.len().max(1));
+    let mut lanes: Vec<Lane> = Vec::with_capacity(lane_count);
+    for i in 0..lane_count {
+        let consumer = if i == 0 {
+            Arc::clone(&consumer)
+        } else {
+            rebuild_consumer(kafka, &id)?
+        };
+        lanes.push(Lane {
+            consumer,
+            positions: HashMap::new(),
+        });
     }
+    drop(consumer);
     let mut conn = pool.acquire().await.map_err(pg("acquire"))?;
-    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for (topic, partition) in &partitions {
-        let (low, _) = watermarks(&consumer, topic, *partition).await?;
+    let mut assignments: Vec<TopicPartitionList> =
+        (0..lane_count).map(|_| TopicPartitionList::new()).collect();
+    for (i, (topic, partition)) in partitions.iter().enumerate() {
+        let lane = i % lane_count;
+        let (low, _) = watermarks(&lanes[lane].consumer, topic, *partition).await?;
         let start = checkpoint::init(&mut conn, &id, Slot::Shadow, topic, *partition, low)
             .await
             .map_err(pg("init checkpoint"))?;
@@ -240,15 +253,19 @@ async fn run<P: Projection>(
                 ),
             });
         }
-        assignment
+        assignments[lane]
             .add_partition_offset(topic, *partition, Offset::Offset(start))
             .map_err(|e| Error::kafka("assign", e))?;
-        positions.insert((topic.clone(), *partition), start);
+        lanes[lane]
+            .positions
+            .insert((topic.clone(), *partition), start);
     }
     drop(conn);
-    consumer
-        .assign(&assignment)
-        .map_err(|e| Error::kafka("assign", e))?;
+    for (lane, assignment) in lanes.iter().zip(&assignments) {
+        lane.consumer
+            .assign(assignment)
+            .map_err(|e| Error::kafka("assign", e))?;
+    }
 
     let dead_letters = DeadLetterWriter::new(kafka, &kafka.topic_name(&id))?;
     let schemas = SchemaStore::new(kafka);
@@ -259,147 +276,36 @@ async fn run<P: Projection>(
         dead_letters: &dead_letters,
         schemas: &schemas,
     };
-    let mut progress = Progress::new(options.progress, &id);
-    // Progress counts offsets, not records: in a transactional log, commit markers and
-    // aborted records take offsets too.
-    let starts = positions.clone();
-    let offsets_done = |positions: &HashMap<(String, i32), i64>| -> u64 {
-        positions
-            .iter()
-            .map(|(k, now)| (now - starts.get(k).copied().unwrap_or(*now)).max(0) as u64)
-            .sum()
-    };
+    let progress = std::sync::Mutex::new(Progress::new(options.progress, &id));
     let mut records = 0u64;
     let mut dead_lettered = 0u64;
     loop {
         // Read up to the end offsets (last stable offsets) as they are now.
-        let mut ends: HashMap<(String, i32), i64> = HashMap::new();
-        for (topic, partition) in &partitions {
-            ends.insert(
-                (topic.clone(), *partition),
-                watermarks(&consumer, topic, *partition).await?.1,
-            );
+        let mut ends: Vec<HashMap<(String, i32), i64>> = Vec::with_capacity(lanes.len());
+        let mut left = 0u64;
+        for lane in &lanes {
+            let mut lane_ends = HashMap::new();
+            for (key, position) in &lane.positions {
+                let end = watermarks(&lane.consumer, &key.0, key.1).await?.1;
+                left += (end - position).max(0) as u64;
+                lane_ends.insert(key.clone(), end);
+            }
+            ends.push(lane_ends);
         }
-        let total: i64 = ends
-            .iter()
-            .map(|(k, end)| (end - starts.get(k).copied().unwrap_or(*end)).max(0))
-            .sum();
-        progress.set_total(total as u64);
-        let mut idle_since = Instant::now();
-        while ends.iter().any(|(k, end)| positions[k] < *end) {
-            let (c, polled) = poll_batch(Arc::clone(&consumer), options.batch_size).await?;
-            drop(c);
-            if polled.is_empty() {
-                // Nothing more to fetch although a position is short of its end: transaction
-                // markers or aborted records close the gap. The checkpoint comparison at the
-                // swap decides correctness; this only ends the wait.
-                if idle_since.elapsed() > Duration::from_secs(3) {
-                    break;
-                }
-                refresh_positions(&consumer, &mut positions);
-                continue;
-            }
-            idle_since = Instant::now();
-            let mut by_partition: Vec<((String, i32), Vec<Record>)> = Vec::new();
-            for record in polled {
-                let key = (record.topic().to_owned(), record.partition());
-                match by_partition.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, list)) => list.push(record),
-                    None => by_partition.push((key, vec![record])),
-                }
-            }
-            // One transaction for the whole polled batch: a compare-and-set per partition,
-            // one apply, one commit.
-            let count: u64 = by_partition.iter().map(|(_, list)| list.len() as u64).sum();
-            let mut attempt = 0u32;
-            let mut transient_since: Option<Instant> = None;
-            let mut backoff = Duration::ZERO;
-            loop {
-                let parts: Vec<batch::Part<'_>> = by_partition
-                    .iter()
-                    .map(|(key, list)| batch::Part {
-                        expected: *positions.get(key).unwrap_or(&0),
-                        records: list,
-                    })
-                    .collect();
-                match batch::apply_parts(pool, &*projection, &target, &parts).await {
-                    Ok(PartsOutcome::Committed { nexts, poisoned }) => {
-                        for ((key, _), next) in by_partition.iter().zip(nexts) {
-                            if let Some(next) = next {
-                                positions.insert(key.clone(), next);
-                            }
-                        }
-                        dead_lettered += poisoned as u64;
-                        break;
-                    }
-                    Ok(PartsOutcome::Conflict { part, checkpoint }) => {
-                        // Only a second rebuild could move a shadow checkpoint, and the
-                        // advisory lock excludes that; go on from where it is.
-                        let key = &by_partition[part].0;
-                        let now = checkpoint.unwrap_or(parts[part].expected);
-                        if now < parts[part].expected {
-                            // Moved back: another rebuild (its advisory lock is on a
-                            // connection that can be lost) reset it. Applying the records in
-                            // hand would skip the offsets in between: stop; run it again.
-                            return Err(Error::Runtime(format!(
-                                "rebuild of {id}: the shadow checkpoint of {}[{}] moved back from {} to {now}; \
-                                 is another rebuild running? run it again to resume",
-                                key.0, key.1, parts[part].expected
-                            )));
-                        }
-                        tracing::warn!(
-                            partition = key.1,
-                            now,
-                            "shadow checkpoint moved; re-reading"
-                        );
-                        positions.insert(key.clone(), now);
-                        attempt += 1;
-                        if attempt > 20 {
-                            return Err(Error::Runtime(format!(
-                                "rebuild of {id}: shadow checkpoints keep moving"
-                            )));
-                        }
-                    }
-                    Ok(PartsOutcome::Halt(reason)) => {
-                        let key = &by_partition[0].0;
-                        return Err(Error::Halted {
-                            topic: key.0.clone(),
-                            partition: key.1,
-                            reason,
-                        });
-                    }
-                    Err(batch::Transient(reason)) => {
-                        // Postgres restarting, a lost connection, a deadlock: retried with
-                        // back-off for a while (never skipped), then a clear error; the next
-                        // run resumes from the shadow checkpoints.
-                        let waited = transient_since.get_or_insert_with(Instant::now).elapsed();
-                        if waited > TRANSIENT_BUDGET {
-                            return Err(Error::Runtime(format!(
-                                "rebuild of {id} kept failing for {waited:?}: {reason} (run it again to resume)"
-                            )));
-                        }
-                        backoff =
-                            (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                        tracing::warn!(%reason, retry_in = ?backoff, "rebuild batch failed transiently; retrying");
-                        tokio::time::sleep(backoff).await;
-                        // The outcome may be unknown (a connection lost at COMMIT): take the
-                        // checkpoints as they are now, or try again later if that fails too.
-                        match read_shadow_checkpoints(pool, &id, &by_partition).await {
-                            Ok(now) => {
-                                for (key, next) in now {
-                                    positions.insert(key, next);
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot read the shadow checkpoints yet");
-                            }
-                        }
-                    }
-                }
-            }
-            records += count;
-            refresh_positions(&consumer, &mut positions);
-            progress.advance(offsets_done(&positions), records);
+        lock(&progress).add_total(left);
+        let reads = lanes.iter_mut().zip(&ends).map(|(lane, ends)| {
+            lane.read_to(
+                ends,
+                pool,
+                &*projection,
+                &target,
+                options.batch_size,
+                &progress,
+            )
+        });
+        for (read, dead) in futures::future::try_join_all(reads).await? {
+            records += read;
+            dead_lettered += dead;
         }
         failpoint::hit("rebuild.before_swap");
         if swap(pool, &id, &live, &shadow).await? {
@@ -407,7 +313,7 @@ async fn run<P: Projection>(
         }
         tracing::info!(projection = %id, "the live view moved ahead of the shadow; reading on before swapping");
     }
-    progress.finish(offsets_done(&positions), records);
+    lock(&progress).finish();
     // The old copy is no longer referenced; dropping it may wait for readers, so best effort.
     let old = format!("{live}__old");
     if let Err(e) = sqlx::query(&format!(
@@ -548,6 +454,180 @@ pub async fn reset<P: Projection>(projection: &P, pool: &PgPool) -> Result<()> {
     create_schema(pool, projection, &live, true).await
 }
 
+/// A consumer over some of the partitions, with the shadow checkpoint of each as it knows it.
+struct Lane {
+    consumer: Arc<BaseConsumer>,
+    positions: HashMap<(String, i32), i64>,
+}
+
+impl Lane {
+    /// Applies batches until every partition of the lane reaches `ends`. Returns the records
+    /// read and the dead letters written.
+    async fn read_to<P: Projection>(
+        &mut self,
+        ends: &HashMap<(String, i32), i64>,
+        pool: &PgPool,
+        projection: &P,
+        target: &Target<'_>,
+        batch_size: usize,
+        progress: &std::sync::Mutex<Progress>,
+    ) -> Result<(u64, u64)> {
+        let id = target.projection;
+        let mut records = 0u64;
+        let mut dead_lettered = 0u64;
+        let mut idle_since = Instant::now();
+        while ends
+            .iter()
+            .any(|(k, end)| self.positions.get(k).is_some_and(|p| p < end))
+        {
+            let (c, polled) = poll_batch(Arc::clone(&self.consumer), batch_size).await?;
+            drop(c);
+            let before = self.offsets();
+            if polled.is_empty() {
+                // Nothing more to fetch although a position is short of its end: transaction
+                // markers or aborted records close the gap. The checkpoint comparison at the
+                // swap decides correctness; this only ends the wait.
+                if idle_since.elapsed() > Duration::from_secs(3) {
+                    break;
+                }
+                refresh_positions(&self.consumer, &mut self.positions);
+                lock(progress).advance(self.offsets().saturating_sub(before), 0);
+                continue;
+            }
+            idle_since = Instant::now();
+            let mut by_partition: Vec<((String, i32), Vec<Record>)> = Vec::new();
+            for record in polled {
+                let key = (record.topic().to_owned(), record.partition());
+                match by_partition.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, list)) => list.push(record),
+                    None => by_partition.push((key, vec![record])),
+                }
+            }
+            // One transaction for the whole polled batch: a compare-and-set per partition,
+            // one apply, one commit.
+            let count: u64 = by_partition.iter().map(|(_, list)| list.len() as u64).sum();
+            let mut attempt = 0u32;
+            let mut transient_since: Option<Instant> = None;
+            let mut backoff = Duration::ZERO;
+            loop {
+                let parts: Vec<batch::Part<'_>> = by_partition
+                    .iter()
+                    .map(|(key, list)| batch::Part {
+                        expected: *self.positions.get(key).unwrap_or(&0),
+                        records: list,
+                    })
+                    .collect();
+                match batch::apply_parts(pool, projection, target, &parts).await {
+                    Ok(PartsOutcome::Committed { nexts, poisoned }) => {
+                        for ((key, _), next) in by_partition.iter().zip(nexts) {
+                            if let Some(next) = next {
+                                self.positions.insert(key.clone(), next);
+                            }
+                        }
+                        dead_lettered += poisoned as u64;
+                        break;
+                    }
+                    Ok(PartsOutcome::Conflict { part, checkpoint }) => {
+                        // Only a second rebuild could move a shadow checkpoint, and the
+                        // advisory lock excludes that; go on from where it is.
+                        let key = &by_partition[part].0;
+                        let now = checkpoint.unwrap_or(parts[part].expected);
+                        if now < parts[part].expected {
+                            // Moved back: another rebuild (its advisory lock is on a
+                            // connection that can be lost) reset it. Applying the records in
+                            // hand would skip the offsets in between: stop; run it again.
+                            return Err(Error::Runtime(format!(
+                                "rebuild of {id}: the shadow checkpoint of {}[{}] moved back from {} to {now}; \
+                                 is another rebuild running? run it again to resume",
+                                key.0, key.1, parts[part].expected
+                            )));
+                        }
+                        tracing::warn!(
+                            partition = key.1,
+                            now,
+                            "shadow checkpoint moved; re-reading"
+                        );
+                        self.positions.insert(key.clone(), now);
+                        attempt += 1;
+                        if attempt > 20 {
+                            return Err(Error::Runtime(format!(
+                                "rebuild of {id}: shadow checkpoints keep moving"
+                            )));
+                        }
+                    }
+                    Ok(PartsOutcome::Halt(reason)) => {
+                        let key = &by_partition[0].0;
+                        return Err(Error::Halted {
+                            topic: key.0.clone(),
+                            partition: key.1,
+                            reason,
+                        });
+                    }
+                    Err(batch::Transient(reason)) => {
+                        // Postgres restarting, a lost connection, a deadlock: retried with
+                        // back-off for a while (never skipped), then a clear error; the next
+                        // run resumes from the shadow checkpoints.
+                        let waited = transient_since.get_or_insert_with(Instant::now).elapsed();
+                        if waited > TRANSIENT_BUDGET {
+                            return Err(Error::Runtime(format!(
+                                "rebuild of {id} kept failing for {waited:?}: {reason} (run it again to resume)"
+                            )));
+                        }
+                        backoff =
+                            (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                        tracing::warn!(%reason, retry_in = ?backoff, "rebuild batch failed transiently; retrying");
+                        tokio::time::sleep(backoff).await;
+                        // The outcome may be unknown (a connection lost at COMMIT): take the
+                        // checkpoints as they are now, or try again later if that fails too.
+                        match read_shadow_checkpoints(pool, id, &by_partition).await {
+                            Ok(now) => {
+                                for (key, next) in now {
+                                    self.positions.insert(key, next);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read the shadow checkpoints yet");
+                            }
+                        }
+                    }
+                }
+            }
+            records += count;
+            refresh_positions(&self.consumer, &mut self.positions);
+            lock(progress).advance(self.offsets().saturating_sub(before), count);
+        }
+        Ok((records, dead_lettered))
+    }
+
+    /// The sum of the lane's positions: progress counts offsets, not records (in a
+    /// transactional log, commit markers and aborted records take offsets too).
+    fn offsets(&self) -> u64 {
+        self.positions.values().map(|p| (*p).max(0) as u64).sum()
+    }
+}
+
+/// A consumer for a rebuild: partitions are assigned directly, nothing is committed to Kafka.
+fn rebuild_consumer(kafka: &KafkaConfig, id: &str) -> Result<Arc<BaseConsumer>> {
+    Ok(Arc::new(
+        kafka
+            .client_config(&[
+                ("group.id", &format!("{id}.rebuild")),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "false"),
+            ])
+            .create()
+            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?,
+    ))
+}
+
+/// Locks the shared progress line (a poisoned lock still holds usable counters).
+fn lock(progress: &std::sync::Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
+    progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 async fn watermarks(
     consumer: &Arc<BaseConsumer>,
     topic: &str,
@@ -662,13 +742,14 @@ impl Progress {
         }
     }
 
-    fn set_total(&mut self, total: u64) {
-        self.total = total.max(self.done);
+    /// More offsets to read (the ends moved since the last pass).
+    fn add_total(&mut self, more: u64) {
+        self.total = (self.total + more).max(self.done);
     }
 
-    fn advance(&mut self, done: u64, records: u64) {
-        self.done = done;
-        self.records = records;
+    fn advance(&mut self, offsets: u64, records: u64) {
+        self.done += offsets;
+        self.records += records;
         if self.enabled && self.last_print.elapsed() >= Duration::from_millis(500) {
             self.last_print = Instant::now();
             self.print();
@@ -702,9 +783,7 @@ impl Progress {
         let _ = err.flush();
     }
 
-    fn finish(&mut self, done: u64, records: u64) {
-        self.done = done;
-        self.records = records;
+    fn finish(&mut self) {
         if self.enabled {
             self.print();
             eprintln!();
