@@ -153,6 +153,7 @@ pub struct ConsumerStatus {
 struct StatusInner {
     assigned: Vec<(String, i32)>,
     halted: Vec<(String, i32, String)>,
+    waiting: Vec<(String, i32)>,
 }
 
 impl ConsumerStatus {
@@ -168,9 +169,18 @@ impl ConsumerStatus {
         self.lock().halted.clone()
     }
 
-    /// Ready: nothing halted.
+    /// Partitions assigned but not started: their start offsets could not be read yet (the
+    /// database is down); the runtime keeps asking in the background.
+    pub fn waiting(&self) -> Vec<(String, i32)> {
+        let mut out = self.lock().waiting.clone();
+        out.sort();
+        out
+    }
+
+    /// Ready: nothing halted, nothing waiting for its start offset.
     pub fn is_ready(&self) -> bool {
-        self.lock().halted.is_empty()
+        let inner = self.lock();
+        inner.halted.is_empty() && inner.waiting.is_empty()
     }
 
     fn lock(&self) -> MutexGuard<'_, StatusInner> {
@@ -284,6 +294,9 @@ struct WorkerHandle {
     epoch: u64,
     paused: bool,
     halted: bool,
+    /// Assigned while its start offset could not be read: paused, nothing dispatched, until a
+    /// background lookup succeeds and seeks it.
+    waiting: bool,
     exited: bool,
 }
 
@@ -306,7 +319,8 @@ struct Shared<L: PartitionLogic> {
     shutdown: Shutdown,
     /// Set when the `run` future is dropped: stop without touching the caller's signal.
     abandoned: AtomicBool,
-    /// How long an assignment retries the logic's start offsets before halting.
+    /// How long an assignment retries the logic's start offsets inside the rebalance
+    /// callback before it leaves them to a background lookup.
     start_offsets_budget: Duration,
 }
 
@@ -394,6 +408,7 @@ impl<L: PartitionLogic> RuntimeContext<L> {
         let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let mut assign = TopicPartitionList::with_capacity(partitions.len());
         let mut halt = Vec::new();
+        let mut waiting: Vec<Tp> = Vec::new();
         {
             let mut state = shared.state();
             for (i, (topic, partition)) in partitions.iter().enumerate() {
@@ -410,8 +425,8 @@ impl<L: PartitionLogic> RuntimeContext<L> {
                             }
                         }
                     }
-                    Err(e) => {
-                        halt.push((key.clone(), format!("cannot determine start offsets: {e}")));
+                    Err(_) => {
+                        waiting.push(key.clone());
                         Offset::Stored
                     }
                 };
@@ -448,10 +463,18 @@ impl<L: PartitionLogic> RuntimeContext<L> {
         for (key, reason) in halt {
             halt_partition(shared, consumer, &key, reason);
         }
+        if let Err(e) = &offsets {
+            tracing::warn!(group = %shared.settings.group_id, error = %e, partitions = ?waiting,
+                "start offsets unavailable; the partitions wait, paused, and the lookup goes on in the background");
+            for key in &waiting {
+                wait_for_start(shared, consumer, key);
+            }
+        }
     }
 
-    /// Asks the logic for start offsets, retrying I/O failures for a while. A panic in the
-    /// logic is an error, not a dead poll thread.
+    /// Asks the logic for start offsets, retrying I/O failures for a while (a short while:
+    /// the callback holds up every other partition of this member). A panic in the logic is an
+    /// error, not a dead poll thread.
     fn start_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<StartOffset>> {
         let shared = &self.shared;
         let deadline = Instant::now() + shared.start_offsets_budget;
@@ -568,11 +591,224 @@ impl<L: PartitionLogic> RuntimeContext<L> {
                 .lock()
                 .assigned
                 .retain(|(t, p)| !revoked.iter().any(|(rt, rp)| **rt == **t && rp == p));
+            shared
+                .settings
+                .status
+                .lock()
+                .waiting
+                .retain(|(t, p)| !revoked.iter().any(|(rt, rp)| **rt == **t && rp == p));
         }
         // Leave no application pause behind (see assign).
         let _ = consumer.resume(tpl);
         if let Err(e) = consumer.incremental_unassign(tpl) {
             tracing::error!(error = %e, "incremental_unassign failed");
+        }
+    }
+}
+
+/// How long an assignment retries start offsets inside the rebalance callback.
+const START_OFFSETS_IN_CALLBACK: Duration = Duration::from_secs(10);
+
+/// Marks a newly assigned partition as waiting for its start offset: paused, nothing
+/// dispatched, shown in the status.
+fn wait_for_start<L: PartitionLogic>(
+    shared: &Shared<L>,
+    consumer: &BaseConsumer<RuntimeContext<L>>,
+    key: &Tp,
+) {
+    let mut state = shared.state();
+    let Some(handle) = state.workers.get_mut(key) else {
+        return;
+    };
+    handle.waiting = true;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&key.0, key.1);
+    if let Err(e) = consumer.pause(&tpl) {
+        // Not fatal: records that arrive are not dispatched while the partition waits, and the
+        // seek that starts it discards them.
+        tracing::warn!(topic = %key.0, partition = key.1, error = %e, "cannot pause a waiting partition");
+    }
+    handle.paused = true;
+    shared
+        .settings
+        .status
+        .lock()
+        .waiting
+        .push((key.0.to_string(), key.1));
+}
+
+type LookupAnswer = std_mpsc::Receiver<Result<Vec<StartOffset>>>;
+
+/// The background lookup of start offsets for partitions that wait for them: one lookup at a
+/// time on the async runtime, retried with back-off while it fails, never halting a partition
+/// for an outage. Driven by the poll loop.
+#[derive(Default)]
+struct StartLookup {
+    /// The partitions asked for (with their assignment generation) and where the answer comes.
+    in_flight: Option<(Vec<(Tp, u64)>, LookupAnswer)>,
+    failures: u32,
+    next_try: Option<Instant>,
+}
+
+impl StartLookup {
+    fn step<L: PartitionLogic>(
+        &mut self,
+        shared: &Arc<Shared<L>>,
+        consumer: &BaseConsumer<RuntimeContext<L>>,
+    ) {
+        if let Some((keys, rx)) = &self.in_flight {
+            let result = match rx.try_recv() {
+                Err(std_mpsc::TryRecvError::Empty) => return,
+                Ok(result) => result,
+                Err(std_mpsc::TryRecvError::Disconnected) => Err(Error::Runtime(
+                    "the start offset lookup ended without an answer".into(),
+                )),
+            };
+            let keys = keys.clone();
+            self.in_flight = None;
+            match result {
+                Ok(offsets) => {
+                    self.failures = 0;
+                    for ((key, generation), offset) in keys.iter().zip(offsets) {
+                        start_waiting(shared, consumer, key, *generation, offset);
+                    }
+                }
+                Err(e) => {
+                    self.failures += 1;
+                    let delay = Duration::from_secs(1 << self.failures.min(3));
+                    tracing::warn!(group = %shared.settings.group_id, error = %e, retry_in = ?delay,
+                        partitions = keys.len(), "start offsets still unavailable; the partitions keep waiting");
+                    self.next_try = Some(Instant::now() + delay);
+                }
+            }
+            return;
+        }
+        if shared.stopping() || self.next_try.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let keys: Vec<(Tp, u64)> = shared
+            .state()
+            .workers
+            .iter()
+            .filter(|(_, h)| h.waiting && !h.halted)
+            .map(|(k, h)| (k.clone(), h.generation))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let partitions: Vec<(String, i32)> =
+            keys.iter().map(|(k, _)| (k.0.to_string(), k.1)).collect();
+        let logic = Arc::clone(&shared.logic);
+        let (tx, rx) = std_mpsc::channel();
+        shared.handle.spawn(async move {
+            use futures::FutureExt;
+            let result = AssertUnwindSafe(logic.start_offsets(&partitions))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(Error::Runtime(format!(
+                        "start_offsets panicked: {}",
+                        panic_message(&*panic)
+                    )))
+                })
+                .and_then(|offsets| {
+                    if offsets.len() == partitions.len() {
+                        Ok(offsets)
+                    } else {
+                        Err(Error::Runtime(format!(
+                            "start_offsets answered {} offsets for {} partitions",
+                            offsets.len(),
+                            partitions.len()
+                        )))
+                    }
+                });
+            let _ = tx.send(result);
+        });
+        self.in_flight = Some((keys, rx));
+    }
+}
+
+/// Starts a partition that waited for its start offset: seeks it there and resumes it. A
+/// partition revoked (or reassigned) meanwhile is left alone.
+fn start_waiting<L: PartitionLogic>(
+    shared: &Shared<L>,
+    consumer: &BaseConsumer<RuntimeContext<L>>,
+    key: &Tp,
+    generation: u64,
+    start: StartOffset,
+) {
+    {
+        let state = shared.state();
+        if !state
+            .workers
+            .get(key)
+            .is_some_and(|h| h.generation == generation && h.waiting && !h.halted)
+        {
+            return;
+        }
+    }
+    let reset = shared.settings.auto_offset_reset.as_str();
+    let target = match start {
+        StartOffset::At(o) => Ok(Offset::Offset(o)),
+        StartOffset::Beginning => Ok(Offset::Beginning),
+        StartOffset::Halt(reason) => Err(reason),
+        StartOffset::Committed => {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&key.0, key.1);
+            match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
+                Ok(list) => match list.elements().first().map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Ok(Offset::Offset(o)),
+                    _ if reset == "earliest" || reset == "smallest" => Ok(Offset::Beginning),
+                    _ if reset == "latest" || reset == "largest" => Ok(Offset::End),
+                    _ => Err(format!("no committed offset and auto.offset.reset={reset}")),
+                },
+                Err(e) => Err(format!("cannot read the committed offset: {e}")),
+            }
+        }
+    };
+    let result = target.and_then(|offset| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&key.0, key.1, offset)
+            .map_err(|e| e.to_string())?;
+        // seek_partitions reports per-partition failures inside the returned list.
+        match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+            Err(e) => Err(format!("seek failed: {e}")),
+            Ok(list) => match list
+                .elements()
+                .iter()
+                .find_map(|e| e.error().err().map(|e| e.to_string()))
+            {
+                Some(error) => Err(format!("seek failed: {error}")),
+                None => Ok(offset),
+            },
+        }
+    });
+    shared
+        .settings
+        .status
+        .lock()
+        .waiting
+        .retain(|(t, p)| !(**t == *key.0 && *p == key.1));
+    match result {
+        Ok(offset) => {
+            let mut state = shared.state();
+            if let Some(handle) = state.workers.get_mut(key) {
+                handle.waiting = false;
+                handle.paused = false;
+            }
+            drop(state);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&key.0, key.1);
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::warn!(error = %e, "resuming a partition that waited failed");
+            }
+            tracing::info!(topic = %key.0, partition = key.1, ?offset, "start offset found; partition started");
+        }
+        Err(reason) => {
+            if let Some(handle) = shared.state().workers.get_mut(key) {
+                handle.waiting = false;
+            }
+            halt_partition(shared, consumer, key, reason);
         }
     }
 }
@@ -786,6 +1022,7 @@ fn spawn_worker<L: PartitionLogic>(
         epoch: 0,
         paused: false,
         halted: false,
+        waiting: false,
         exited: false,
     })
 }
@@ -862,15 +1099,16 @@ impl ConsumerRuntime {
         for (key, value) in &settings.properties {
             client.set(key, value);
         }
-        // How long an assignment may wait for start offsets (a database restarting): as long
-        // as the group lets a member sit in its rebalance callback, with a margin, at most 4
-        // minutes; then the partition halts with the error.
+        // How long an assignment waits for start offsets inside the rebalance callback (a
+        // database restarting): a few seconds, since the callback holds up the member's other
+        // partitions; then the partitions wait paused and a background lookup goes on until
+        // it succeeds.
         let max_poll = client
             .get("max.poll.interval.ms")
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(300_000);
-        let start_offsets_budget = Duration::from_millis(max_poll.saturating_sub(20_000))
-            .clamp(Duration::from_secs(30), Duration::from_secs(240));
+        let start_offsets_budget =
+            Duration::from_millis(max_poll / 2).min(START_OFFSETS_IN_CALLBACK);
         let (reports_tx, reports_rx) = std_mpsc::channel();
         let shared = Arc::new(Shared {
             start_offsets_budget,
@@ -945,6 +1183,7 @@ fn poll_loop<L: PartitionLogic>(
     let mut closing = false;
     let mut last_error_log = Instant::now() - Duration::from_secs(60);
     let mut batches: HashMap<Tp, Vec<Record>> = HashMap::new();
+    let mut lookup = StartLookup::default();
     loop {
         if shared.stopping() && !closing {
             tracing::info!(group = %settings.group_id, "shutting down: finishing in-flight batches, committing, leaving the group");
@@ -960,6 +1199,7 @@ fn poll_loop<L: PartitionLogic>(
         }
         drain_reports(shared, consumer);
         flow_control(shared, consumer);
+        lookup.step(shared, consumer);
         if let Some(reason) = consumer.client().fatal_error() {
             shared.fail(format!("fatal kafka error: {} {}", reason.0, reason.1));
         }
@@ -1041,7 +1281,10 @@ fn dispatch<L: PartitionLogic>(
             continue;
         };
         // Fetched under another assignment or before a seek: stale. Halted: not processed.
-        if handle.halted || snapshot.get(&key) != Some(&(handle.generation, handle.epoch)) {
+        if handle.halted
+            || handle.waiting
+            || snapshot.get(&key) != Some(&(handle.generation, handle.epoch))
+        {
             continue;
         }
         handle.queued.fetch_add(records.len(), Ordering::AcqRel);
@@ -1082,7 +1325,7 @@ fn flow_control<L: PartitionLogic>(shared: &Shared<L>, consumer: &BaseConsumer<R
     let high = shared.settings.high_water.max(1);
     let mut state = shared.state();
     for (key, handle) in state.workers.iter_mut() {
-        if handle.halted {
+        if handle.halted || handle.waiting {
             continue;
         }
         let queued = handle.queued.load(Ordering::Acquire);

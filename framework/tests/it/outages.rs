@@ -116,3 +116,90 @@ async fn a_rebuild_survives_postgres_dropping_every_connection_mid_way() {
         fold(&config, &topic, 40_000)
     );
 }
+
+/// A partition assigned while Postgres is down cannot learn its start offset (the checkpoint).
+/// It must wait, paused, and start once the database is back: not halt until a restart, and
+/// not start anywhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_assigned_during_an_outage_waits_and_starts_when_postgres_is_back() {
+    let config = common::kafka("outage-assign");
+    let topic = topics(&config, 3).await;
+    let (url, pool) = common::fresh_database("outage_assign").await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    publish(&publisher, 0..3000).await;
+    // max.poll.interval.ms 10 s: the rebalance callback tries the lookup for 5 s, then leaves
+    // it to the background.
+    let start = |shutdown: Shutdown| {
+        let runner = ProjectionRunner::new(Arc::new(CounterProjection))
+            .configure(|s| s.property("max.poll.interval.ms", "10000"));
+        let status = runner.status();
+        let (config, pool) = (config.clone(), pool.clone());
+        let task = tokio::spawn(async move { runner.run(&config, &pool, shutdown).await });
+        (status, task)
+    };
+    let (stop_a, stop_b) = (Shutdown::new(), Shutdown::new());
+    let (status_a, task_a) = start(stop_a.clone());
+    let (status_b, task_b) = start(stop_b.clone());
+    common::eventually(
+        "both members own partitions",
+        Duration::from_secs(30),
+        || {
+            let (a, b) = (status_a.assigned().len(), status_b.assigned().len());
+            a > 0 && b > 0 && a + b == 3
+        },
+    )
+    .await;
+    common::wait_caught_up(
+        &pool,
+        &config,
+        PROJECTION,
+        &topic,
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // Postgres goes away for 15 s; B leaves meanwhile, so A is assigned B's partitions while
+    // their checkpoints cannot be read.
+    let down =
+        tokio::spawn(async move { outage(&database_of(&url), Duration::from_secs(15)).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_b.trigger();
+    task_b.await.expect("join b").expect("b stops");
+    publish(&publisher, 3000..6000).await;
+    common::eventually(
+        "A waits for the start offsets of B's partitions",
+        Duration::from_secs(20),
+        || status_a.assigned().len() == 3 && !status_a.waiting().is_empty() && !status_a.is_ready(),
+    )
+    .await;
+    assert!(
+        status_a.halted().is_empty(),
+        "nothing halts for an outage: {:?}",
+        status_a.halted()
+    );
+    down.await.expect("outage");
+
+    common::wait_caught_up(
+        &pool,
+        &config,
+        PROJECTION,
+        &topic,
+        3,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(status_a.waiting().is_empty(), "{:?}", status_a.waiting());
+    assert!(status_a.is_ready());
+    stop_a.trigger();
+    let summary = task_a.await.expect("join a").expect("a");
+    assert!(
+        summary.halted.is_empty(),
+        "nothing halted: {:?}",
+        summary.halted
+    );
+    assert_eq!(
+        view(&pool, "counters_v1").await,
+        fold(&config, &topic, 6000)
+    );
+}
