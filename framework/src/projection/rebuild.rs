@@ -1,7 +1,9 @@
 //! Rebuild (replay), blue/green: fill a shadow schema from the beginning of the log while the
 //! live view keeps serving, then swap it in with one transaction.
 //!
-//! 1. One rebuild per projection at a time: a session advisory lock.
+//! 1. One rebuild per projection at a time: a session advisory lock, checked again before the
+//!    swap (a lost connection loses it: it is taken again, or the rebuild stops if another
+//!    rebuild has it).
 //! 2. The shadow schema `{live}__shadow` gets the projection's tables and checkpoints of its
 //!    own (slot `shadow`), starting at the log start. A killed rebuild leaves them behind and
 //!    the next run resumes from them (or discards them with `fresh`).
@@ -107,28 +109,74 @@ pub async fn rebuild<P: Projection>(
 ) -> Result<RebuildReport> {
     let started = Instant::now();
     let id = projection_id::<P>();
-    let pg = |op| move |e| Error::Postgres { op, source: e };
     setup(&*projection, pool).await?;
 
     // One rebuild at a time: a session lock on a connection held until we return.
-    let mut lock = pool.acquire().await.map_err(pg("acquire"))?;
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('choreo.rebuild.' || $1))")
-            .bind(&id)
-            .fetch_one(&mut *lock)
-            .await
-            .map_err(pg("advisory lock"))?;
-    if !locked {
-        return Err(Error::Config(format!(
-            "a rebuild of {id} is already running"
-        )));
-    }
-    let result = run(projection, kafka, pool, &options, started).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('choreo.rebuild.' || $1))")
-        .bind(&id)
-        .execute(&mut *lock)
-        .await;
+    let mut lock = RebuildLock::take(pool, &id)
+        .await?
+        .ok_or_else(|| Error::Config(format!("a rebuild of {id} is already running")))?;
+    let result = run(projection, kafka, pool, &options, started, &mut lock).await;
+    lock.release().await;
     result
+}
+
+/// The advisory lock that keeps rebuilds of a projection one at a time. It lives on one
+/// connection; when that connection is lost (Postgres restarted, a proxy timed out), so is
+/// the lock, and [`RebuildLock::keep`] takes it again or says who has it.
+struct RebuildLock {
+    pool: PgPool,
+    id: String,
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+}
+
+impl RebuildLock {
+    /// The lock, or `None` when another session holds it.
+    async fn take(pool: &PgPool, id: &str) -> Result<Option<Self>> {
+        let pg = |op| move |e| Error::Postgres { op, source: e };
+        let mut conn = pool.acquire().await.map_err(pg("acquire"))?;
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('choreo.rebuild.' || $1))")
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(pg("advisory lock"))?;
+        Ok(locked.then(|| Self {
+            pool: pool.clone(),
+            id: id.to_owned(),
+            conn,
+        }))
+    }
+
+    /// Makes sure the lock is still held: a live connection still holds its session lock; a
+    /// lost one is replaced and the lock taken again, unless another rebuild took it
+    /// meanwhile (an error: stop, and run again once that one is done).
+    async fn keep(&mut self) -> Result<()> {
+        if sqlx::query("SELECT 1")
+            .execute(&mut *self.conn)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tracing::warn!(projection = %self.id, "the rebuild lock's connection was lost; taking the lock again");
+        match Self::take(&self.pool, &self.id).await? {
+            Some(fresh) => {
+                *self = fresh;
+                Ok(())
+            }
+            None => Err(Error::Runtime(format!(
+                "rebuild of {}: lost its lock, and another rebuild holds it now; run it again to resume",
+                self.id
+            ))),
+        }
+    }
+
+    async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('choreo.rebuild.' || $1))")
+            .bind(&self.id)
+            .execute(&mut *self.conn)
+            .await;
+    }
 }
 
 async fn run<P: Projection>(
@@ -137,6 +185,7 @@ async fn run<P: Projection>(
     pool: &PgPool,
     options: &RebuildOptions,
     started: Instant,
+    rebuild_lock: &mut RebuildLock,
 ) -> Result<RebuildReport> {
     let id = projection_id::<P>();
     let live = live_schema::<P>();
@@ -307,6 +356,8 @@ async fn run<P: Projection>(
             records += read;
             dead_lettered += dead;
         }
+        // The swap must not race another rebuild: the lock again, before swapping.
+        rebuild_lock.keep().await?;
         failpoint::hit("rebuild.before_swap");
         if swap(pool, &id, &live, &shadow).await? {
             break;

@@ -203,3 +203,64 @@ async fn a_partition_assigned_during_an_outage_waits_and_starts_when_postgres_is
         fold(&config, &topic, 6000)
     );
 }
+
+/// The rebuild's advisory lock lives on one connection. When that connection dies and another
+/// session takes the lock meanwhile, the rebuild must not swap: it stops with a clear error
+/// and the live view stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_that_lost_its_lock_to_another_session_does_not_swap() {
+    let config = common::kafka("outage-lock");
+    topics(&config, 3).await;
+    let (_url, pool) = common::fresh_database("outage_lock").await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    publish(&publisher, 0..40_000).await;
+    let task = tokio::spawn({
+        let (config, pool) = (config.clone(), pool.clone());
+        async move {
+            let options = RebuildOptions {
+                batch_size: 200,
+                ..RebuildOptions::default()
+            };
+            rebuild(Arc::new(CounterProjection), &config, &pool, options).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Another session ends the lock holder's backend and takes the lock in its place.
+    let mut other = pool.acquire().await.expect("connection");
+    let ended: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_locks \
+         WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&mut *other)
+    .await
+    .expect("terminate the lock holder");
+    assert_eq!(ended, vec![(true,)], "one session held the rebuild lock");
+    let taken: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('choreo.rebuild.' || $1))")
+            .bind(PROJECTION)
+            .fetch_one(&mut *other)
+            .await
+            .expect("take the lock");
+    assert!(taken, "the lock is free once its session ended");
+    assert!(
+        !task.is_finished(),
+        "the rebuild ended before its lock was taken: publish more events"
+    );
+    let error = task
+        .await
+        .expect("join")
+        .expect_err("a rebuild without its lock must not swap");
+    assert!(
+        error.to_string().contains("another rebuild holds it"),
+        "{error}"
+    );
+    // Nothing ran live: the live view is the empty one the rebuild found.
+    let live = view(&pool, "counters_v1").await;
+    assert!(
+        live.totals.is_empty() && live.offsets.is_empty(),
+        "the live view was not replaced"
+    );
+    // The shadow kept what it applied, for the next run to resume.
+    assert!(!view(&pool, "counters_v1__shadow").await.offsets.is_empty());
+    drop(other);
+}
