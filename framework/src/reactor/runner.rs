@@ -6,8 +6,11 @@
 //! dead letters of events that could not be, and the input offsets with fresh consumer group
 //! metadata. A transaction is never open while we poll, so a revoke never meets one.
 //!
-//! A transient error on event i commits the events before it (their effects are done) and
-//! rewinds to i, then backs off: the event is retried, never skipped. Errors of the
+//! A transient error on an event holds back its partition only: the batch goes on with the
+//! other partitions' events and commits them; the failing partition is rewound to the event,
+//! paused, and resumed after a back-off (doubling per failure, 100 ms to 5 s): the event is
+//! retried, never skipped, and one stuck event does not stop the instance's other partitions.
+//! Errors of the
 //! transaction itself are handled as in the command processor (DESIGN.md §4.3): abortable →
 //! abort and rewind; fenced → stop, never recreate; unknown (a timed-out commit) → stop, and
 //! a restart fences the old producer.
@@ -65,6 +68,7 @@ struct StatusInner {
     dead_lettered: AtomicU64,
     transactions: AtomicU64,
     assigned: Mutex<Vec<(String, i32)>>,
+    retrying: Mutex<Vec<(String, i32, String)>>,
 }
 
 impl ReactorStatus {
@@ -76,6 +80,14 @@ impl ReactorStatus {
     /// Events sent to the dead letters in committed transactions.
     pub fn dead_lettered(&self) -> u64 {
         self.inner.dead_lettered.load(Ordering::Relaxed)
+    }
+
+    /// Partitions held back by an event that failed transiently, with the reason: each waits
+    /// for its back-off, then retries that event.
+    pub fn retrying(&self) -> Vec<(String, i32, String)> {
+        let mut out = lock(&self.inner.retrying).clone();
+        out.sort();
+        out
     }
 
     /// Committed transactions.
@@ -304,6 +316,11 @@ impl<R: Reactor> ConsumerContext for ReactorContext<R> {
                     shared.shutdown.trigger();
                     return;
                 }
+                // A pause survives unassign/reassign in librdkafka: a partition held back
+                // when it was revoked would come back paused.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "resuming newly assigned partitions failed");
+                }
                 let mut at = lock(&shared.assigned_at);
                 for tp in &partitions {
                     at.insert(tp.clone(), generation);
@@ -367,11 +384,15 @@ fn start_new_partitions_at_end<R: Reactor>(
     }
 }
 
-/// How a batch ended when it did not run to its end.
-struct Stopped {
-    /// Index of the first record not handled.
-    at: usize,
-    reason: String,
+/// How a batch's transaction ended.
+#[derive(Default)]
+struct Ended {
+    /// Shutting down: the index of the first record not handled (none after it was).
+    stopped_at: Option<usize>,
+    /// Partitions held back: the offset of the event that failed transiently, and why.
+    held: HashMap<TopicPartition, (i64, String)>,
+    /// Partitions with events in the committed transaction.
+    committed: Vec<TopicPartition>,
 }
 
 fn reacting_loop<R: Reactor>(
@@ -390,6 +411,7 @@ fn reacting_loop<R: Reactor>(
         .subscribe(&topics)
         .map_err(|e| Error::kafka("subscribe", e))?;
     let mut backoff = Duration::ZERO;
+    let mut holds = Holds::default();
     while !shared.shutdown.is_triggered() {
         if !backoff.is_zero() {
             shared.handle.block_on(async {
@@ -399,6 +421,7 @@ fn reacting_loop<R: Reactor>(
                 }
             });
         }
+        holds.release_due(consumer, &shared.status);
         let before = shared.rebalances.load(Ordering::Acquire);
         let (batch, error) = collect_batch(consumer, max_batch, Duration::from_millis(100));
         if let Some(e) = error {
@@ -408,6 +431,12 @@ fn reacting_loop<R: Reactor>(
             return Err(Error::Runtime(reason));
         }
         check_consumer(consumer)?;
+        if shared.rebalances.load(Ordering::Acquire) != before {
+            // Partitions revoked meanwhile are no longer ours to hold (their pause was
+            // lifted when they were assigned again, if they were).
+            holds.forget_unassigned(&lock(&shared.assigned_at), &shared.status);
+        }
+        let batch = holds.hold_back(consumer, batch)?;
         if batch.is_empty() {
             continue;
         }
@@ -428,19 +457,22 @@ fn reacting_loop<R: Reactor>(
             continue;
         }
         match run_transaction(shared, consumer, producer, &batch) {
-            Ok(None) => backoff = Duration::ZERO,
-            Ok(Some(stopped)) => {
-                // Committed up to `at`; the rest comes again.
-                rewind(consumer, &starts(&batch[stopped.at..]))?;
+            Ok(ended) => {
+                backoff = Duration::ZERO;
+                let mut back: HashMap<TopicPartition, i64> = HashMap::new();
+                if let Some(at) = ended.stopped_at {
+                    // Shutting down: the rest of the batch comes again to the next owner.
+                    back = starts(&batch[at..]);
+                }
+                for (tp, (offset, _)) in &ended.held {
+                    back.insert(tp.clone(), *offset);
+                }
+                rewind(consumer, &back)?;
+                holds.succeeded(&ended.committed);
                 if !shared.shutdown.is_triggered() {
-                    backoff =
-                        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                    tracing::warn!(
-                        reactor = R::NAME,
-                        reason = %stopped.reason,
-                        retry_in = ?backoff,
-                        "transient failure; the event will be retried"
-                    );
+                    for (tp, (offset, reason)) in ended.held {
+                        holds.hold(consumer, &shared.status, tp, offset, reason);
+                    }
                 }
             }
             Err(TxError::Abortable(reason)) => {
@@ -463,29 +495,131 @@ fn reacting_loop<R: Reactor>(
     Ok(())
 }
 
+/// Partitions held back by a transiently failing event: paused until their back-off ends.
+#[derive(Default)]
+struct Holds {
+    /// When each held partition resumes.
+    until: HashMap<TopicPartition, std::time::Instant>,
+    /// The current back-off of partitions that failed lately (doubles per failure, cleared
+    /// by a committed event of that partition).
+    backoff: HashMap<TopicPartition, Duration>,
+}
+
+impl Holds {
+    fn hold<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        status: &ReactorStatus,
+        tp: TopicPartition,
+        offset: i64,
+        reason: String,
+    ) {
+        let delay = self
+            .backoff
+            .get(&tp)
+            .map_or(Duration::from_millis(100), |d| {
+                (*d * 2).min(Duration::from_secs(5))
+            });
+        self.backoff.insert(tp.clone(), delay);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        if let Err(e) = consumer.pause(&tpl) {
+            // Not paused: its next records come at once and fail again (still never skipped).
+            tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot pause a held partition");
+        }
+        tracing::warn!(topic = %tp.0, partition = tp.1, offset, %reason, retry_in = ?delay,
+            "transient failure; this partition waits and retries the event, the others go on");
+        let mut retrying = lock(&status.inner.retrying);
+        retrying.retain(|(t, p, _)| !(*t == tp.0 && *p == tp.1));
+        retrying.push((tp.0.clone(), tp.1, reason));
+        self.until.insert(tp, std::time::Instant::now() + delay);
+    }
+
+    /// Resumes the partitions whose back-off is over.
+    fn release_due<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        status: &ReactorStatus,
+    ) {
+        let now = std::time::Instant::now();
+        let due: Vec<TopicPartition> = self
+            .until
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in due {
+            self.until.remove(&tp);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&tp.0, tp.1);
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot resume a held partition");
+            }
+            lock(&status.inner.retrying).retain(|(t, p, _)| !(*t == tp.0 && *p == tp.1));
+        }
+    }
+
+    /// Takes the records of held partitions out of a batch (a pause does not empty what was
+    /// already fetched) and rewinds those partitions to their first such record: they are
+    /// read again once resumed.
+    fn hold_back<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        batch: Vec<OwnedMessage>,
+    ) -> Result<Vec<OwnedMessage>> {
+        if self.until.is_empty() {
+            return Ok(batch);
+        }
+        let (held, go): (Vec<OwnedMessage>, Vec<OwnedMessage>) = batch.into_iter().partition(|r| {
+            self.until
+                .contains_key(&(r.topic().to_owned(), r.partition()))
+        });
+        rewind(consumer, &starts(&held))?;
+        Ok(go)
+    }
+
+    /// Partitions that committed an event are healthy again.
+    fn succeeded(&mut self, committed: &[TopicPartition]) {
+        for tp in committed {
+            self.backoff.remove(tp);
+        }
+    }
+
+    fn forget_unassigned(
+        &mut self,
+        assigned: &HashMap<TopicPartition, u64>,
+        status: &ReactorStatus,
+    ) {
+        self.until.retain(|tp, _| assigned.contains_key(tp));
+        self.backoff.retain(|tp, _| assigned.contains_key(tp));
+        lock(&status.inner.retrying).retain(|(t, p, _)| assigned.contains_key(&(t.clone(), *p)));
+    }
+}
+
 /// One transaction: react to the batch's events in order, produce their outputs and dead
-/// letters, commit them with the input offsets. `Ok(Some(_))` when a transient error stopped
-/// the batch early (what came before it is committed).
+/// letters, commit them with the input offsets. A partition whose event fails transiently is
+/// left out from that event on (held); the others go on.
 fn run_transaction<R: Reactor>(
     shared: &Arc<Shared<R>>,
     consumer: &BaseConsumer<ReactorContext<R>>,
     producer: &FutureProducer,
     batch: &[OwnedMessage],
-) -> Result<Option<Stopped>, TxError> {
+) -> Result<Ended, TxError> {
     producer
         .begin_transaction()
         .map_err(|e| classify("begin_transaction", &e))?;
     let mut staged: Vec<TxRecord> = Vec::new();
     let mut next: HashMap<TopicPartition, i64> = HashMap::new();
-    let mut stopped = None;
+    let mut ended = Ended::default();
     let (mut reacted, mut dead) = (0u64, 0u64);
     for (i, record) in batch.iter().enumerate() {
         if shared.shutdown.is_triggered() {
-            stopped = Some(Stopped {
-                at: i,
-                reason: "shutting down".into(),
-            });
+            ended.stopped_at = Some(i);
             break;
+        }
+        let tp = (record.topic().to_owned(), record.partition());
+        if ended.held.contains_key(&tp) {
+            continue;
         }
         match react_one(shared, record) {
             Reaction::Done(outputs) => {
@@ -500,21 +634,19 @@ fn run_transaction<R: Reactor>(
                 dead += 1;
             }
             Reaction::Retry(reason) => {
-                stopped = Some(Stopped { at: i, reason });
-                break;
+                ended.held.insert(tp, (record.offset(), reason));
+                continue;
             }
         }
-        next.insert(
-            (record.topic().to_owned(), record.partition()),
-            record.offset() + 1,
-        );
+        next.insert(tp, record.offset() + 1);
     }
     if next.is_empty() {
-        // Nothing handled (the first event failed transiently): nothing to commit.
+        // Nothing handled (every partition's first event failed transiently): nothing to
+        // commit.
         producer
             .abort_transaction(Duration::from_secs(30))
             .map_err(|e| classify("abort_transaction", &e))?;
-        return Ok(stopped);
+        return Ok(ended);
     }
     let deliveries: Vec<_> = staged
         .iter()
@@ -547,7 +679,8 @@ fn run_transaction<R: Reactor>(
     status.reacted.fetch_add(reacted, Ordering::Relaxed);
     status.dead_lettered.fetch_add(dead, Ordering::Relaxed);
     status.transactions.fetch_add(1, Ordering::Relaxed);
-    Ok(stopped)
+    ended.committed = next.into_keys().collect();
+    Ok(ended)
 }
 
 enum Reaction {

@@ -1,9 +1,11 @@
 //! The drill reactor: reacts to every [`CounterBumped`] with an effect in Postgres (a row,
 //! claimed through the inbox, so exactly once) and an announcement `v1.echo.recorded` on
 //! `echo.events`. Poison events (`poison: true`) are refused; `key` `"flaky"` fails
-//! transiently the first `FLAKY_FAILURES` times it is seen by a process.
+//! transiently the first `FLAKY_FAILURES` times it is seen by a process; `key` `"stuck"` fails
+//! transiently until [`EchoReactor::stuck_switch`] is turned off.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,7 @@ pub struct EchoReactor {
     pub inbox: Inbox,
     pub pool: sqlx::PgPool,
     flaky: AtomicU32,
+    stuck: Arc<AtomicBool>,
 }
 
 impl EchoReactor {
@@ -42,7 +45,13 @@ impl EchoReactor {
             inbox: Inbox::new(pool.clone(), Self::NAME),
             pool,
             flaky: AtomicU32::new(0),
+            stuck: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// While on (it starts on), events with key `"stuck"` fail transiently.
+    pub fn stuck_switch(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stuck)
     }
 
     /// Creates the effect table.
@@ -80,6 +89,11 @@ impl Reactor for EchoReactor {
         if bump.key == "flaky" && self.flaky.fetch_add(1, Ordering::AcqRel) < FLAKY_FAILURES {
             return Err(ReactError::Transient(anyhow::anyhow!(
                 "the flaky key fails for now"
+            )));
+        }
+        if bump.key == "stuck" && self.stuck.load(Ordering::Acquire) {
+            return Err(ReactError::Transient(anyhow::anyhow!(
+                "the stuck key fails until released"
             )));
         }
         // No unique index on event_id: a second effect would show as a second row.

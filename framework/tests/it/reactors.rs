@@ -3,6 +3,7 @@
 //! failpoints, which must lose and duplicate nothing (outputs in read_committed, effects).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use choreo::kafka::{TopicAdmin, TopicSpec};
@@ -271,4 +272,71 @@ async fn a_reactor_started_from_the_end_acts_only_on_later_events_and_keeps_that
     shutdown.trigger();
     task.await.expect("join").expect("run");
     check_one_output_each(&config, &later);
+}
+
+/// An event that keeps failing transiently holds back its own partition only: the events of
+/// the other partitions get their outputs meanwhile; once it succeeds, the held partition goes
+/// on from that event, and every event has exactly one output and one effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transiently_failing_event_holds_back_only_its_own_partition() {
+    let config = common::kafka("reactor-hold");
+    echo_topics(&config).await;
+    let (_, pool) = common::fresh_database("reactor_hold").await;
+    EchoReactor::setup(&pool).await.expect("setup");
+    let publisher = Publisher::new(&config, "/drill-source").expect("publisher");
+    let stuck = publisher
+        .publish(&CounterBumped {
+            key: "stuck".into(),
+            amount: 1,
+            poison: false,
+        })
+        .await
+        .expect("publish");
+    let mut inputs: BTreeSet<Uuid> = BTreeSet::from([stuck.id]);
+    let mut elsewhere: BTreeSet<Uuid> = BTreeSet::new();
+    for result in futures::future::join_all(bumps(60).iter().map(|e| publisher.publish(e))).await {
+        let delivered = result.expect("publish");
+        inputs.insert(delivered.id);
+        if delivered.partition != stuck.partition {
+            elsewhere.insert(delivered.id);
+        }
+    }
+    assert!(
+        !elsewhere.is_empty() && elsewhere.len() + 1 < inputs.len(),
+        "events on the stuck partition and on others"
+    );
+
+    let reactor = EchoReactor::new(pool.clone());
+    let switch = reactor.stuck_switch();
+    let shutdown = Shutdown::new();
+    let runner = ReactorRunner::new(reactor, "drill", 0).max_batch(8);
+    let status = runner.status();
+    let task = tokio::spawn({
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        async move { runner.run(&config, shutdown).await }
+    });
+    common::eventually(
+        "the other partitions' events reacted to while one is held",
+        Duration::from_secs(60),
+        || status.reacted() >= elsewhere.len() as u64,
+    )
+    .await;
+    let retrying = status.retrying();
+    assert!(
+        retrying
+            .iter()
+            .any(|(_, p, reason)| *p == stuck.partition && reason.contains("stuck")),
+        "the stuck partition is shown as retrying: {retrying:?}"
+    );
+    check_one_output_each(&config, &elsewhere);
+
+    switch.store(false, Ordering::Release);
+    common::eventually("every event reacted to", Duration::from_secs(60), || {
+        status.reacted() >= inputs.len() as u64
+    })
+    .await;
+    shutdown.trigger();
+    task.await.expect("join").expect("reactor run");
+    check_one_output_each(&config, &inputs);
+    check_one_effect_each(&pool, &inputs).await;
 }
