@@ -21,6 +21,11 @@
 //! (the record goes to `{group}.dlq` with the reason, and the partition moves on). A record
 //! that cannot be decoded goes to the dead letters too. A panic in a handler is caught and
 //! treated as permanent.
+//!
+//! The config's namespace prefixes the group like the topics: `welcome-printer` under the
+//! namespace `staging` is the consumer group `staging.welcome-printer`, with dead letters in
+//! `staging.welcome-printer.dlq` and redriven records read from
+//! `staging.welcome-printer.redrive` (the CLI's `choreo dlq` takes that full group name).
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -117,7 +122,8 @@ impl std::fmt::Debug for EventHandlers {
 
 impl EventHandlers {
     /// Handlers in the consumer group `group` (instances with the same group share the
-    /// partitions).
+    /// partitions). Give the name without the namespace: [`EventHandlers::run`] prefixes the
+    /// config's namespace, as it does for the topics.
     pub fn new(group: impl Into<String>) -> Self {
         Self {
             group: group.into(),
@@ -221,7 +227,7 @@ impl EventHandlers {
         settings.status.clone()
     }
 
-    /// The consumer group.
+    /// The group name as given, without the namespace that [`EventHandlers::run`] prefixes.
     pub fn group(&self) -> &str {
         &self.group
     }
@@ -241,15 +247,20 @@ impl EventHandlers {
         let mut settings = self
             .settings
             .unwrap_or_else(|| ConsumerSettings::new(self.group.clone(), Vec::new()));
-        settings.group_id = self.group.clone();
+        // The namespace isolates the group (and its dead-letter and redrive topics) like the
+        // topics, by the rule projections, reactors and processors follow: two stacks sharing
+        // a broker under different namespaces never share a group or its dead letters.
+        settings.group_id = config.topic_name(&self.group);
         settings.topics = self.topics.iter().map(|t| config.topic_name(t)).collect();
         settings.commit_offsets = true;
-        settings.required_topics.push(format!("{}.dlq", self.group));
-        settings.optional_topics = vec![format!("{}.redrive", self.group)];
+        settings
+            .required_topics
+            .push(format!("{}.dlq", settings.group_id));
+        settings.optional_topics = vec![format!("{}.redrive", settings.group_id)];
         let logic = Arc::new(HandlerLogic {
             routes: Arc::new(self.routes),
             unknown: self.unknown,
-            dead_letters: DeadLetterWriter::new(config, &self.group)?,
+            dead_letters: DeadLetterWriter::new(config, &settings.group_id)?,
             schemas: SchemaStore::new(config),
         });
         ConsumerRuntime::run(config, settings, logic, shutdown).await

@@ -27,7 +27,10 @@ pub async fn run(setup: &Setup, created: &mut Vec<String>) -> anyhow::Result<Vec
     let mut rounds = Vec::new();
     for round in 0..setup.rounds {
         for side in Side::order(round) {
-            let group = format!("{}-{}-{round}", setup.namespace, side.label());
+            let base = format!("{}-{round}", side.label());
+            // Named as choreo names a handler group: under the run's namespace (both sides,
+            // so neither joins a group the other left offsets in).
+            let group = setup.config.topic_name(&base);
             if side == Side::Framework {
                 // Handlers insist on their dead-letter topic; it stays empty here.
                 let dlq = TopicSpec::dead_letters(&group, 1)?;
@@ -40,7 +43,7 @@ pub async fn run(setup: &Setup, created: &mut Vec<String>) -> anyhow::Result<Vec
             }
             let cpu = CpuClock::start();
             let elapsed = match side {
-                Side::Framework => framework_round(setup, &group, limit).await?,
+                Side::Framework => framework_round(setup, &base, limit).await?,
                 Side::Baseline => {
                     let brokers = setup.brokers.clone();
                     let topic = setup.topic.clone();

@@ -170,7 +170,8 @@ async fn setup(config: &KafkaConfig) -> anyhow::Result<()> {
 
 async fn consume(config: &KafkaConfig, instance: String) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
-    let mut handlers = EventHandlers::new(config.topic_name(GROUP));
+    // The handlers prefix the namespace themselves (the dead-letter topic above has it too).
+    let mut handlers = EventHandlers::new(GROUP);
     let status = handlers.status();
     let tag = format!("[instance {instance}]");
     let watcher = tokio::spawn({
@@ -187,7 +188,7 @@ async fn consume(config: &KafkaConfig, instance: String) -> anyhow::Result<()> {
             }
         }
     });
-    println!("{tag} joining consumer group {GROUP}");
+    println!("{tag} joining consumer group {}", config.topic_name(GROUP));
     let handler_tag = tag.clone();
     let summary = handlers
         .on(move |order: Received<OrderPlaced>| {

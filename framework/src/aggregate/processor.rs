@@ -69,6 +69,7 @@ pub struct ProcessorStatus {
 struct StatusInner {
     ready: Mutex<Vec<i32>>,
     halted: Mutex<Vec<(i32, String)>>,
+    membership: Mutex<Membership>,
     aggregates: AtomicU64,
     transactions: AtomicU64,
     restored_events: AtomicU64,
@@ -86,14 +87,26 @@ impl ProcessorStatus {
         out
     }
 
+    /// Partitions assigned whose restore has not finished yet (commands for them wait).
+    pub fn restoring_partitions(&self) -> Vec<i32> {
+        let mut out = lock(&self.inner.membership).restoring.clone();
+        out.sort_unstable();
+        out
+    }
+
     /// Partitions halted (restore found a gap or an unknown event, ...), with the reason.
     pub fn halted(&self) -> Vec<(i32, String)> {
         lock(&self.inner.halted).clone()
     }
 
-    /// Ready for traffic: nothing halted.
+    /// Ready for traffic: the processor has joined its group (its first assignment was
+    /// handled, even an empty one: an instance with no partitions can still send commands to
+    /// the others), no assigned partition is still restoring, and nothing is halted. False
+    /// before the run starts and after it ends: a readiness probe sends no traffic to an
+    /// instance that cannot answer yet.
     pub fn is_ready(&self) -> bool {
-        lock(&self.inner.halted).is_empty()
+        let membership = lock(&self.inner.membership);
+        membership.joined && membership.restoring.is_empty() && lock(&self.inner.halted).is_empty()
     }
 
     /// Aggregates held in memory (the memory bound is this times the state size).
@@ -129,6 +142,39 @@ impl ProcessorStatus {
     /// Producers replaced after a transaction with an unknown outcome.
     pub fn producer_restarts(&self) -> u64 {
         self.inner.producer_restarts.load(Ordering::Relaxed)
+    }
+}
+
+/// Where the processor stands in its group. One lock for both fields, so a reader never sees
+/// "joined" without the partitions that assignment is still restoring.
+#[derive(Debug, Default)]
+struct Membership {
+    /// The first assignment (even an empty one) was handled, and the processor has not
+    /// stopped since.
+    joined: bool,
+    /// Partitions assigned (or being restored again after a producer replacement) whose
+    /// restore has not finished: commands for them wait.
+    restoring: Vec<i32>,
+}
+
+impl ProcessorStatus {
+    /// Partitions about to be restored: the instance cannot answer for them until
+    /// [`ProcessorStatus::restored`]. `joined` marks the first assignment handled; it is set
+    /// with the partitions still restoring, so readiness waits for them too.
+    fn restoring(&self, partitions: &[i32], joined: bool) {
+        let mut membership = lock(&self.inner.membership);
+        membership.restoring.extend_from_slice(partitions);
+        membership.joined |= joined;
+    }
+
+    /// `p`'s restore finished (ready or halted), or `p` was revoked.
+    fn restored(&self, p: i32) {
+        lock(&self.inner.membership).restoring.retain(|q| *q != p);
+    }
+
+    /// The processor left its group: not ready until a new run joins again.
+    fn left(&self) {
+        *lock(&self.inner.membership) = Membership::default();
     }
 }
 
@@ -382,6 +428,7 @@ impl<A: Aggregate> CommandProcessor<A> {
                 // Leave the group; the revoke callback drops the partitions' state.
                 thread_shared.stopped.store(true, Ordering::Release);
                 drop(consumer);
+                thread_shared.status.left();
                 let _ = producer.flush(Duration::from_secs(10));
                 let _ = done_tx.send(result);
             })
@@ -480,6 +527,9 @@ impl<A: Aggregate> ConsumerContext for ProcessorContext<A> {
         let generation = self.shared.rebalances.fetch_add(1, Ordering::AcqRel) + 1;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Restores run one after another in this callback: every partition of the
+                // assignment counts as restoring until its own restore ends.
+                self.shared.status.restoring(&partitions, true);
                 let mut assign = TopicPartitionList::new();
                 let mut halted_now = Vec::new();
                 for p in &partitions {
@@ -502,6 +552,9 @@ impl<A: Aggregate> ConsumerContext for ProcessorContext<A> {
                             halted_now.push(*p);
                         }
                     }
+                    // Only now, with p listed as ready or halted: a reader never sees p in
+                    // neither list.
+                    self.shared.status.restored(*p);
                 }
                 if let Err(e) = consumer.incremental_assign(&assign) {
                     self.fail(format!("incremental_assign failed: {e}"));
@@ -527,6 +580,9 @@ impl<A: Aggregate> ConsumerContext for ProcessorContext<A> {
                 lock(&self.shared.assigned_at).retain(|p, _| !partitions.contains(p));
                 lock(&self.shared.since_snapshot).retain(|p, _| !partitions.contains(p));
                 lock(&self.shared.status.inner.halted).retain(|(p, _)| !partitions.contains(p));
+                for p in &partitions {
+                    self.shared.status.restored(*p);
+                }
                 let _ = consumer.resume(tpl);
                 if let Err(e) = consumer.incremental_unassign(tpl) {
                     tracing::error!(error = %e, "incremental_unassign failed");
@@ -1392,12 +1448,15 @@ fn restore_owned<A: Aggregate>(
     consumer: &BaseConsumer<ProcessorContext<A>>,
 ) -> Result<()> {
     let context = consumer.context();
-    let owned: Vec<i32> = lock(&shared.assigned_at).keys().copied().collect();
+    let mut owned: Vec<i32> = lock(&shared.assigned_at).keys().copied().collect();
+    owned.retain(|p| !lock(&shared.halted).contains_key(p));
+    // Commands wait until every owned partition is restored again: not ready meanwhile. On
+    // an error the processor stops, and leaving the group clears this.
+    shared.status.restoring(&owned, false);
     for p in owned {
-        if lock(&shared.halted).contains_key(&p) {
-            continue;
-        }
-        match context.restore(consumer, p) {
+        let restored = context.restore(consumer, p);
+        shared.status.restored(p);
+        match restored {
             Ok(start) => consumer
                 .seek(&shared.commands_topic, p, start, Duration::from_secs(10))
                 .map_err(|e| {

@@ -7,6 +7,8 @@
 //!   (service `bank`, entity `account`) until SIGTERM.
 //! - `choreo-drill react ORDINAL`: runs the drill reactor (`echo`, on `counter.events`) until
 //!   SIGTERM.
+//! - `choreo-drill publish COUNT`: publishes COUNT `v1.counter.bumped` events at once, sends
+//!   the failed ones again (same ids), prints one line per failure and a summary.
 //!
 //! Settings come from `CHOREO_KAFKA_BROKERS`, `CHOREO_TOPIC_NAMESPACE`, `CHOREO_DATABASE_URL`.
 
@@ -16,10 +18,10 @@ use anyhow::Context;
 use choreo::aggregate::CommandProcessor;
 use choreo::projection::{RebuildOptions, rebuild};
 use choreo::reactor::ReactorRunner;
-use choreo::testing::CounterProjection;
 use choreo::testing::account::Account;
 use choreo::testing::echo::EchoReactor;
-use choreo::{KafkaConfig, PostgresConfig, ProjectionRunner, Shutdown};
+use choreo::testing::{CounterBumped, CounterProjection};
+use choreo::{KafkaConfig, PostgresConfig, ProjectionRunner, Publisher, Shutdown};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -46,6 +48,10 @@ async fn main() -> anyhow::Result<()> {
             .context("command processor")?;
         println!("stopped; producer restarts: {}", status.producer_restarts());
         return Ok(());
+    }
+    if args.first().map(String::as_str) == Some("publish") {
+        let count: usize = args.get(1).and_then(|a| a.parse().ok()).context("COUNT")?;
+        return publish(&kafka, count).await;
     }
     let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;
     match args.first().map(String::as_str) {
@@ -89,8 +95,48 @@ async fn main() -> anyhow::Result<()> {
             println!("{report}");
         }
         _ => anyhow::bail!(
-            "usage: choreo-drill project | rebuild [--fresh] | process ORDINAL PARTITIONS | react ORDINAL"
+            "usage: choreo-drill project | rebuild [--fresh] | process ORDINAL PARTITIONS | react ORDINAL | publish COUNT"
         ),
     }
+    Ok(())
+}
+
+/// Publishes `count` events concurrently, then each failed one once more with its id.
+async fn publish(kafka: &KafkaConfig, count: usize) -> anyhow::Result<()> {
+    let publisher = Publisher::new(kafka, "/drill")?;
+    let events: Vec<_> = (0..count)
+        .map(|i| CounterBumped {
+            key: format!("k-{}", i % 4),
+            amount: 1,
+            poison: false,
+        })
+        .map(|event| publisher.prepare(&event, None))
+        .collect::<Result<_, _>>()?;
+    let results = futures::future::join_all(events.iter().map(|out| publisher.send(out))).await;
+    let mut failed = Vec::new();
+    for (out, result) in events.iter().zip(results) {
+        if let Err(e) = result {
+            println!(
+                "failed {} retriable={} {}",
+                out.meta().id,
+                e.is_retriable(),
+                e.reason
+            );
+            failed.push(out);
+        }
+    }
+    let mut resent = 0;
+    for out in &failed {
+        publisher
+            .send(out)
+            .await
+            .context("sending a failed record again")?;
+        resent += 1;
+    }
+    println!(
+        "sent {count}; failed {}; resent {resent}; producer replacements {}",
+        failed.len(),
+        publisher.producer_replacements()
+    );
     Ok(())
 }

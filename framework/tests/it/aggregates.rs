@@ -545,3 +545,135 @@ async fn a_partition_that_comes_back_quickly_restores_from_its_parked_state() {
     task_a.await.expect("join").expect("run a");
     check_log(&committed_events(&config, accounts.len() * 4, true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_is_ready_only_once_joined_and_restored_and_no_longer_once_stopped() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, Producer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    let config = common::kafka("agg-ready");
+    bank_topics(&config).await;
+    // A predecessor's transaction that still holds an offset commit for the processor's
+    // group on every commands partition, as after a crash mid-transaction: a restore first
+    // waits until no such commit is pending, which keeps the partitions restoring here until
+    // the test aborts it.
+    let group = config.topic_name("bank");
+    let commands = config.topic_name("account.commands");
+    let predecessor: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", config.brokers())
+        .set("transactional.id", common::unique("predecessor"))
+        .create()
+        .expect("transactional producer");
+    predecessor
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    predecessor.begin_transaction().expect("begin");
+    let group_member: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", config.brokers())
+        .set("group.id", &group)
+        .create()
+        .expect("consumer");
+    let mut offsets = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        offsets
+            .add_partition_offset(&commands, p, Offset::Offset(0))
+            .expect("offset");
+    }
+    predecessor
+        .send_offsets_to_transaction(
+            &offsets,
+            &group_member.group_metadata().expect("group metadata"),
+            Duration::from_secs(30),
+        )
+        .expect("a pending offset commit");
+
+    let shutdown = Shutdown::new();
+    let (task, status) = start(&config, 0, &shutdown);
+    assert!(!status.is_ready(), "not ready before joining the group");
+    common::eventually(
+        "the first assignment, restoring every partition",
+        Duration::from_secs(60),
+        || status.restoring_partitions().len() == PARTITIONS as usize,
+    )
+    .await;
+    // Joined, nothing halted, but the restores wait: never ready meanwhile.
+    for _ in 0..40 {
+        assert!(
+            !status.is_ready(),
+            "ready while restoring {:?}",
+            status.restoring_partitions()
+        );
+        assert!(status.halted().is_empty(), "{:?}", status.halted());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        status.ready_partitions().is_empty(),
+        "{:?}",
+        status.ready_partitions()
+    );
+
+    predecessor
+        .abort_transaction(Duration::from_secs(30))
+        .expect("abort");
+    common::eventually("ready after the restores", Duration::from_secs(60), || {
+        status.is_ready()
+    })
+    .await;
+    assert_eq!(status.ready_partitions().len(), PARTITIONS as usize);
+    assert!(status.restoring_partitions().is_empty());
+    // Ready means it answers.
+    let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+    let reply = bus
+        .send_and_wait(
+            &open("ready"),
+            SendOptions::default(),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("reply");
+    assert!(accepted(&reply));
+
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+    assert!(!status.is_ready(), "not ready once it left the group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_assignment_is_empty_is_ready_once_joined() {
+    // One instance more than partitions: one of them joins with nothing to restore. It is
+    // still ready (it can send commands to the others), which needs librdkafka to report the
+    // empty assignment too.
+    let config = common::kafka("agg-empty");
+    bank_topics(&config).await;
+    let shutdown = Shutdown::new();
+    let instances: Vec<_> = (0..=PARTITIONS as u32)
+        .map(|ordinal| start(&config, ordinal, &shutdown))
+        .collect();
+    common::eventually(
+        "every instance ready and every partition owned",
+        Duration::from_secs(60),
+        || {
+            instances.iter().all(|(_, s)| s.is_ready())
+                && instances
+                    .iter()
+                    .map(|(_, s)| s.ready_partitions().len())
+                    .sum::<usize>()
+                    == PARTITIONS as usize
+        },
+    )
+    .await;
+    let owned: Vec<usize> = instances
+        .iter()
+        .map(|(_, s)| s.ready_partitions().len())
+        .collect();
+    shutdown.trigger();
+    for (task, _) in instances {
+        task.await.expect("join").expect("run");
+    }
+    assert_eq!(
+        owned.iter().filter(|n| **n == 0).count(),
+        1,
+        "one instance owns nothing: {owned:?}"
+    );
+}

@@ -166,7 +166,7 @@ async fn rows(pool: &PgPool, schema: &str) -> Rows {
 
 async fn user_topics(config: &KafkaConfig, group: &str, partitions: i32) -> String {
     let topic = common::create_events_topic(config, "user", partitions).await;
-    common::create_dlq(config, &config.topic_name(group)).await;
+    common::create_dlq(config, group).await;
     topic
 }
 
@@ -401,7 +401,6 @@ async fn send_raw(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_writer_schema_refreshes_the_store_then_halts_never_dead_letters() {
     let config = common::kafka("avro-unknown");
-    // Handler groups are not namespaced: a unique group, and its dead-letter topic.
     let group = common::unique("avro-unknown");
     let topic = common::create_events_topic(&config, "user", 1).await;
     let dlq = common::create_dlq(&config, &group).await;
@@ -524,7 +523,6 @@ fn newer_field(schema: &AvroSchema) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_avro_input_is_dead_lettered_with_a_precise_reason() {
     let config = common::kafka("avro-bad");
-    // Handler groups are not namespaced: a unique group, and its dead-letter topic.
     let group = common::unique("avro-bad");
     let topic = common::create_events_topic(&config, "user", 1).await;
     let dlq = common::create_dlq(&config, &group).await;

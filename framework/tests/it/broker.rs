@@ -95,7 +95,6 @@ async fn a_broker_restart_loses_no_acknowledged_event() {
     };
     broker.run("kafka-up");
     let config = KafkaConfig::new(format!("127.0.0.1:{}", broker.port)).namespace("restart");
-    let group = config.topic_name("restart-printer");
     let specs = [
         TopicSpec::events("counter", 3, 1).expect("spec"),
         TopicSpec::dead_letters("restart-printer", 1).expect("spec"),
@@ -112,7 +111,7 @@ async fn a_broker_restart_loses_no_acknowledged_event() {
 
     let seen: Arc<Mutex<BTreeSet<Uuid>>> = Arc::default();
     let shutdown = Shutdown::new();
-    let handlers = EventHandlers::new(group).on({
+    let handlers = EventHandlers::new("restart-printer").on({
         let seen = Arc::clone(&seen);
         move |event: Received<CounterBumped>| {
             let seen = Arc::clone(&seen);

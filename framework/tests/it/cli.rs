@@ -309,8 +309,10 @@ async fn tail_prints_events_with_their_envelope_and_records_that_do_not_decode()
 async fn dlq_list_show_and_redrive_to_the_group_only() {
     let config = common::kafka("cli-dlq");
     let topic = common::create_events_topic(&config, "user", 1).await;
-    let group = common::unique("cli-dlq-group");
-    common::create_dlq(&config, &group).await;
+    let base = common::unique("cli-dlq-group");
+    common::create_dlq(&config, &base).await;
+    // The CLI names a group in full, namespace included, as the consumers' group id.
+    let group = config.topic_name(&base);
     let publisher = Publisher::new(&config, "/cli-test").expect("publisher");
     let bad = publisher.prepare(&signup(7), None).expect("prepare");
     let payload = b"{\"user_id\": 12";

@@ -73,8 +73,10 @@ pub async fn create_events_topic(config: &KafkaConfig, entity: &str, partitions:
     name
 }
 
+/// Creates the dead-letter topic of `group` (a name without the namespace) under the test's
+/// namespace, as handlers, projections and reactors name it: `{namespace}.{group}.dlq`.
 pub async fn create_dlq(config: &KafkaConfig, group: &str) -> String {
-    let spec = TopicSpec::dead_letters(group, 1).expect("spec");
+    let spec = TopicSpec::dead_letters(&config.topic_name(group), 1).expect("spec");
     let name = spec.name.clone();
     TopicAdmin::new(config)
         .expect("admin")

@@ -599,3 +599,54 @@ mod commands {
         stop(b);
     }
 }
+
+mod publisher {
+    //! A publisher whose producer raises a fatal error: the failed send is reported to its
+    //! caller, the producer is replaced, and the same record sent again lands once.
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::{drill, stdout_of, wait_exit};
+    use crate::common;
+    use crate::projections::topics;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fatal_producer_error_fails_that_send_replaces_the_producer_and_loses_nothing() {
+        let config = common::kafka("drill-publish");
+        let topic = topics(&config, 2).await;
+        // The 5th send of 20 fails as after a fatal idempotence error.
+        let mut child = drill(
+            &config,
+            "postgres://unused",
+            &["publish", "20"],
+            Some("publisher.fatal@5"),
+        );
+        let status = wait_exit(&mut child, Duration::from_secs(90));
+        let out = stdout_of(child);
+        assert!(status.success(), "{status}: {out}");
+        let failures: Vec<&str> = out.lines().filter(|l| l.starts_with("failed ")).collect();
+        assert_eq!(failures.len(), 1, "{out}");
+        assert!(
+            failures[0].contains("retriable=true")
+                && failures[0].contains("the producer was replaced"),
+            "{out}"
+        );
+        let failed_id = failures[0].split(' ').nth(1).expect("id").to_owned();
+        assert!(
+            out.contains("sent 20; failed 1; resent 1; producer replacements 1"),
+            "{out}"
+        );
+
+        // Every record in the log once, the failed one included (sent again with its id).
+        let records = common::read_all(&config, &topic, 20, Duration::from_secs(30), true);
+        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+        for record in &records {
+            *ids.entry(common::header_map(record)["ce_id"].clone())
+                .or_default() += 1;
+        }
+        assert_eq!(ids.len(), 20, "{ids:?}");
+        assert!(ids.values().all(|n| *n == 1), "{ids:?}");
+        assert_eq!(ids.get(&failed_id), Some(&1));
+    }
+}

@@ -167,7 +167,7 @@ async fn bad_records_go_to_the_dead_letter_topic_with_the_reason_and_later_event
         .map(|m| {
             let h = common::header_map(m);
             assert_eq!(h[dlq_headers::TOPIC], topic, "origin topic");
-            assert_eq!(h[dlq_headers::GROUP], group);
+            assert_eq!(h[dlq_headers::GROUP], config.topic_name(&group));
             assert!(h.contains_key(dlq_headers::TIME) && h.contains_key(dlq_headers::PARTITION));
             h[dlq_headers::ERROR].clone()
         })
@@ -287,7 +287,9 @@ async fn a_redriven_dead_letter_goes_back_to_its_group_and_is_handled() {
     common::create_events_topic(&config, "user", 1).await;
     let group = common::unique("redrive-group");
     common::create_dlq(&config, &group).await;
-    let redrive = choreo::kafka::TopicSpec::new(format!("{group}.redrive"), 1, 1).expect("spec");
+    // The group id, and so the names of its topics, carry the namespace.
+    let group_id = config.topic_name(&group);
+    let redrive = choreo::kafka::TopicSpec::new(format!("{group_id}.redrive"), 1, 1).expect("spec");
     choreo::TopicAdmin::new(&config)
         .expect("admin")
         .ensure(&[redrive])
@@ -328,7 +330,7 @@ async fn a_redriven_dead_letter_goes_back_to_its_group_and_is_handled() {
                 .await
         }
     });
-    let dlq = format!("{group}.dlq");
+    let dlq = format!("{group_id}.dlq");
     assert_eq!(
         common::read_all(&config, &dlq, 1, Duration::from_secs(30), true).len(),
         1,
@@ -340,7 +342,7 @@ async fn a_redriven_dead_letter_goes_back_to_its_group_and_is_handled() {
             config.brokers(),
             "dlq",
             "redrive",
-            &group,
+            &group_id,
             "--all",
         ])
         .status()
@@ -356,7 +358,140 @@ async fn a_redriven_dead_letter_goes_back_to_its_group_and_is_handled() {
     runner.await.expect("join").expect("run");
     assert_eq!(
         *handled.lock().expect("lock"),
-        vec![format!("u-7@{group}.redrive")],
+        vec![format!("u-7@{group_id}.redrive")],
         "handled from the group's own redrive topic"
     );
+}
+
+/// The offsets `group_id` committed on `topic`'s partitions, read with a plain rdkafka
+/// consumer (`None` for a partition the group never committed).
+fn committed(
+    config: &choreo::KafkaConfig,
+    group_id: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<Option<i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", config.brokers())
+        .set("group.id", group_id)
+        .create()
+        .expect("raw consumer");
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        wanted.add_partition(topic, p);
+    }
+    let found = consumer
+        .committed_offsets(wanted, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| {
+            found
+                .find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_namespaces_sharing_a_group_name_keep_their_groups_and_dead_letters_apart() {
+    // Two stacks on one broker, each in its own namespace, running handlers of the same name.
+    let group = common::unique("shared-group");
+    let stacks = [common::kafka("ns-a"), common::kafka("ns-b")];
+    let mut topics = Vec::new();
+    let mut dlqs = Vec::new();
+    for (i, config) in stacks.iter().enumerate() {
+        topics.push(common::create_events_topic(config, "user", 2).await);
+        // Only the namespaced dead-letter topic exists: a handler that looked for the bare
+        // `{group}.dlq` would stop at start with TopicMissing.
+        dlqs.push(common::create_dlq(config, &group).await);
+        let publisher = Publisher::new(config, "/test-service").expect("publisher");
+        // Stack a: users 0..3 and the rejected user 900; stack b: users 10..13 and 901.
+        for user in [i * 10, i * 10 + 1, i * 10 + 2, 900 + i] {
+            publisher.publish(&signup(user)).await.expect("publish");
+        }
+    }
+
+    let shutdown = Shutdown::new();
+    let handled: [Arc<Mutex<BTreeSet<String>>>; 2] = Default::default();
+    let runners: Vec<_> = stacks
+        .iter()
+        .zip(&handled)
+        .map(|(config, handled)| {
+            let (config, shutdown, handled, group) = (
+                config.clone(),
+                shutdown.clone(),
+                Arc::clone(handled),
+                group.clone(),
+            );
+            tokio::spawn(async move {
+                EventHandlers::new(group)
+                    .on(move |e: Received<UserSignedUp>| {
+                        let handled = Arc::clone(&handled);
+                        async move {
+                            if e.payload.user_id.starts_with("u-90") {
+                                return Err(HandlerError::permanent(anyhow::anyhow!(
+                                    "{} is banned",
+                                    e.payload.user_id
+                                )));
+                            }
+                            handled.lock().expect("lock").insert(e.payload.user_id);
+                            Ok(())
+                        }
+                    })
+                    .run(&config, shutdown)
+                    .await
+            })
+        })
+        .collect();
+    common::eventually(
+        "both stacks handle their events",
+        Duration::from_secs(30),
+        || handled.iter().all(|h| h.lock().expect("lock").len() >= 3),
+    )
+    .await;
+    // One letter expected each; read_all reads on until the topic is quiet, so a letter of
+    // the other stack would show too.
+    let letters: Vec<_> = stacks
+        .iter()
+        .zip(&dlqs)
+        .map(|(config, dlq)| common::read_all(config, dlq, 1, Duration::from_secs(30), true))
+        .collect();
+    shutdown.trigger();
+    for runner in runners {
+        let summary = runner.await.expect("join").expect("run");
+        assert!(summary.halted.is_empty(), "{:?}", summary.halted);
+    }
+
+    for (i, config) in stacks.iter().enumerate() {
+        let expected: BTreeSet<String> = (0..3).map(|u| format!("u-{}", i * 10 + u)).collect();
+        assert_eq!(
+            *handled[i].lock().expect("lock"),
+            expected,
+            "stack {i} handled its own events only"
+        );
+        let group_id = config.topic_name(&group);
+        assert_eq!(letters[i].len(), 1, "stack {i}: one dead letter, its own");
+        let h = common::header_map(&letters[i][0]);
+        assert_eq!(h[dlq_headers::GROUP], group_id);
+        assert_eq!(h[dlq_headers::TOPIC], topics[i]);
+        assert_eq!(
+            h[dlq_headers::ERROR],
+            format!("handler rejected it: u-{} is banned", 900 + i)
+        );
+        // The offsets were committed under the namespaced group id, all four records of the
+        // stack's topic, and nothing under the bare name.
+        let offsets = committed(config, &group_id, &topics[i], 2);
+        assert_eq!(
+            offsets.iter().flatten().sum::<i64>(),
+            4,
+            "stack {i} committed its four records as {group_id}: {offsets:?}"
+        );
+        assert_eq!(
+            committed(config, &group, &topics[i], 2),
+            vec![None, None],
+            "nothing committed under the bare group name"
+        );
+    }
 }

@@ -342,6 +342,7 @@ async fn health(State(app): State<App>) -> Response {
     let body = json!({
         "ready": ready,
         "command_partitions": app.processor.ready_partitions(),
+        "restoring": app.processor.restoring_partitions(),
         "halted": app.processor.halted(),
     });
     let status = if ready {
