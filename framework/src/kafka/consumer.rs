@@ -154,6 +154,9 @@ struct StatusInner {
     assigned: Vec<(String, i32)>,
     halted: Vec<(String, i32, String)>,
     waiting: Vec<(String, i32)>,
+    /// In the group: the first assignment (even an empty one) was seen, and the run has not
+    /// ended.
+    joined: bool,
 }
 
 impl ConsumerStatus {
@@ -177,10 +180,11 @@ impl ConsumerStatus {
         out
     }
 
-    /// Ready: nothing halted, nothing waiting for its start offset.
+    /// Ready: in the group (its first assignment seen, not stopped), nothing halted, nothing
+    /// waiting for its start offset.
     pub fn is_ready(&self) -> bool {
         let inner = self.lock();
-        inner.halted.is_empty() && inner.waiting.is_empty()
+        inner.joined && inner.halted.is_empty() && inner.waiting.is_empty()
     }
 
     fn lock(&self) -> MutexGuard<'_, StatusInner> {
@@ -445,12 +449,11 @@ impl<L: PartitionLogic> RuntimeContext<L> {
                 }
             }
         }
-        shared
-            .settings
-            .status
-            .lock()
-            .assigned
-            .extend(partitions.iter().cloned());
+        {
+            let mut status = shared.settings.status.lock();
+            status.assigned.extend(partitions.iter().cloned());
+            status.joined = true;
+        }
         // Exactly one incremental_assign, with the offsets in it; no seek afterwards.
         if let Err(e) = consumer.incremental_assign(&assign) {
             shared.fail(format!("incremental_assign failed: {e}"));
@@ -1161,6 +1164,7 @@ impl ConsumerRuntime {
             .map_err(|e| Error::Runtime(format!("cannot start the poll thread: {e}")))?;
         let finished = done_rx.await;
         guard.finished = true;
+        shared.settings.status.lock().joined = false;
         let state = shared.state();
         match (&state.fatal, finished) {
             (Some(reason), _) => Err(Error::Runtime(reason.clone())),

@@ -171,7 +171,7 @@ async fn the_live_view_equals_a_fold_of_the_log_and_poison_is_dead_lettered_and_
     shutdown.trigger();
     let summary = task.await.expect("join").expect("run");
     assert!(
-        summary.halted.is_empty() && status.is_ready(),
+        summary.halted.is_empty() && status.halted().is_empty(),
         "{:?}",
         summary.halted
     );
