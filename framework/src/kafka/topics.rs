@@ -105,6 +105,14 @@ impl TopicSpec {
             .config("cleanup.policy", "delete"))
     }
 
+    /// `{group}.redrive`: dead letters fed back to that group only (`choreo dlq redrive`);
+    /// kept 7 days, long enough to investigate, not forever.
+    pub fn redrive(group: &str, replication: i32) -> Result<Self> {
+        Ok(Self::new(format!("{group}.redrive"), 1, replication)?
+            .config("retention.ms", "604800000")
+            .config("cleanup.policy", "delete"))
+    }
+
     /// Sets a topic config.
     pub fn config(mut self, key: &str, value: &str) -> Self {
         self.configs.insert(key.to_owned(), value.to_owned());

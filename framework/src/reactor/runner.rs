@@ -169,10 +169,16 @@ impl<R: Reactor> ReactorRunner<R> {
         let group = kafka.topic_name(R::NAME);
         let identity = format!("{group}-{}", self.ordinal);
         let dlq_topic = format!("{group}.dlq");
-        let sources: Vec<String> = R::Events::topics()
+        // Dead letters fed back with `choreo dlq redrive` come through `{group}.redrive`, read
+        // by this group only (never the log of record). It must exist from the start: the
+        // members are static (`group.instance.id`), and a static member that rejoins keeps
+        // its old assignment, so a topic added to the subscription later would not be read.
+        let redrive = format!("{group}.redrive");
+        let mut sources: Vec<String> = R::Events::topics()
             .iter()
             .map(|t| kafka.topic_name(t))
             .collect();
+        sources.push(redrive.clone());
         let admin = crate::kafka::TopicAdmin::new(kafka)?;
         for topic in sources.iter().chain([&dlq_topic]) {
             if admin.describe(topic).await?.is_none() {
@@ -184,6 +190,7 @@ impl<R: Reactor> ReactorRunner<R> {
             group: group.clone(),
             source: format!("/{}", self.service),
             dlq_topic,
+            redrive,
             config: kafka.clone(),
             status: self.status.clone(),
             shutdown: shutdown.clone(),
@@ -264,6 +271,9 @@ struct Shared<R: Reactor> {
     group: String,
     source: String,
     dlq_topic: String,
+    /// `{group}.redrive`: read from its beginning even with `StartFrom::End` (every record
+    /// in it was put there to be handled).
+    redrive: String,
     config: KafkaConfig,
     status: ReactorStatus,
     shutdown: Shutdown,
@@ -364,6 +374,13 @@ fn start_new_partitions_at_end<R: Reactor>(
             continue;
         }
         let (topic, partition) = (element.topic(), element.partition());
+        if topic == shared.redrive {
+            // Every owner without a commit starts it at the beginning: nothing to commit.
+            if let Some(mut e) = tpl.find_partition(topic, partition) {
+                let _ = e.set_offset(Offset::Beginning);
+            }
+            continue;
+        }
         match consumer.fetch_watermarks(topic, partition, Duration::from_secs(30)) {
             Ok((_, end)) => {
                 let _ = first.add_partition_offset(topic, partition, Offset::Offset(end));

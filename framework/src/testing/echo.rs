@@ -1,6 +1,7 @@
 //! The drill reactor: reacts to every [`CounterBumped`] with an effect in Postgres (a row,
 //! claimed through the inbox, so exactly once) and an announcement `v1.echo.recorded` on
-//! `echo.events`. Poison events (`poison: true`) are refused; `key` `"flaky"` fails
+//! `echo.events`. Poison events (`poison: true`) are refused while
+//! [`EchoReactor::poison_switch`] is on (it starts on); `key` `"flaky"` fails
 //! transiently the first `FLAKY_FAILURES` times it is seen by a process; `key` `"stuck"` fails
 //! transiently until [`EchoReactor::stuck_switch`] is turned off.
 
@@ -37,6 +38,7 @@ pub struct EchoReactor {
     pub pool: sqlx::PgPool,
     flaky: AtomicU32,
     stuck: Arc<AtomicBool>,
+    refuse_poison: Arc<AtomicBool>,
 }
 
 impl EchoReactor {
@@ -46,7 +48,14 @@ impl EchoReactor {
             pool,
             flaky: AtomicU32::new(0),
             stuck: Arc::new(AtomicBool::new(true)),
+            refuse_poison: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// While on (it starts on), events with `poison: true` are refused as poison; turned
+    /// off, they are handled like any other (a fixed bug, for redrive drills).
+    pub fn poison_switch(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.refuse_poison)
     }
 
     /// While on (it starts on), events with key `"stuck"` fail transiently.
@@ -80,7 +89,7 @@ impl Reactor for EchoReactor {
         out: &mut Outputs<'_>,
     ) -> Result<(), ReactError> {
         let bump = &event.payload;
-        if bump.poison {
+        if bump.poison && self.refuse_poison.load(Ordering::Acquire) {
             return Err(ReactError::Poison(anyhow::anyhow!(
                 "poison event for {}",
                 bump.key

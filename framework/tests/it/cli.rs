@@ -16,14 +16,14 @@ use crate::common::{self, signup};
 
 /// What a run of the binary left behind.
 #[derive(Debug)]
-struct Run {
+pub(crate) struct Run {
     code: Option<i32>,
-    stdout: String,
+    pub(crate) stdout: String,
     stderr: String,
 }
 
 impl Run {
-    fn assert_ok(&self) -> &Self {
+    pub(crate) fn assert_ok(&self) -> &Self {
         assert_eq!(self.code, Some(0), "choreo failed: {self:#?}");
         self
     }
@@ -60,7 +60,7 @@ impl Run {
 }
 
 /// Runs the binary with `args` against the test broker; fails the test after 90 s.
-fn choreo(config: &KafkaConfig, args: &[&str]) -> Run {
+pub(crate) fn choreo(config: &KafkaConfig, args: &[&str]) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_choreo"))
         .args(args)
         .env("CHOREO_KAFKA_BROKERS", config.brokers())

@@ -26,6 +26,7 @@ async fn echo_topics(config: &KafkaConfig) {
         TopicSpec::events("counter", PARTITIONS, 1).expect("spec"),
         TopicSpec::events("echo", PARTITIONS, 1).expect("spec"),
         TopicSpec::dead_letters("echo", 1).expect("spec"),
+        TopicSpec::redrive("echo", 1).expect("spec"),
     ]
     .into_iter()
     .map(|spec| TopicSpec {
@@ -253,8 +254,9 @@ async fn a_reactor_started_from_the_end_acts_only_on_later_events_and_keeps_that
     };
     let shutdown = Shutdown::new();
     let (task, status) = run(shutdown.clone());
+    // The source partitions and the one of `echo.redrive`.
     common::eventually("partitions assigned", Duration::from_secs(30), || {
-        status.assigned().len() == PARTITIONS as usize
+        status.assigned().len() == PARTITIONS as usize + 1
     })
     .await;
     // Stopped before any transaction: the start positions were committed on assignment.
@@ -339,4 +341,88 @@ async fn a_transiently_failing_event_holds_back_only_its_own_partition() {
     task.await.expect("join").expect("reactor run");
     check_one_output_each(&config, &inputs);
     check_one_effect_each(&pool, &inputs).await;
+}
+
+/// A dead letter fed back with `choreo dlq redrive` reaches the reactor's group (and no one
+/// else) through `{group}.redrive` once the bug that refused it is fixed: one output and one
+/// effect for it, and a restart does not repeat them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_dead_letter_is_reacted_to_once_the_bug_is_fixed() {
+    let config = common::kafka("reactor-redrive");
+    echo_topics(&config).await;
+    let (_, pool) = common::fresh_database("reactor_redrive").await;
+    EchoReactor::setup(&pool).await.expect("setup");
+    let mut events = bumps(10);
+    events.push(CounterBumped {
+        key: "bad".into(),
+        amount: 5,
+        poison: true,
+    });
+    let ids = publish(&config, &events).await;
+    let inputs: BTreeSet<Uuid> = ids.iter().copied().collect();
+    let good: BTreeSet<Uuid> = ids[..10].iter().copied().collect();
+
+    // The bug: poison is refused and dead-lettered.
+    let run = |reactor: EchoReactor| {
+        let shutdown = Shutdown::new();
+        let runner = ReactorRunner::new(reactor, "drill", 0);
+        let status = runner.status();
+        let config = config.clone();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move { runner.run(&config, stop).await });
+        (status, shutdown, task)
+    };
+    let (status, shutdown, task) = run(EchoReactor::new(pool.clone()));
+    common::eventually(
+        "ten reacted, one dead-lettered",
+        Duration::from_secs(60),
+        || status.reacted() >= 10 && status.dead_lettered() >= 1,
+    )
+    .await;
+    shutdown.trigger();
+    task.await.expect("join").expect("reactor run");
+    check_one_output_each(&config, &good);
+
+    let group = config.topic_name("echo");
+    let letters = common::read_all(
+        &config,
+        &config.topic_name("echo.dlq"),
+        1,
+        Duration::from_secs(20),
+        true,
+    );
+    let offset = letters[0].offset().to_string();
+    crate::cli::choreo(&config, &["dlq", "redrive", &group, "--offset", &offset]).assert_ok();
+
+    // The fix: the same reactor accepts it now; the redriven copy comes through the group's
+    // redrive topic.
+    let fixed = EchoReactor::new(pool.clone());
+    fixed.poison_switch().store(false, Ordering::Release);
+    let (status, shutdown, task) = run(fixed);
+    common::eventually(
+        "the redriven event reacted to",
+        Duration::from_secs(60),
+        || status.reacted() >= 1,
+    )
+    .await;
+    shutdown.trigger();
+    task.await.expect("join").expect("reactor run");
+    check_one_output_each(&config, &inputs);
+    check_one_effect_each(&pool, &inputs).await;
+
+    // A restart reads nothing again (the redrive topic's offsets were committed with it).
+    let again = EchoReactor::new(pool.clone());
+    again.poison_switch().store(false, Ordering::Release);
+    let (status, shutdown, task) = run(again);
+    common::eventually(
+        "the restarted reactor joined",
+        Duration::from_secs(30),
+        || !status.assigned().is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    shutdown.trigger();
+    task.await.expect("join").expect("reactor run");
+    assert_eq!(status.reacted(), 0, "nothing reacted to twice");
+    check_one_output_each(&config, &inputs);
 }

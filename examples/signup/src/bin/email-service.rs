@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
                 vec![
                     TopicSpec::events("email", EMAIL_PARTITIONS, rf)?,
                     TopicSpec::dead_letters(groups::WELCOME_EMAIL, rf)?,
+                    TopicSpec::redrive(groups::WELCOME_EMAIL, rf)?,
                 ],
             )
             .await
@@ -79,7 +80,13 @@ async fn main() -> anyhow::Result<()> {
                 async move {
                     let mut last = Vec::new();
                     while !shutdown.is_triggered() {
-                        let now: Vec<i32> = status.assigned().into_iter().map(|(_, p)| p).collect();
+                        // The partitions of user.events (not of the group's redrive topic).
+                        let now: Vec<i32> = status
+                            .assigned()
+                            .into_iter()
+                            .filter(|(topic, _)| !topic.ends_with(".redrive"))
+                            .map(|(_, p)| p)
+                            .collect();
                         if now != last {
                             println!(
                                 "email-service[{ordinal}] owns partitions {now:?} of user.events"

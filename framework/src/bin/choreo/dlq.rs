@@ -22,8 +22,6 @@ use crate::show;
 /// The header that tells a redriven record from a first delivery: `{topic}/{partition}/{offset}`
 /// of the record in its log of record.
 pub const REDRIVE_OF: &str = "choreo_redrive_of";
-/// How long the redrive topic keeps records: long enough to investigate, not forever.
-const REDRIVE_RETENTION_MS: &str = "604800000";
 /// Longest error text in `dlq list`; `dlq show` prints all of it.
 const LIST_ERROR_CHARS: usize = 100;
 
@@ -209,9 +207,7 @@ async fn redrive(
         return Ok(());
     }
 
-    let spec = TopicSpec::new(format!("{}.redrive", target.group), 1, 1)?
-        .config("retention.ms", REDRIVE_RETENTION_MS)
-        .config("cleanup.policy", "delete");
+    let spec = TopicSpec::redrive(&target.group, 1)?;
     TopicAdmin::new(&services.kafka)?
         .ensure(std::slice::from_ref(&spec))
         .await?;
