@@ -153,7 +153,7 @@ pub struct ConsumerStatus {
 struct StatusInner {
     assigned: Vec<(String, i32)>,
     halted: Vec<(String, i32, String)>,
-    waiting: Vec<(String, i32)>,
+    waiting: Vec<(String, i32, String)>,
     /// In the group: the first assignment (even an empty one) was seen, and the run has not
     /// ended.
     joined: bool,
@@ -172,9 +172,9 @@ impl ConsumerStatus {
         self.lock().halted.clone()
     }
 
-    /// Partitions assigned but not started: their start offsets could not be read yet (the
-    /// database is down); the runtime keeps asking in the background.
-    pub fn waiting(&self) -> Vec<(String, i32)> {
+    /// Partitions assigned but not started, with the last error: their start offsets could
+    /// not be read yet (the database is down); the runtime keeps asking in the background.
+    pub fn waiting(&self) -> Vec<(String, i32, String)> {
         let mut out = self.lock().waiting.clone();
         out.sort();
         out
@@ -430,8 +430,12 @@ impl<L: PartitionLogic> RuntimeContext<L> {
                         }
                     }
                     Err(_) => {
+                        // At the log start rather than the committed offset: the fetcher then
+                        // starts at once (no offset fetch, no auto.offset.reset), so the seek
+                        // that starts the partition later is accepted. Nothing is dispatched
+                        // until then.
                         waiting.push(key.clone());
-                        Offset::Stored
+                        Offset::Beginning
                     }
                 };
                 if let Err(e) = assign.add_partition_offset(topic, *partition, offset) {
@@ -470,7 +474,7 @@ impl<L: PartitionLogic> RuntimeContext<L> {
             tracing::warn!(group = %shared.settings.group_id, error = %e, partitions = ?waiting,
                 "start offsets unavailable; the partitions wait, paused, and the lookup goes on in the background");
             for key in &waiting {
-                wait_for_start(shared, consumer, key);
+                wait_for_start(shared, consumer, key, &e.to_string());
             }
         }
     }
@@ -483,13 +487,22 @@ impl<L: PartitionLogic> RuntimeContext<L> {
         let deadline = Instant::now() + shared.start_offsets_budget;
         let mut attempt = 0;
         loop {
+            // Each attempt is bounded too (a black-holed database would otherwise hold the
+            // callback for the pool's whole acquire timeout).
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
             let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                shared
-                    .handle
-                    .block_on(shared.logic.start_offsets(partitions))
+                // The timer is made inside the runtime (this thread is not one of its own).
+                shared.handle.block_on(async {
+                    tokio::time::timeout(left, shared.logic.start_offsets(partitions)).await
+                })
             }));
             let result = match call {
-                Ok(result) => result,
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(Error::Runtime(format!(
+                    "start offsets not answered within {left:?}"
+                ))),
                 Err(panic) => Err(Error::Runtime(format!(
                     "start_offsets panicked: {}",
                     panic_message(&*panic)
@@ -599,7 +612,7 @@ impl<L: PartitionLogic> RuntimeContext<L> {
                 .status
                 .lock()
                 .waiting
-                .retain(|(t, p)| !revoked.iter().any(|(rt, rp)| **rt == **t && rp == p));
+                .retain(|(t, p, _)| !revoked.iter().any(|(rt, rp)| **rt == **t && rp == p));
         }
         // Leave no application pause behind (see assign).
         let _ = consumer.resume(tpl);
@@ -618,6 +631,7 @@ fn wait_for_start<L: PartitionLogic>(
     shared: &Shared<L>,
     consumer: &BaseConsumer<RuntimeContext<L>>,
     key: &Tp,
+    reason: &str,
 ) {
     let mut state = shared.state();
     let Some(handle) = state.workers.get_mut(key) else {
@@ -632,15 +646,26 @@ fn wait_for_start<L: PartitionLogic>(
         tracing::warn!(topic = %key.0, partition = key.1, error = %e, "cannot pause a waiting partition");
     }
     handle.paused = true;
-    shared
-        .settings
-        .status
-        .lock()
+    set_waiting(shared, key, reason);
+}
+
+/// Shows `key` as waiting, with the last reason.
+fn set_waiting<L: PartitionLogic>(shared: &Shared<L>, key: &Tp, reason: &str) {
+    let mut status = shared.settings.status.lock();
+    status
         .waiting
-        .push((key.0.to_string(), key.1));
+        .retain(|(t, p, _)| !(**t == *key.0 && *p == key.1));
+    status
+        .waiting
+        .push((key.0.to_string(), key.1, reason.to_owned()));
 }
 
 type LookupAnswer = std_mpsc::Receiver<Result<Vec<StartOffset>>>;
+
+/// The wait before the next lookup after `failures` failed ones: 2, 4, then 8 s.
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.clamp(1, 3))
+}
 
 /// The background lookup of start offsets for partitions that wait for them: one lookup at a
 /// time on the async runtime, retried with back-off while it fails, never halting a partition
@@ -671,14 +696,23 @@ impl StartLookup {
             self.in_flight = None;
             match result {
                 Ok(offsets) => {
-                    self.failures = 0;
+                    let mut all_started = true;
                     for ((key, generation), offset) in keys.iter().zip(offsets) {
-                        start_waiting(shared, consumer, key, *generation, offset);
+                        all_started &= start_waiting(shared, consumer, key, *generation, offset);
+                    }
+                    if all_started {
+                        self.failures = 0;
+                    } else {
+                        self.failures += 1;
+                        self.next_try = Some(Instant::now() + retry_delay(self.failures));
                     }
                 }
                 Err(e) => {
+                    for (key, _) in &keys {
+                        set_waiting(shared, key, &e.to_string());
+                    }
                     self.failures += 1;
-                    let delay = Duration::from_secs(1 << self.failures.min(3));
+                    let delay = retry_delay(self.failures);
                     tracing::warn!(group = %shared.settings.group_id, error = %e, retry_in = ?delay,
                         partitions = keys.len(), "start offsets still unavailable; the partitions keep waiting");
                     self.next_try = Some(Instant::now() + delay);
@@ -702,12 +736,13 @@ impl StartLookup {
         let partitions: Vec<(String, i32)> =
             keys.iter().map(|(k, _)| (k.0.to_string(), k.1)).collect();
         let logic = Arc::clone(&shared.logic);
+        let handle = shared.handle.clone();
         let (tx, rx) = std_mpsc::channel();
-        shared.handle.spawn(async move {
+        // On a blocking thread: the logic may block (it runs on the poll thread otherwise).
+        shared.handle.spawn_blocking(move || {
             use futures::FutureExt;
-            let result = AssertUnwindSafe(logic.start_offsets(&partitions))
-                .catch_unwind()
-                .await
+            let result = handle
+                .block_on(AssertUnwindSafe(logic.start_offsets(&partitions)).catch_unwind())
                 .unwrap_or_else(|panic| {
                     Err(Error::Runtime(format!(
                         "start_offsets panicked: {}",
@@ -732,14 +767,15 @@ impl StartLookup {
 }
 
 /// Starts a partition that waited for its start offset: seeks it there and resumes it. A
-/// partition revoked (or reassigned) meanwhile is left alone.
+/// partition revoked (or reassigned) meanwhile is left alone. Returns false when it must go
+/// on waiting (the seek or the committed offset failed: local trouble, retried; never a halt).
 fn start_waiting<L: PartitionLogic>(
     shared: &Shared<L>,
     consumer: &BaseConsumer<RuntimeContext<L>>,
     key: &Tp,
     generation: u64,
     start: StartOffset,
-) {
+) -> bool {
     {
         let state = shared.state();
         if !state
@@ -747,71 +783,97 @@ fn start_waiting<L: PartitionLogic>(
             .get(key)
             .is_some_and(|h| h.generation == generation && h.waiting && !h.halted)
         {
-            return;
+            return true;
         }
     }
     let reset = shared.settings.auto_offset_reset.as_str();
     let target = match start {
-        StartOffset::At(o) => Ok(Offset::Offset(o)),
-        StartOffset::Beginning => Ok(Offset::Beginning),
-        StartOffset::Halt(reason) => Err(reason),
+        StartOffset::At(o) => Offset::Offset(o),
+        StartOffset::Beginning => Offset::Beginning,
+        StartOffset::Halt(reason) => {
+            stop_waiting(shared, consumer, key, Some(reason));
+            return true;
+        }
         StartOffset::Committed => {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&key.0, key.1);
             match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
                 Ok(list) => match list.elements().first().map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => Ok(Offset::Offset(o)),
-                    _ if reset == "earliest" || reset == "smallest" => Ok(Offset::Beginning),
-                    _ if reset == "latest" || reset == "largest" => Ok(Offset::End),
-                    _ => Err(format!("no committed offset and auto.offset.reset={reset}")),
+                    Some(Offset::Offset(o)) => Offset::Offset(o),
+                    _ if reset == "earliest" || reset == "smallest" => Offset::Beginning,
+                    _ if reset == "latest" || reset == "largest" => Offset::End,
+                    _ => {
+                        let reason = format!("no committed offset and auto.offset.reset={reset}");
+                        stop_waiting(shared, consumer, key, Some(reason));
+                        return true;
+                    }
                 },
-                Err(e) => Err(format!("cannot read the committed offset: {e}")),
+                Err(e) => {
+                    set_waiting(
+                        shared,
+                        key,
+                        &format!("cannot read the committed offset: {e}"),
+                    );
+                    return false;
+                }
             }
         }
     };
-    let result = target.and_then(|offset| {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&key.0, key.1, offset)
-            .map_err(|e| e.to_string())?;
-        // seek_partitions reports per-partition failures inside the returned list.
-        match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
-            Err(e) => Err(format!("seek failed: {e}")),
-            Ok(list) => match list
-                .elements()
-                .iter()
-                .find_map(|e| e.error().err().map(|e| e.to_string()))
-            {
-                Some(error) => Err(format!("seek failed: {error}")),
-                None => Ok(offset),
-            },
-        }
-    });
+    let mut tpl = TopicPartitionList::new();
+    if let Err(e) = tpl.add_partition_offset(&key.0, key.1, target) {
+        stop_waiting(
+            shared,
+            consumer,
+            key,
+            Some(format!("bad start offset: {e}")),
+        );
+        return true;
+    }
+    // seek_partitions reports per-partition failures inside the returned list.
+    let failure = match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+        Err(e) => Some(e.to_string()),
+        Ok(list) => list
+            .elements()
+            .iter()
+            .find_map(|e| e.error().err().map(|e| e.to_string())),
+    };
+    if let Some(error) = failure {
+        tracing::warn!(topic = %key.0, partition = key.1, %error, "seeking a waiting partition to its start failed; retrying");
+        set_waiting(shared, key, &format!("seek to {target:?} failed: {error}"));
+        return false;
+    }
+    stop_waiting(shared, consumer, key, None);
+    tracing::info!(topic = %key.0, partition = key.1, offset = ?target, "start offset found; partition started");
+    true
+}
+
+/// Ends a partition's wait: resumed to process from where it was sought, or halted.
+fn stop_waiting<L: PartitionLogic>(
+    shared: &Shared<L>,
+    consumer: &BaseConsumer<RuntimeContext<L>>,
+    key: &Tp,
+    halt: Option<String>,
+) {
     shared
         .settings
         .status
         .lock()
         .waiting
-        .retain(|(t, p)| !(**t == *key.0 && *p == key.1));
-    match result {
-        Ok(offset) => {
-            let mut state = shared.state();
-            if let Some(handle) = state.workers.get_mut(key) {
-                handle.waiting = false;
-                handle.paused = false;
-            }
-            drop(state);
+        .retain(|(t, p, _)| !(**t == *key.0 && *p == key.1));
+    if let Some(handle) = shared.state().workers.get_mut(key) {
+        handle.waiting = false;
+        if halt.is_none() {
+            handle.paused = false;
+        }
+    }
+    match halt {
+        Some(reason) => halt_partition(shared, consumer, key, reason),
+        None => {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&key.0, key.1);
             if let Err(e) = consumer.resume(&tpl) {
                 tracing::warn!(error = %e, "resuming a partition that waited failed");
             }
-            tracing::info!(topic = %key.0, partition = key.1, ?offset, "start offset found; partition started");
-        }
-        Err(reason) => {
-            if let Some(handle) = shared.state().workers.get_mut(key) {
-                handle.waiting = false;
-            }
-            halt_partition(shared, consumer, key, reason);
         }
     }
 }

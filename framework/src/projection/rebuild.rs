@@ -126,18 +126,20 @@ pub async fn rebuild<P: Projection>(
 struct RebuildLock {
     pool: PgPool,
     id: String,
-    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    /// Detached from the pool: if the rebuild is dropped half-way, the connection closes and
+    /// the lock goes with it, instead of going back to the pool still held.
+    conn: sqlx::PgConnection,
 }
 
 impl RebuildLock {
     /// The lock, or `None` when another session holds it.
     async fn take(pool: &PgPool, id: &str) -> Result<Option<Self>> {
         let pg = |op| move |e| Error::Postgres { op, source: e };
-        let mut conn = pool.acquire().await.map_err(pg("acquire"))?;
+        let mut conn = pool.acquire().await.map_err(pg("acquire"))?.detach();
         let locked: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('choreo.rebuild.' || $1))")
                 .bind(id)
-                .fetch_one(&mut *conn)
+                .fetch_one(&mut conn)
                 .await
                 .map_err(pg("advisory lock"))?;
         Ok(locked.then(|| Self {
@@ -152,7 +154,7 @@ impl RebuildLock {
     /// meanwhile (an error: stop, and run again once that one is done).
     async fn keep(&mut self) -> Result<()> {
         if sqlx::query("SELECT 1")
-            .execute(&mut *self.conn)
+            .execute(&mut self.conn)
             .await
             .is_ok()
         {
@@ -174,8 +176,9 @@ impl RebuildLock {
     async fn release(mut self) {
         let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('choreo.rebuild.' || $1))")
             .bind(&self.id)
-            .execute(&mut *self.conn)
+            .execute(&mut self.conn)
             .await;
+        let _ = self.conn.close().await;
     }
 }
 
@@ -270,7 +273,13 @@ async fn run<P: Projection>(
     // Lanes: the partitions dealt out over a few consumers, each applying its own batches on
     // its own connection. While one lane waits for Postgres, another polls and decodes, and
     // Postgres works on more than one core.
-    let lane_count = options.lanes.clamp(1, partitions.len().max(1));
+    // At most one lane per partition, and no more than the pool can serve beside the lock's
+    // connection and one spare (more would only queue for connections).
+    let pool_room = (pool.options().get_max_connections() as usize).saturating_sub(2);
+    let lane_count = options
+        .lanes
+        .min(pool_room)
+        .clamp(1, partitions.len().max(1));
     let mut lanes: Vec<Lane> = Vec::with_capacity(lane_count);
     for i in 0..lane_count {
         let consumer = if i == 0 {
@@ -280,7 +289,8 @@ async fn run<P: Projection>(
         };
         lanes.push(Lane {
             consumer,
-            positions: HashMap::new(),
+            checkpoints: HashMap::new(),
+            reached: HashMap::new(),
         });
     }
     drop(consumer);
@@ -306,7 +316,10 @@ async fn run<P: Projection>(
             .add_partition_offset(topic, *partition, Offset::Offset(start))
             .map_err(|e| Error::kafka("assign", e))?;
         lanes[lane]
-            .positions
+            .checkpoints
+            .insert((topic.clone(), *partition), start);
+        lanes[lane]
+            .reached
             .insert((topic.clone(), *partition), start);
     }
     drop(conn);
@@ -334,7 +347,7 @@ async fn run<P: Projection>(
         let mut left = 0u64;
         for lane in &lanes {
             let mut lane_ends = HashMap::new();
-            for (key, position) in &lane.positions {
+            for (key, position) in &lane.reached {
                 let end = watermarks(&lane.consumer, &key.0, key.1).await?.1;
                 left += (end - position).max(0) as u64;
                 lane_ends.insert(key.clone(), end);
@@ -356,10 +369,11 @@ async fn run<P: Projection>(
             records += read;
             dead_lettered += dead;
         }
-        // The swap must not race another rebuild: the lock again, before swapping.
+        // The swap must not race another rebuild: it runs on the lock's own connection, so it
+        // commits only while the session holding the lock is alive.
         rebuild_lock.keep().await?;
         failpoint::hit("rebuild.before_swap");
-        if swap(pool, &id, &live, &shadow).await? {
+        if swap(&mut rebuild_lock.conn, &id, &live, &shadow).await? {
             break;
         }
         tracing::info!(projection = %id, "the live view moved ahead of the shadow; reading on before swapping");
@@ -386,10 +400,10 @@ async fn run<P: Projection>(
     })
 }
 
-/// The swap transaction. False when the live view is ahead of the shadow somewhere.
-async fn swap(pool: &PgPool, id: &str, live: &str, shadow: &str) -> Result<bool> {
+/// The swap transaction, on the connection holding the rebuild lock. False when the live
+/// view is ahead of the shadow somewhere.
+async fn swap(conn: &mut sqlx::PgConnection, id: &str, live: &str, shadow: &str) -> Result<bool> {
     let pg = |op| move |e| Error::Postgres { op, source: e };
-    let mut conn = pool.acquire().await.map_err(pg("acquire"))?;
     let mut tx = conn.begin().await.map_err(pg("begin"))?;
     sqlx::query("SELECT set_config('lock_timeout', '10s', true)")
         .execute(&mut *tx)
@@ -505,10 +519,17 @@ pub async fn reset<P: Projection>(projection: &P, pool: &PgPool) -> Result<()> {
     create_schema(pool, projection, &live, true).await
 }
 
-/// A consumer over some of the partitions, with the shadow checkpoint of each as it knows it.
+/// A consumer over some of the partitions.
+///
+/// Two offsets per partition, which differ in a transactional log: `checkpoints` is the
+/// shadow checkpoint (the last applied record + 1), what the next batch's compare-and-set
+/// expects; `reached` is how far the consumer has read, past commit markers and aborted
+/// records, what decides whether the lane is at the end. Expecting the consumer position
+/// would fail the compare-and-set one offset past every final commit marker.
 struct Lane {
     consumer: Arc<BaseConsumer>,
-    positions: HashMap<(String, i32), i64>,
+    checkpoints: HashMap<(String, i32), i64>,
+    reached: HashMap<(String, i32), i64>,
 }
 
 impl Lane {
@@ -529,7 +550,7 @@ impl Lane {
         let mut idle_since = Instant::now();
         while ends
             .iter()
-            .any(|(k, end)| self.positions.get(k).is_some_and(|p| p < end))
+            .any(|(k, end)| self.reached.get(k).is_some_and(|p| p < end))
         {
             let (c, polled) = poll_batch(Arc::clone(&self.consumer), batch_size).await?;
             drop(c);
@@ -541,7 +562,7 @@ impl Lane {
                 if idle_since.elapsed() > Duration::from_secs(3) {
                     break;
                 }
-                refresh_positions(&self.consumer, &mut self.positions);
+                refresh_positions(&self.consumer, &mut self.reached);
                 lock(progress).advance(self.offsets().saturating_sub(before), 0);
                 continue;
             }
@@ -564,7 +585,7 @@ impl Lane {
                 let parts: Vec<batch::Part<'_>> = by_partition
                     .iter()
                     .map(|(key, list)| batch::Part {
-                        expected: *self.positions.get(key).unwrap_or(&0),
+                        expected: *self.checkpoints.get(key).unwrap_or(&0),
                         records: list,
                     })
                     .collect();
@@ -572,7 +593,7 @@ impl Lane {
                     Ok(PartsOutcome::Committed { nexts, poisoned }) => {
                         for ((key, _), next) in by_partition.iter().zip(nexts) {
                             if let Some(next) = next {
-                                self.positions.insert(key.clone(), next);
+                                self.advance(key, next);
                             }
                         }
                         dead_lettered += poisoned as u64;
@@ -598,7 +619,7 @@ impl Lane {
                             now,
                             "shadow checkpoint moved; re-reading"
                         );
-                        self.positions.insert(key.clone(), now);
+                        self.advance(key, now);
                         attempt += 1;
                         if attempt > 20 {
                             return Err(Error::Runtime(format!(
@@ -633,7 +654,7 @@ impl Lane {
                         match read_shadow_checkpoints(pool, id, &by_partition).await {
                             Ok(now) => {
                                 for (key, next) in now {
-                                    self.positions.insert(key, next);
+                                    self.advance(&key, next);
                                 }
                             }
                             Err(e) => {
@@ -644,16 +665,23 @@ impl Lane {
                 }
             }
             records += count;
-            refresh_positions(&self.consumer, &mut self.positions);
+            refresh_positions(&self.consumer, &mut self.reached);
             lock(progress).advance(self.offsets().saturating_sub(before), count);
         }
         Ok((records, dead_lettered))
     }
 
-    /// The sum of the lane's positions: progress counts offsets, not records (in a
+    /// The shadow checkpoint of `key` is now `next`; the lane has read at least that far.
+    fn advance(&mut self, key: &(String, i32), next: i64) {
+        self.checkpoints.insert(key.clone(), next);
+        let reached = self.reached.entry(key.clone()).or_insert(next);
+        *reached = (*reached).max(next);
+    }
+
+    /// The sum of how far the lane has read: progress counts offsets, not records (in a
     /// transactional log, commit markers and aborted records take offsets too).
     fn offsets(&self) -> u64 {
-        self.positions.values().map(|p| (*p).max(0) as u64).sum()
+        self.reached.values().map(|p| (*p).max(0) as u64).sum()
     }
 }
 

@@ -178,6 +178,11 @@ async fn a_partition_assigned_during_an_outage_waits_and_starts_when_postgres_is
         "nothing halts for an outage: {:?}",
         status_a.halted()
     );
+    let waiting = status_a.waiting();
+    assert!(
+        waiting.iter().all(|(_, _, reason)| !reason.is_empty()),
+        "each waiting partition shows why: {waiting:?}"
+    );
     down.await.expect("outage");
 
     common::wait_caught_up(

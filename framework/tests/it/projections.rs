@@ -401,3 +401,200 @@ async fn wait_for_returns_once_the_view_has_passed_the_offsets_of_a_write() {
     shutdown.trigger();
     task.await.expect("join").expect("run");
 }
+
+/// A transactional producer: what command processors and reactors write with.
+fn transactional_producer(config: &KafkaConfig) -> rdkafka::producer::BaseProducer {
+    use rdkafka::producer::Producer;
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", config.brokers())
+        .set("transactional.id", common::unique("txn"))
+        .create()
+        .expect("producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    producer
+}
+
+/// Copies `records` into `topic` (same partitions), `per_transaction` records per Kafka
+/// transaction: every transaction leaves a commit marker after its records.
+fn copy_in_transactions(
+    producer: &rdkafka::producer::BaseProducer,
+    topic: &str,
+    records: &[rdkafka::message::OwnedMessage],
+    per_transaction: usize,
+) {
+    use rdkafka::producer::{BaseRecord, Producer};
+    for chunk in records.chunks(per_transaction) {
+        producer.begin_transaction().expect("begin");
+        for r in chunk {
+            let mut out = BaseRecord::<[u8], [u8]>::to(topic)
+                .partition(r.partition())
+                .payload(r.payload().unwrap_or_default());
+            if let Some(key) = r.key() {
+                out = out.key(key);
+            }
+            if let Some(headers) = r.headers() {
+                out = out.headers(headers.clone());
+            }
+            while let Err((_, back)) = producer.send(out) {
+                producer.poll(Duration::from_millis(10));
+                out = back;
+            }
+        }
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .expect("commit");
+    }
+}
+
+/// Caught up on a transactional log: a checkpoint is the last record + 1, which is the
+/// final commit marker's offset (the end - 1).
+async fn caught_up_in_transactions(pool: &PgPool, config: &KafkaConfig, topic: &str) {
+    let ends = common::end_offsets(config, topic, 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM choreo_meta.checkpoints WHERE projection = $1 AND slot = 'live' AND topic = $2",
+        )
+        .bind(PROJECTION)
+        .bind(topic)
+        .fetch_all(pool)
+        .await
+        .expect("checkpoints");
+        if (0..3).all(|p| {
+            rows.iter()
+                .any(|(rp, next)| *rp == p && *next >= ends[p as usize] - 1)
+        }) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not caught up with {ends:?}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A rebuild over a transactional log that must read a second pass: its first pass ends at
+/// the log end, where the consumer has passed the final commit markers while the shadow
+/// checkpoints stop before them; then the live view moves ahead before the swap (a held row
+/// lock on one live checkpoint keeps the swap waiting while more transactions arrive). The
+/// second pass must go on from the checkpoints and swap in a view equal to the fold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_over_a_transactional_log_reads_a_second_pass_and_swaps_in_the_fold() {
+    let source = common::kafka("txn-source");
+    let source_topic = topics(&source, 3).await;
+    let publisher = Publisher::new(&source, "/drill").expect("publisher");
+    publish(&publisher, 0..3600).await;
+    let records = common::read_all(&source, &source_topic, 3600, Duration::from_secs(30), true);
+    assert_eq!(records.len(), 3600);
+    let config = common::kafka("txn-rebuild");
+    let topic = topics(&config, 3).await;
+    let producer = transactional_producer(&config);
+    // A Kafka transaction takes ~100 ms here: few and large ones.
+    // Every sixth record comes later (spread over the partitions: the reader returns them
+    // partition by partition).
+    let (history, rest): (Vec<_>, Vec<_>) =
+        records.iter().enumerate().partition(|(i, _)| i % 6 != 0);
+    let history: Vec<_> = history.into_iter().map(|(_, r)| r.clone()).collect();
+    copy_in_transactions(&producer, &topic, &history, 100);
+    let (_, pool) = common::fresh_database("txn_rebuild").await;
+
+    let shutdown = Shutdown::new();
+    let runner = ProjectionRunner::new(Arc::new(CounterProjection));
+    let live = tokio::spawn({
+        let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
+        async move { runner.run(&config, &pool, shutdown).await }
+    });
+    caught_up_in_transactions(&pool, &config, &topic).await;
+
+    // Hold partition 0's live checkpoint: the swap will wait for it.
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query(
+        "SELECT 1 FROM choreo_meta.checkpoints WHERE projection = $1 AND slot = 'live' AND partition = 0 FOR UPDATE",
+    )
+    .bind(PROJECTION)
+    .execute(&mut *holder)
+    .await
+    .expect("lock a live checkpoint");
+    let task = tokio::spawn({
+        let (config, pool) = (config.clone(), pool.clone());
+        async move {
+            rebuild(
+                Arc::new(CounterProjection),
+                &config,
+                &pool,
+                RebuildOptions::default(),
+            )
+            .await
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && !task.is_finished(),
+            "the swap never waited for the held checkpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // More transactions on partitions 1 and 2, applied live meanwhile.
+    let later: Vec<_> = rest
+        .into_iter()
+        .map(|(_, r)| r.clone())
+        .filter(|r| r.partition() != 0)
+        .collect();
+    let before = common::end_offsets(&config, &topic, 3);
+    copy_in_transactions(&producer, &topic, &later, 100);
+    let ends = common::end_offsets(&config, &topic, 3);
+    assert!(ends[1] > before[1] && ends[2] > before[2]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM choreo_meta.checkpoints WHERE projection = $1 AND slot = 'live'",
+        )
+        .bind(PROJECTION)
+        .fetch_all(&pool)
+        .await
+        .expect("checkpoints");
+        if rows
+            .iter()
+            .any(|(p, next)| *p > 0 && *next > before[*p as usize])
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the live view did not move ahead: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    holder.rollback().await.expect("release");
+
+    let report = task
+        .await
+        .expect("join")
+        .expect("a rebuild over a transactional log");
+    assert!(
+        report.records > 3000,
+        "it read the later transactions: {report}"
+    );
+    caught_up_in_transactions(&pool, &config, &topic).await;
+    shutdown.trigger();
+    live.await.expect("join").expect("run");
+    let expected = history.len() + later.len();
+    assert_eq!(
+        view(&pool, "counters_v1").await,
+        fold(&config, &topic, expected)
+    );
+}
