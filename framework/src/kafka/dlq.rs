@@ -4,17 +4,19 @@
 //! rather than losing it.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use super::consumer::Record;
-use super::publisher::{PRODUCER_DEFAULTS, PublishError, classify};
+use super::publisher::{PRODUCER_DEFAULTS, PublishError};
+use super::renewing::RenewingProducer;
 use crate::config::KafkaConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Header names added to a dead letter.
 pub mod dlq_headers {
@@ -90,7 +92,9 @@ impl DeadLetter {
 /// Writes dead letters for one consumer group.
 #[derive(Clone)]
 pub struct DeadLetterWriter {
-    producer: FutureProducer,
+    /// Replaced after a fatal error, like the publisher's (a dead letter that cannot be
+    /// written halts its partition; a dead producer would halt them all until a restart).
+    producer: Arc<RenewingProducer>,
     group: String,
     topic: String,
 }
@@ -106,10 +110,10 @@ impl fmt::Debug for DeadLetterWriter {
 impl DeadLetterWriter {
     /// A writer to `{group}.dlq`.
     pub fn new(config: &KafkaConfig, group: &str) -> Result<Self> {
-        let producer: FutureProducer = config
-            .client_config(PRODUCER_DEFAULTS)
-            .create()
-            .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))?;
+        let producer = Arc::new(RenewingProducer::new(
+            config.client_config(PRODUCER_DEFAULTS),
+            "dead_letters",
+        )?);
         Ok(Self {
             producer,
             group: group.to_owned(),
@@ -143,15 +147,15 @@ impl DeadLetterWriter {
         if let Some(payload) = record.payload() {
             out = out.payload(payload);
         }
-        match self.producer.send(out, Duration::from_secs(30)).await {
-            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
-            Err((e, _)) => Err(PublishError {
-                kind: classify(&e),
+        self.producer
+            .send(out, Duration::from_secs(30))
+            .await
+            .map_err(|(kind, reason)| PublishError {
+                kind,
                 topic: self.topic.clone(),
                 message_id: uuid::Uuid::nil(),
-                reason: e.to_string(),
-            }),
-        }
+                reason,
+            })
     }
 }
 

@@ -6,6 +6,7 @@ pub mod consumer;
 mod dlq;
 mod publisher;
 mod record;
+mod renewing;
 mod topics;
 pub(crate) mod transaction;
 

@@ -1,35 +1,25 @@
 //! The publisher: idempotent, acks=all, the Java clients' partitioner, many sends in flight.
 //!
-//! A fatal error of the idempotent producer (librdkafka raises one when it can no longer keep
-//! its no-duplicates, no-reordering promise, e.g. after an out-of-order sequence number)
-//! leaves that producer unusable: every later send fails. librdkafka purges what was still
-//! queued (those sends fail with `PurgeQueue`) and keeps waiting for the acknowledgements of
-//! what was in flight. The publisher then replaces the producer, once per fatal producer:
-//! it waits for the old one's in-flight records to resolve (flush), so nothing it still
-//! writes can land after a record of the new one, then builds a new producer from the same
-//! settings. Every send that failed is reported to its caller as an error (retriable once the
-//! replacement is in place, so a retry with the same [`Outgoing`] keeps its id); none is
-//! resent behind the caller's back, since that could put it after records the caller sent
-//! later.
+//! After a fatal error of its producer the publisher builds a new one (see
+//! [`super::renewing`]): the failed sends are reported to their callers, never resent.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode as Code;
 use uuid::Uuid;
 
 use crate::codec;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use crate::failpoint;
 use crate::message::{Causation, Event, Metadata};
+
+use super::renewing::RenewingProducer;
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
@@ -138,16 +128,8 @@ pub struct Publisher {
 }
 
 struct Inner {
-    /// The producer in use. Sends take a clone of the `Arc` and never hold the lock across an
-    /// await; only a replacement after a fatal error writes it.
-    producer: RwLock<Arc<FutureProducer>>,
-    /// Held while a replacement runs, so concurrent sends that all saw the same fatal
-    /// producer replace it once.
-    replacing: Mutex<()>,
-    /// The settings every producer of this publisher is built from.
-    client: ClientConfig,
-    /// Producers replaced after a fatal error.
-    replacements: AtomicU64,
+    /// The idempotent producer, replaced after a fatal error.
+    producer: Arc<RenewingProducer>,
     source: String,
     config: KafkaConfig,
     max_message_bytes: usize,
@@ -161,57 +143,8 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // librdkafka purges what is still queued when the producer is destroyed.
-        if let Err(e) = self.current().flush(Duration::from_secs(10)) {
+        if let Err(e) = self.producer.current().flush(Duration::from_secs(10)) {
             tracing::warn!(error = %e, "publisher flush on shutdown did not finish");
-        }
-    }
-}
-
-/// How long a replacement waits for the fatal producer's in-flight records to resolve: the
-/// longest a produce request can stay unanswered by default (`request.timeout.ms`).
-const FATAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
-
-impl Inner {
-    fn current(&self) -> Arc<FutureProducer> {
-        Arc::clone(
-            &self
-                .producer
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-    }
-
-    /// Replaces `failed` after its fatal error `reason`, unless another send already did.
-    /// Blocking (a flush, then a new client): run off the async threads. Returns whether a
-    /// producer other than `failed` is in place afterwards.
-    fn replace_after_fatal(&self, failed: &Arc<FutureProducer>, reason: &str) -> bool {
-        let _one_at_a_time = self
-            .replacing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !Arc::ptr_eq(&self.current(), failed) {
-            return true;
-        }
-        tracing::error!(%reason, "the publisher's producer hit a fatal error; replacing it");
-        // In-flight records still get their acknowledgement (librdkafka purges only what was
-        // queued): let them resolve first, so the new producer's records come after them.
-        if let Err(e) = failed.flush(FATAL_FLUSH_TIMEOUT) {
-            tracing::warn!(error = %e, "the fatal producer's in-flight records did not resolve in time");
-        }
-        match self.client.create::<FutureProducer>() {
-            Ok(fresh) => {
-                *self
-                    .producer
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
-                self.replacements.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(e) => {
-                // Sends keep failing as fatal; the next one that does tries again.
-                tracing::error!(error = %e, "cannot create a producer to replace the fatal one");
-                false
-            }
         }
     }
 }
@@ -239,15 +172,10 @@ impl Publisher {
             .get("message.max.bytes")
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-        let producer: FutureProducer = client
-            .create()
-            .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))?;
+        let producer = Arc::new(RenewingProducer::new(client, "publisher")?);
         Ok(Self {
             inner: Arc::new(Inner {
-                producer: RwLock::new(Arc::new(producer)),
-                replacing: Mutex::new(()),
-                client,
-                replacements: AtomicU64::new(0),
+                producer,
                 source: source.into(),
                 config: config.clone(),
                 max_message_bytes,
@@ -483,57 +411,27 @@ impl Publisher {
         })
     }
 
-    /// Sends one record with the producer in place and resolves to (partition, offset). A
-    /// send that fails because its producer has a fatal error replaces that producer (once,
-    /// whichever of the failed sends gets there first) before it reports the error.
+    /// Sends one record; a fatal producer error replaces the producer first (see
+    /// [`RenewingProducer::send`]).
     async fn produce(
         &self,
         record: FutureRecord<'_, [u8], Vec<u8>>,
     ) -> Result<(i32, i64), (PublishErrorKind, String)> {
-        let producer = self.inner.current();
-        // Drills: this send fails as if the producer had just raised a fatal error, without
-        // writing the record.
-        let failed = if failpoint::inject("publisher.fatal") {
-            Some("injected fatal error (failpoint publisher.fatal)".to_owned())
-        } else {
-            match producer.send(record, self.inner.queue_timeout).await {
-                Ok(delivery) => return Ok((delivery.partition, delivery.offset)),
-                Err((e, _)) => match producer.client().fatal_error() {
-                    Some((code, fatal)) => Some(format!("{e} (fatal: {code:?}: {fatal})")),
-                    None => return Err((classify(&e), e.to_string())),
-                },
-            }
-        };
-        let reason = failed.unwrap_or_default();
-        let inner = Arc::clone(&self.inner);
-        let why = reason.clone();
-        // Not cancelled with the send: a caller that gives up (a timeout) leaves the
-        // replacement to finish.
-        let replaced =
-            tokio::task::spawn_blocking(move || inner.replace_after_fatal(&producer, &why))
-                .await
-                .unwrap_or(false);
-        if replaced {
-            Err((
-                PublishErrorKind::Retriable,
-                format!("{reason}; the producer was replaced, send again"),
-            ))
-        } else {
-            Err((
-                PublishErrorKind::Fatal,
-                format!("{reason}; replacing the producer failed"),
-            ))
-        }
+        self.inner
+            .producer
+            .send(record, self.inner.queue_timeout)
+            .await
     }
 
     /// Producers replaced after a fatal error since this publisher was created.
     pub fn producer_replacements(&self) -> u64 {
-        self.inner.replacements.load(Ordering::Relaxed)
+        self.inner.producer.replacements()
     }
 
     /// Waits until everything sent so far is acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         self.inner
+            .producer
             .current()
             .flush(timeout)
             .map_err(|e| Error::kafka("flush", e))
@@ -572,35 +470,5 @@ pub(crate) fn classify(error: &KafkaError) -> PublishErrorKind {
             | Code::PurgeInflight,
         ) => PublishErrorKind::Fatal,
         _ => PublishErrorKind::Retriable,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_sends_that_saw_one_fatal_producer_replace_it_once() {
-        // Nothing listens on port 1: creating and flushing an idle producer needs no broker.
-        let publisher = Publisher::build(&KafkaConfig::new("127.0.0.1:1"), "/unit").expect("build");
-        let fatal = publisher.inner.current();
-        let attempts: Vec<_> = (0..4)
-            .map(|_| {
-                let (inner, fatal) = (Arc::clone(&publisher.inner), Arc::clone(&fatal));
-                tokio::task::spawn_blocking(move || inner.replace_after_fatal(&fatal, "test"))
-            })
-            .collect();
-        for attempt in attempts {
-            assert!(
-                attempt.await.expect("join"),
-                "a usable producer is in place"
-            );
-        }
-        assert_eq!(publisher.producer_replacements(), 1);
-        assert!(!Arc::ptr_eq(&publisher.inner.current(), &fatal));
-        // A fatal error of the new producer replaces it again.
-        let second = publisher.inner.current();
-        assert!(publisher.inner.replace_after_fatal(&second, "test"));
-        assert_eq!(publisher.producer_replacements(), 2);
     }
 }
