@@ -5,16 +5,26 @@
 //! first hit) or `CHOREO_FAILPOINT=<name>@<n>` (on the n-th hit). Without the feature [`hit`]
 //! and [`inject`] are empty inline functions.
 
+/// `CHOREO_FAILPOINT` as it was when first asked for: read once (a hot path may hit a
+/// failpoint per message), never changed while the process runs.
+#[cfg(feature = "failpoints")]
+fn setting() -> Option<&'static str> {
+    static SETTING: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SETTING
+        .get_or_init(|| std::env::var("CHOREO_FAILPOINT").ok())
+        .as_deref()
+}
+
 /// Whether the armed failpoint is `name` and this hit is the n-th or later.
 #[cfg(feature = "failpoints")]
 fn armed(name: &str) -> bool {
     use std::sync::atomic::{AtomicU64, Ordering};
     static HITS: AtomicU64 = AtomicU64::new(0);
-    let Ok(armed) = std::env::var("CHOREO_FAILPOINT") else {
+    let Some(armed) = setting() else {
         return false;
     };
     let (armed_name, nth) = match armed.split_once('@') {
-        Some((n, count)) => (n.to_owned(), count.parse::<u64>().unwrap_or(1)),
+        Some((n, count)) => (n, count.parse::<u64>().unwrap_or(1)),
         None => (armed, 1),
     };
     armed_name == name && HITS.fetch_add(1, Ordering::AcqRel) + 1 >= nth
@@ -46,7 +56,7 @@ pub fn inject(name: &str) -> bool {
 /// `@n`), so a drill can make something slow, e.g. a restore a rebalance must overtake.
 #[cfg(feature = "failpoints")]
 pub fn stall(name: &str, duration: std::time::Duration) {
-    if std::env::var("CHOREO_FAILPOINT").is_ok_and(|armed| armed == name) {
+    if setting() == Some(name) {
         eprintln!("choreo failpoint {name}: stalling for {duration:?}");
         std::thread::sleep(duration);
     }

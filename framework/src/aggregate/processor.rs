@@ -427,8 +427,9 @@ impl<A: Aggregate> CommandProcessor<A> {
                 };
                 // Leave the group; the revoke callback drops the partitions' state.
                 thread_shared.stopped.store(true, Ordering::Release);
-                drop(consumer);
+                // Not ready from here on: closing the consumer can take seconds.
                 thread_shared.status.left();
+                drop(consumer);
                 let _ = producer.flush(Duration::from_secs(10));
                 let _ = done_tx.send(result);
             })

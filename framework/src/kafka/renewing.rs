@@ -37,6 +37,10 @@ pub(crate) struct RenewingProducer {
     /// Held while a replacement runs, so concurrent sends that all saw the same fatal
     /// producer replace it once.
     replacing: Mutex<()>,
+    /// Sends that failed on a fatal producer queue here (asynchronously) before one of them
+    /// starts the blocking replacement: the others find it done instead of each parking a
+    /// blocking thread on `replacing` for the whole flush.
+    gate: tokio::sync::Mutex<()>,
     /// The settings every producer is built from.
     client: ClientConfig,
     /// Producers replaced after a fatal error.
@@ -55,6 +59,7 @@ impl RenewingProducer {
         Ok(Self {
             current: RwLock::new(Arc::new(producer)),
             replacing: Mutex::new(()),
+            gate: tokio::sync::Mutex::new(()),
             client,
             replacements: AtomicU64::new(0),
             what,
@@ -98,14 +103,20 @@ impl RenewingProducer {
                 },
             }
         };
-        let this = Arc::clone(self);
-        let why = reason.clone();
-        // Not cancelled with the send: a caller that gives up (a timeout) leaves the
-        // replacement to finish.
-        let replaced =
-            tokio::task::spawn_blocking(move || this.replace_after_fatal(&producer, &why))
-                .await
-                .unwrap_or(false);
+        let replaced = {
+            let _gate = self.gate.lock().await;
+            if Arc::ptr_eq(&self.current(), &producer) {
+                let this = Arc::clone(self);
+                let why = reason.clone();
+                // Not cancelled with the send: a caller that gives up (a timeout) leaves the
+                // replacement to finish.
+                tokio::task::spawn_blocking(move || this.replace_after_fatal(&producer, &why))
+                    .await
+                    .unwrap_or(false)
+            } else {
+                true
+            }
+        };
         if replaced {
             Err((
                 PublishErrorKind::Retriable,

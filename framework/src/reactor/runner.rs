@@ -1,6 +1,6 @@
 //! The reactor runner: one dedicated thread owns the consumer (group = the reactor's name,
 //! `read_committed`) and a transactional producer (`transactional.id` =
-//! `group.instance.id` = `{name}-{ordinal}`).
+//! `group.instance.id` = `{name}-{ordinal}-{subscription tag}`).
 //!
 //! Per polled batch, one Kafka transaction holds the outputs of every event reacted to, the
 //! dead letters of events that could not be, and the input offsets with fresh consumer group
@@ -185,6 +185,13 @@ impl<R: Reactor> ReactorRunner<R> {
                 return Err(Error::TopicMissing(topic.clone()));
             }
         }
+        // The static member id names the subscription too: a static member that rejoins with
+        // the same id keeps its old assignment (librdkafka's JoinGroup leaves a stable group
+        // as it is), so a new source or redrive topic would go unread. A changed subscription
+        // joins as a new member instead and the group rebalances (the old member's partitions
+        // move once its session times out). The transactional id stays `{group}-{ordinal}`:
+        // fencing follows the instance, not its subscription.
+        let member = format!("{identity}-{}", subscription_tag(&sources));
         let shared = Arc::new(Shared {
             reactor: Arc::clone(&self.reactor),
             group: group.clone(),
@@ -209,7 +216,7 @@ impl<R: Reactor> ReactorRunner<R> {
         let consumer: BaseConsumer<ReactorContext<R>> = kafka
             .client_config(&[
                 ("group.id", group.as_str()),
-                ("group.instance.id", identity.as_str()),
+                ("group.instance.id", member.as_str()),
                 ("partition.assignment.strategy", "cooperative-sticky"),
                 ("isolation.level", "read_committed"),
                 ("auto.offset.reset", reset),
@@ -317,8 +324,16 @@ impl<R: Reactor> ConsumerContext for ReactorContext<R> {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // The committed offsets (stable ones: read_committed) are where we start.
-                if shared.start == StartFrom::End {
-                    start_new_partitions_at_end(shared, consumer, tpl);
+                if shared.start == StartFrom::End
+                    && let Err(reason) = start_new_partitions_at_end(shared, consumer, tpl)
+                {
+                    // Guessing (auto.offset.reset) could skip the redrive topic's letters or
+                    // start a new partition after events that arrived before us: stop, and
+                    // let a restart try again.
+                    tracing::error!(%reason, "cannot place new partitions; stopping");
+                    lock(&shared.fatal).get_or_insert(reason);
+                    shared.shutdown.trigger();
+                    return;
                 }
                 if let Err(e) = consumer.incremental_assign(tpl) {
                     tracing::error!(error = %e, "incremental_assign failed");
@@ -360,14 +375,10 @@ fn start_new_partitions_at_end<R: Reactor>(
     shared: &Shared<R>,
     consumer: &BaseConsumer<ReactorContext<R>>,
     tpl: &mut TopicPartitionList,
-) {
-    let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
-        Ok(committed) => committed,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read committed offsets; auto.offset.reset decides");
-            return;
-        }
-    };
+) -> std::result::Result<(), String> {
+    let committed = consumer
+        .committed_offsets(tpl.clone(), Duration::from_secs(30))
+        .map_err(|e| format!("cannot read the committed offsets: {e}"))?;
     let mut first = TopicPartitionList::new();
     for element in committed.elements() {
         if matches!(element.offset(), Offset::Offset(_)) {
@@ -388,9 +399,7 @@ fn start_new_partitions_at_end<R: Reactor>(
                     let _ = e.set_offset(Offset::Offset(end));
                 }
             }
-            Err(e) => {
-                tracing::warn!(%topic, partition, error = %e, "cannot read the end; auto.offset.reset decides")
-            }
+            Err(e) => return Err(format!("cannot read the end of {topic}[{partition}]: {e}")),
         }
     }
     if first.count() > 0 {
@@ -399,6 +408,7 @@ fn start_new_partitions_at_end<R: Reactor>(
         }
         tracing::info!(reactor = R::NAME, group = %shared.group, "new partitions start at their current end");
     }
+    Ok(())
 }
 
 /// How a batch's transaction ended.
@@ -778,4 +788,16 @@ fn dead_letter<R: Reactor>(shared: &Shared<R>, record: &OwnedMessage, reason: &s
         payload: record.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers,
     }
+}
+
+/// Eight hex digits that change when the subscribed topics do (FNV-1a over the sorted names).
+fn subscription_tag(topics: &[String]) -> String {
+    let mut sorted: Vec<&str> = topics.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in sorted.join(",").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}", hash as u32)
 }
