@@ -50,6 +50,9 @@ pub struct AvroSchema {
     /// The schema compiled for the direct decoder, or why it cannot be (then every datum of it
     /// goes through `apache-avro`'s `Value`).
     direct: Result<Plan, String>,
+    /// Where `direct` cannot be: the schema compiled for checking a datum's shape before
+    /// `apache-avro` reads it (see [`avro_de::check_datum`]).
+    shape: Option<Plan>,
 }
 
 impl AvroSchema {
@@ -63,11 +66,16 @@ impl AvroSchema {
         let fingerprint = std::panic::catch_unwind(AssertUnwindSafe(|| fingerprint(&schema)))
             .map_err(|_| "the schema has no canonical form".to_owned())?;
         let direct = Plan::compile(&schema);
+        let shape = match &direct {
+            Ok(_) => None,
+            Err(_) => Plan::compile_shape(&schema).ok(),
+        };
         Ok(Self {
             schema,
             fingerprint,
             text: text.to_owned(),
             direct,
+            shape,
         })
     }
 }
@@ -234,6 +242,15 @@ pub fn decode<T: DeserializeOwned>(
             Err(FastError::Invalid(reason)) => return Err(bad(format!("Avro: {reason}"))),
             // Found at run time (a record read as a Rust enum): the `Value` path below.
             Err(FastError::Unsupported(_)) => {}
+        }
+    }
+    // The library reads a datum cut short as nulls and recurses without a bound: walk it by
+    // the writer's schema first (bounded depth, every byte accounted for).
+    if let Some(plan) = writer.direct.as_ref().ok().or(writer.shape.as_ref()) {
+        match avro_de::check_datum(plan, datum) {
+            Ok(0) => {}
+            Ok(left) => return Err(leftover(left)),
+            Err(reason) => return Err(bad(format!("Avro: {reason}"))),
         }
     }
     let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -533,5 +550,101 @@ mod tests {
             }
         );
         assert!(err.halts());
+    }
+
+    /// V1 with an optional nickname last.
+    const V5: &str = r#"{"type":"record","name":"UserSignedUp","namespace":"test.avro","fields":[
+        {"name":"user_id","type":"string"},
+        {"name":"email","type":"string"},
+        {"name":"nick","type":["null","string"],"default":null}]}"#;
+    /// V5 plus a field with a default: reading V5 data with it takes the `Value` path.
+    const V6: &str = r#"{"type":"record","name":"UserSignedUp","namespace":"test.avro","fields":[
+        {"name":"user_id","type":"string"},
+        {"name":"email","type":"string"},
+        {"name":"nick","type":["null","string"],"default":null},
+        {"name":"plan","type":"string","default":"free"}]}"#;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Five {
+        user_id: String,
+        email: String,
+        nick: Option<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Six {
+        user_id: String,
+        email: String,
+        nick: Option<String>,
+        plan: String,
+    }
+
+    #[test]
+    fn the_evolution_path_refuses_a_datum_cut_before_an_optional_field() {
+        let (v5, v6) = (schema(V5), schema(V6));
+        let bytes = encode(
+            "t",
+            &v5,
+            &Five {
+                user_id: "u1".into(),
+                email: "e".into(),
+                nick: None,
+            },
+        )
+        .expect("encode");
+        let read: Six = decode("t", "application/avro", &bytes, Some(&v6)).expect("whole datum");
+        assert_eq!(read.nick, None);
+        assert_eq!(read.plan, "free");
+        // Without its last byte (the union index of `nick`) the library alone reads a null.
+        let cut = &bytes[..bytes.len() - 1];
+        match decode::<Six>("t", "application/avro", cut, Some(&v6)) {
+            Err(EnvelopeError::Payload { reason, .. }) => {
+                assert!(reason.starts_with("Avro"), "{reason}")
+            }
+            other => panic!("a cut datum must be refused, got {other:?}"),
+        }
+    }
+
+    const LIST_V1: &str = r#"{"type":"record","name":"Link","namespace":"test.avro","fields":[
+        {"name":"next","type":["null","Link"],"default":null}]}"#;
+    const LIST_V2: &str = r#"{"type":"record","name":"Link","namespace":"test.avro","fields":[
+        {"name":"next","type":["null","Link"],"default":null},
+        {"name":"tag","type":"string","default":""}]}"#;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Link {
+        next: Option<Box<Link>>,
+        tag: String,
+    }
+
+    #[test]
+    fn the_evolution_path_refuses_records_nested_deeper_than_the_limit() {
+        let (v1, v2) = (
+            declared("v1.link.added", LIST_V1).expect("schema"),
+            declared("v1.link.added", LIST_V2).expect("schema"),
+        );
+        let datum = |depth: usize| {
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&v1.fingerprint.to_le_bytes());
+            // `depth` links (union branch 1, zig-zag 2), then the null that ends the list.
+            bytes.extend(std::iter::repeat_n(0x02u8, depth));
+            bytes.push(0x00);
+            bytes
+        };
+        let shallow: Link = decode("t", "application/avro", &datum(3), Some(&v2)).expect("3 deep");
+        assert!(shallow.next.is_some());
+        // The library would recurse once per byte: a 1 MB record would overflow the stack.
+        match decode::<Link>(
+            "t",
+            "application/avro",
+            &datum(avro_de::MAX_DEPTH + 10),
+            Some(&v2),
+        ) {
+            Err(EnvelopeError::Payload { reason, .. }) => {
+                assert!(reason.contains("deeper than"), "{reason}")
+            }
+            other => panic!("a datum nested too deep must be refused, got {other:?}"),
+        }
     }
 }

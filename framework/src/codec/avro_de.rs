@@ -22,6 +22,10 @@
 //! - a record read as a Rust enum (`apache-avro`'s `{"type": ..., ...}` form), found at run time
 //!   and reported as [`FastError::Unsupported`].
 //!
+//! [`check_datum`] walks a datum without decoding it (the logical types above as the bytes they
+//! take): [`super::avro::decode`] runs it before the `apache-avro` path, which is then as strict
+//! as this one about the two points below.
+//!
 //! Where this path is stricter than `apache-avro` 0.21, on purpose: a datum that ends early is an
 //! error (the library reads a missing boolean, string or union index as `null`, so a cut-off
 //! optional field came out as `None`), and records nest at most [`MAX_DEPTH`] deep (the library
@@ -139,11 +143,23 @@ impl fmt::Debug for Plan {
 impl Plan {
     /// Compiles a schema, or says why the direct decoder cannot read it.
     pub fn compile(schema: &Schema) -> Result<Self, String> {
+        Self::compile_as(schema, false)
+    }
+
+    /// Compiles a schema for [`check_datum`] only: the logical types the direct decoder leaves
+    /// out appear as the bytes they take (decimal as its bytes or fixed, big-decimal and uuid
+    /// as bytes, duration as a fixed of 12).
+    pub fn compile_shape(schema: &Schema) -> Result<Self, String> {
+        Self::compile_as(schema, true)
+    }
+
+    fn compile_as(schema: &Schema, shape_only: bool) -> Result<Self, String> {
         let resolved = ResolvedSchema::try_from(schema).map_err(|e| e.to_string())?;
         let mut compiler = Compiler {
             names: resolved.get_names(),
             compiled: HashMap::new(),
             nodes: Vec::new(),
+            shape_only,
         };
         let root = compiler.compile(schema, &None)?;
         let plan = Self {
@@ -193,6 +209,8 @@ struct Compiler<'s, 'n> {
     /// Named types already compiled, so a reference (and a recursive one) reuses the node.
     compiled: HashMap<Name, usize>,
     nodes: Vec<Node>,
+    /// Compiling for [`check_datum`]: logical types become the bytes they take.
+    shape_only: bool,
 }
 
 impl Compiler<'_, '_> {
@@ -220,6 +238,11 @@ impl Compiler<'_, '_> {
             Schema::Double => Node::Double,
             Schema::Bytes => Node::Bytes,
             Schema::String => Node::String,
+            Schema::Decimal(decimal) if self.shape_only => {
+                return self.compile(&decimal.inner, enclosing);
+            }
+            Schema::BigDecimal | Schema::Uuid if self.shape_only => Node::Bytes,
+            Schema::Duration if self.shape_only => Node::Fixed(12),
             Schema::Decimal(_) => return Err("the logical type decimal".to_owned()),
             Schema::BigDecimal => return Err("the logical type big-decimal".to_owned()),
             Schema::Uuid => return Err("the logical type uuid".to_owned()),
@@ -284,6 +307,25 @@ impl Compiler<'_, '_> {
         };
         Ok(self.push(node))
     }
+}
+
+/// Walks one datum by the plan's schema without building anything: what the `Value` path
+/// runs first, so a datum it would read wrongly (cut short: the library reads a missing
+/// boolean, string or union index as `null`) or too deep for the stack is refused with the
+/// reason. Returns the number of bytes left after the datum.
+pub fn check_datum(plan: &Plan, datum: &[u8]) -> std::result::Result<usize, String> {
+    let mut input = Input {
+        rest: datum,
+        depth: 0,
+        max_len: apache_avro::util::max_allocation_bytes(
+            apache_avro::util::DEFAULT_MAX_ALLOCATION_BYTES,
+        ),
+        human_readable: apache_avro::util::set_serde_human_readable(
+            apache_avro::util::DEFAULT_SERDE_HUMAN_READABLE,
+        ),
+    };
+    skip(plan, plan.root, &mut input).map_err(|e| e.to_string())?;
+    Ok(input.rest.len())
 }
 
 /// Decodes one datum into `T`; returns it with the number of bytes left after it (the caller
