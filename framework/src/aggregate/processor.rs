@@ -193,8 +193,9 @@ pub struct CommandProcessor<A: Aggregate> {
     snapshots: Option<Snapshotter<A>>,
 }
 
-/// Serializes a partition's aggregates (id, entry) into a snapshot body.
-type EncodeEntries<A> = fn(&[(&String, &Entry<A>)]) -> Result<Vec<u8>, String>;
+/// Serializes a partition's aggregates (id, entry) into a snapshot body; the events topic and
+/// partition complete the remembered outcomes.
+type EncodeEntries<A> = fn(&[(&String, &Entry<A>)], &str, i32) -> Result<Vec<u8>, String>;
 /// Reads a snapshot body back.
 type DecodeEntries<A> = fn(&[u8]) -> Result<Vec<(String, Entry<A>)>, String>;
 
@@ -205,7 +206,11 @@ struct Snapshotter<A> {
     decode: DecodeEntries<A>,
 }
 
-fn encode_entries<A: Serialize>(entries: &[(&String, &Entry<A>)]) -> Result<Vec<u8>, String> {
+fn encode_entries<A: Serialize>(
+    entries: &[(&String, &Entry<A>)],
+    topic: &str,
+    partition: i32,
+) -> Result<Vec<u8>, String> {
     let stored: Vec<StoredAggregate<&A>> = entries
         .iter()
         .map(|(id, entry)| StoredAggregate {
@@ -217,8 +222,8 @@ fn encode_entries<A: Serialize>(entries: &[(&String, &Entry<A>)]) -> Result<Vec<
             recent: entry
                 .recent
                 .iter()
-                .filter(|(_, outcome)| matches!(outcome, Outcome::Accepted { .. }))
-                .cloned()
+                .filter(|(_, outcome)| matches!(outcome, Remembered::Accepted(_)))
+                .map(|(id, outcome)| (*id, outcome.outcome(topic, partition)))
                 .collect(),
         })
         .collect();
@@ -234,7 +239,11 @@ fn decode_entries<A: DeserializeOwned>(body: &[u8]) -> Result<Vec<(String, Entry
                 Entry {
                     state: stored.state,
                     version: stored.version,
-                    recent: stored.recent.into_iter().collect(),
+                    recent: stored
+                        .recent
+                        .into_iter()
+                        .map(|(id, outcome)| (id, Remembered::from(outcome)))
+                        .collect(),
                 },
             )
         })
@@ -446,7 +455,79 @@ struct Entry<A> {
     state: A,
     version: u64,
     /// Recent command ids and their outcome, oldest first.
-    recent: VecDeque<(Uuid, Outcome)>,
+    recent: VecDeque<(Uuid, Remembered)>,
+}
+
+/// A remembered outcome, compact: it is kept for up to [`RECENT_COMMANDS`] commands of every
+/// aggregate in memory, so its events leave out what the entry already implies (the events
+/// topic and the partition) and share their type names.
+#[derive(Clone, Debug)]
+enum Remembered {
+    Accepted(Vec<Landed>),
+    Rejected(Rejection),
+}
+
+/// Where an accepted command's event landed (its topic and partition are the entry's own).
+#[derive(Clone, Debug)]
+struct Landed {
+    message_type: Arc<str>,
+    offset: i64,
+    sequence: u64,
+}
+
+impl Remembered {
+    /// The outcome as replies carry it.
+    fn outcome(&self, topic: &str, partition: i32) -> Outcome {
+        match self {
+            Self::Accepted(events) => Outcome::Accepted {
+                events: events
+                    .iter()
+                    .map(|e| EventRef {
+                        message_type: e.message_type.to_string(),
+                        topic: topic.to_owned(),
+                        partition,
+                        offset: e.offset,
+                        sequence: e.sequence,
+                    })
+                    .collect(),
+            },
+            Self::Rejected(rejection) => Outcome::Rejected {
+                rejection: rejection.clone(),
+            },
+        }
+    }
+}
+
+impl From<Outcome> for Remembered {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Accepted { events } => Self::Accepted(
+                events
+                    .into_iter()
+                    .map(|e| Landed {
+                        message_type: intern(&e.message_type),
+                        offset: e.offset,
+                        sequence: e.sequence,
+                    })
+                    .collect(),
+            ),
+            Outcome::Rejected { rejection } => Self::Rejected(rejection),
+        }
+    }
+}
+
+/// One shared copy of each event type name (a handful per aggregate, remembered for every
+/// event of every aggregate).
+fn intern(name: &str) -> Arc<str> {
+    static NAMES: std::sync::OnceLock<Mutex<std::collections::HashSet<Arc<str>>>> =
+        std::sync::OnceLock::new();
+    let mut names = lock(NAMES.get_or_init(Default::default));
+    if let Some(known) = names.get(name) {
+        return Arc::clone(known);
+    }
+    let fresh: Arc<str> = Arc::from(name);
+    names.insert(Arc::clone(&fresh));
+    fresh
 }
 
 impl<A: Default> Default for Entry<A> {
@@ -460,7 +541,7 @@ impl<A: Default> Default for Entry<A> {
 }
 
 impl<A> Entry<A> {
-    fn remember(&mut self, id: Uuid, outcome: Outcome) {
+    fn remember(&mut self, id: Uuid, outcome: Remembered) {
         if self.recent.len() >= RECENT_COMMANDS {
             self.recent.pop_front();
         }
@@ -887,24 +968,15 @@ fn apply_restored<A: Aggregate, M: Message>(
     std::panic::catch_unwind(AssertUnwindSafe(|| entry.state.apply(&event)))
         .map_err(|panic| format!("apply panicked at {at}: {}", panic_message(&*panic)))?;
     entry.version = sequence;
-    let event_ref = EventRef {
-        message_type: meta.message_type,
-        topic: topic.to_owned(),
-        partition: record.partition(),
+    let landed = Landed {
+        message_type: intern(&meta.message_type),
         offset: record.offset(),
         sequence,
     };
     // Rebuild the duplicate memory from the causation ids (the command ids).
     match entry.recent.back_mut() {
-        Some((id, Outcome::Accepted { events })) if *id == meta.causation_id => {
-            events.push(event_ref)
-        }
-        _ => entry.remember(
-            meta.causation_id,
-            Outcome::Accepted {
-                events: vec![event_ref],
-            },
-        ),
+        Some((id, Remembered::Accepted(events))) if *id == meta.causation_id => events.push(landed),
+        _ => entry.remember(meta.causation_id, Remembered::Accepted(vec![landed])),
     }
     Ok(())
 }
@@ -1091,7 +1163,7 @@ fn run_transaction<A: Aggregate>(
                 .iter_mut()
                 .find(|(id, _)| *id == reply.meta.causation_id)
         {
-            remembered.1 = outcome.clone();
+            remembered.1 = Remembered::from(outcome.clone());
         }
         if reply.topic.is_empty() {
             continue;
@@ -1283,7 +1355,10 @@ fn decide_one<A: Aggregate>(
         .or_insert_with(|| committed.get(&key).cloned().unwrap_or_default());
     if let Some((_, first)) = entry.recent.iter().find(|(id, _)| *id == meta.id) {
         // A retry: answer with the first outcome (even past its deadline), decide nothing.
-        replies.push(reply_to(Some(first.clone()), Vec::new()));
+        replies.push(reply_to(
+            Some(first.outcome(&shared.events_topic, p)),
+            Vec::new(),
+        ));
         return;
     }
     if let Some(deadline) = meta.extensions.get("deadline") {
@@ -1316,9 +1391,8 @@ fn decide_one<A: Aggregate>(
         });
     match decided {
         Err(rejection) => {
-            let outcome = Outcome::Rejected { rejection };
-            entry.remember(meta.id, outcome.clone());
-            replies.push(reply_to(Some(outcome), Vec::new()));
+            entry.remember(meta.id, Remembered::Rejected(rejection.clone()));
+            replies.push(reply_to(Some(Outcome::Rejected { rejection }), Vec::new()));
         }
         Ok(new_events) => {
             let mut indices = Vec::with_capacity(new_events.len());
@@ -1368,7 +1442,7 @@ fn decide_one<A: Aggregate>(
                     },
                 ));
             }
-            staged.remember(meta.id, Outcome::Accepted { events: Vec::new() });
+            staged.remember(meta.id, Remembered::Accepted(Vec::new()));
             *entry = staged;
             replies.push(reply_to(None, indices));
         }
@@ -1414,7 +1488,10 @@ fn take_snapshot<A: Aggregate>(shared: &Arc<Shared<A>>, p: i32, events_offset: i
             .filter(|((q, _), _)| *q == p)
             .map(|((_, id), entry)| (id, entry))
             .collect();
-        ((snapshots.encode)(&entries), entries.len())
+        (
+            (snapshots.encode)(&entries, &shared.events_topic, p),
+            entries.len(),
+        )
     };
     let body = match body {
         Ok(body) => body,
