@@ -314,16 +314,7 @@ impl Compiler<'_, '_> {
 /// boolean, string or union index as `null`) or too deep for the stack is refused with the
 /// reason. Returns the number of bytes left after the datum.
 pub fn check_datum(plan: &Plan, datum: &[u8]) -> std::result::Result<usize, String> {
-    let mut input = Input {
-        rest: datum,
-        depth: 0,
-        max_len: apache_avro::util::max_allocation_bytes(
-            apache_avro::util::DEFAULT_MAX_ALLOCATION_BYTES,
-        ),
-        human_readable: apache_avro::util::set_serde_human_readable(
-            apache_avro::util::DEFAULT_SERDE_HUMAN_READABLE,
-        ),
-    };
+    let mut input = Input::new(datum);
     skip(plan, plan.root, &mut input).map_err(|e| e.to_string())?;
     Ok(input.rest.len())
 }
@@ -331,18 +322,7 @@ pub fn check_datum(plan: &Plan, datum: &[u8]) -> std::result::Result<usize, Stri
 /// Decodes one datum into `T`; returns it with the number of bytes left after it (the caller
 /// reports leftovers, as the `Value` path does).
 pub fn from_datum<T: DeserializeOwned>(plan: &Plan, datum: &[u8]) -> Result<(T, usize)> {
-    let mut input = Input {
-        rest: datum,
-        depth: 0,
-        // The library's settings, read the way its own decoder reads them (the first call fixes
-        // the value, to the library's default when nobody set it).
-        max_len: apache_avro::util::max_allocation_bytes(
-            apache_avro::util::DEFAULT_MAX_ALLOCATION_BYTES,
-        ),
-        human_readable: apache_avro::util::set_serde_human_readable(
-            apache_avro::util::DEFAULT_SERDE_HUMAN_READABLE,
-        ),
-    };
+    let mut input = Input::new(datum);
     let value = T::deserialize(Datum {
         plan,
         node: plan.root,
@@ -361,6 +341,21 @@ struct Input<'de> {
 }
 
 impl<'de> Input<'de> {
+    /// The datum, with the library's settings read the way its own decoder reads them (the
+    /// first call fixes each value, to the library's default when nobody set it).
+    fn new(datum: &'de [u8]) -> Self {
+        Self {
+            rest: datum,
+            depth: 0,
+            max_len: apache_avro::util::max_allocation_bytes(
+                apache_avro::util::DEFAULT_MAX_ALLOCATION_BYTES,
+            ),
+            human_readable: apache_avro::util::set_serde_human_readable(
+                apache_avro::util::DEFAULT_SERDE_HUMAN_READABLE,
+            ),
+        }
+    }
+
     fn ended(&self, what: &str, wanted: usize) -> FastError {
         invalid(format!(
             "the datum ends inside {what}: {wanted} bytes wanted, {} left",

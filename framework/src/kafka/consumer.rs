@@ -819,25 +819,7 @@ fn start_waiting<L: PartitionLogic>(
             }
         }
     };
-    let mut tpl = TopicPartitionList::new();
-    if let Err(e) = tpl.add_partition_offset(&key.0, key.1, target) {
-        stop_waiting(
-            shared,
-            consumer,
-            key,
-            Some(format!("bad start offset: {e}")),
-        );
-        return true;
-    }
-    // seek_partitions reports per-partition failures inside the returned list.
-    let failure = match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
-        Err(e) => Some(e.to_string()),
-        Ok(list) => list
-            .elements()
-            .iter()
-            .find_map(|e| e.error().err().map(|e| e.to_string())),
-    };
-    if let Some(error) = failure {
+    if let Err(error) = seek_one(consumer, key, target) {
         tracing::warn!(topic = %key.0, partition = key.1, %error, "seeking a waiting partition to its start failed; retrying");
         set_waiting(shared, key, &format!("seek to {target:?} failed: {error}"));
         return false;
@@ -845,6 +827,26 @@ fn start_waiting<L: PartitionLogic>(
     stop_waiting(shared, consumer, key, None);
     tracing::info!(topic = %key.0, partition = key.1, offset = ?target, "start offset found; partition started");
     true
+}
+
+/// Seeks one partition; the error, if the call or the partition failed.
+fn seek_one<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    key: &Tp,
+    offset: Offset,
+) -> std::result::Result<(), String> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&key.0, key.1, offset)
+        .map_err(|e| e.to_string())?;
+    // seek_partitions reports per-partition failures inside the returned list.
+    match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
+        Err(e) => Err(e.to_string()),
+        Ok(list) => list
+            .elements()
+            .iter()
+            .find_map(|e| e.error().err().map(|e| e.to_string()))
+            .map_or(Ok(()), Err),
+    }
 }
 
 /// Ends a partition's wait: resumed to process from where it was sought, or halted.
@@ -954,17 +956,7 @@ fn handle_report<L: PartitionLogic>(
                 handle.epoch = epoch;
             }
             drop(state);
-            let mut tpl = TopicPartitionList::new();
-            let _ = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(offset));
-            // seek_partitions reports per-partition failures inside the returned list.
-            let failure = match consumer.seek_partitions(tpl, Duration::from_secs(10)) {
-                Err(e) => Some(e.to_string()),
-                Ok(result) => result
-                    .elements()
-                    .iter()
-                    .find_map(|e| e.error().err().map(|e| e.to_string())),
-            };
-            if let Some(error) = failure {
+            if let Err(error) = seek_one(consumer, &key, Offset::Offset(offset)) {
                 halt_partition(
                     shared,
                     consumer,

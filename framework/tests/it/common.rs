@@ -230,6 +230,19 @@ pub async fn wait_caught_up(
     timeout: Duration,
 ) {
     let ends = end_offsets(config, topic, partitions);
+    wait_checkpoints(pool, projection, topic, &ends, timeout).await;
+}
+
+/// Waits until the projection's live checkpoint of each partition `p` of `topic` reached
+/// `targets[p]`.
+#[allow(dead_code)]
+pub async fn wait_checkpoints(
+    pool: &sqlx::PgPool,
+    projection: &str,
+    topic: &str,
+    targets: &[i64],
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let rows: Vec<(i32, i64)> = sqlx::query_as(
@@ -240,16 +253,16 @@ pub async fn wait_caught_up(
         .fetch_all(pool)
         .await
         .expect("checkpoints");
-        let done = (0..partitions).all(|p| {
+        let done = targets.iter().enumerate().all(|(p, target)| {
             rows.iter()
-                .any(|(rp, next)| *rp == p && *next >= ends[p as usize])
+                .any(|(rp, next)| *rp as usize == p && next >= target)
         });
         if done {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "projection {projection} did not catch up with {ends:?} in {timeout:?}: {rows:?}"
+            "projection {projection} did not reach {targets:?} in {timeout:?}: {rows:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -451,29 +451,11 @@ fn copy_in_transactions(
 /// Caught up on a transactional log: a checkpoint is the last record + 1, which is the
 /// final commit marker's offset (the end - 1).
 async fn caught_up_in_transactions(pool: &PgPool, config: &KafkaConfig, topic: &str) {
-    let ends = common::end_offsets(config, topic, 3);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let rows: Vec<(i32, i64)> = sqlx::query_as(
-            "SELECT partition, next_offset FROM choreo_meta.checkpoints WHERE projection = $1 AND slot = 'live' AND topic = $2",
-        )
-        .bind(PROJECTION)
-        .bind(topic)
-        .fetch_all(pool)
-        .await
-        .expect("checkpoints");
-        if (0..3).all(|p| {
-            rows.iter()
-                .any(|(rp, next)| *rp == p && *next >= ends[p as usize] - 1)
-        }) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not caught up with {ends:?}: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let targets: Vec<i64> = common::end_offsets(config, topic, 3)
+        .into_iter()
+        .map(|end| end - 1)
+        .collect();
+    common::wait_checkpoints(pool, PROJECTION, topic, &targets, Duration::from_secs(60)).await;
 }
 
 /// A rebuild over a transactional log that must read a second pass: its first pass ends at
