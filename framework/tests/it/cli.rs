@@ -397,9 +397,45 @@ async fn dlq_list_show_and_redrive_to_the_group_only() {
         !headers.keys().any(|k| k.starts_with("choreo_dlq_")),
         "{headers:?}"
     );
+    assert_eq!(
+        headers.get("choreo_redriven_from"),
+        Some(&format!("{group}.dlq/0/{dlq_offset}"))
+    );
     // Nothing went back into the log of record.
     let origin_records = common::read_all(&config, &topic, 2, Duration::from_secs(3), true);
     assert_eq!(origin_records.len(), 1);
+
+    // A second redrive of the same letter would have it handled twice: refused, named.
+    let run = choreo(
+        &config,
+        &["dlq", "redrive", &group, "--offset", &dlq_offset],
+    );
+    assert!(
+        run.assert_failed().stderr.contains(&format!(
+            "already redriven: dead letter {dlq_offset} (to {redrive}[0]@0)"
+        )),
+        "{run:#?}"
+    );
+    let run = choreo(&config, &["dlq", "redrive", &group, "--all"]);
+    assert!(
+        run.assert_ok().stdout.contains("nothing left to redrive"),
+        "{run:#?}"
+    );
+    assert_eq!(
+        common::read_all(&config, &redrive, 2, Duration::from_secs(3), true).len(),
+        1,
+        "nothing redriven twice without --again"
+    );
+    choreo(
+        &config,
+        &["dlq", "redrive", &group, "--offset", &dlq_offset, "--again"],
+    )
+    .assert_ok();
+    assert_eq!(
+        common::read_all(&config, &redrive, 2, Duration::from_secs(10), true).len(),
+        2,
+        "--again redrives it once more"
+    );
 
     let described = TopicAdmin::new(&config)
         .expect("admin")

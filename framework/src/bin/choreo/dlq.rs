@@ -12,7 +12,7 @@ use choreo::kafka::DeadLetter;
 use choreo::message::headers;
 use choreo::{Metadata, TopicAdmin, TopicSpec};
 use rdkafka::Message;
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 
 use crate::connect::Services;
@@ -22,6 +22,9 @@ use crate::show;
 /// The header that tells a redriven record from a first delivery: `{topic}/{partition}/{offset}`
 /// of the record in its log of record.
 pub const REDRIVE_OF: &str = "choreo_redrive_of";
+/// The header naming the dead letter a redriven copy was made from,
+/// `{dlq topic}/{partition}/{offset}`: how a second redrive of the same letter is noticed.
+pub const REDRIVEN_FROM: &str = "choreo_redriven_from";
 /// Longest error text in `dlq list`; `dlq show` prints all of it.
 const LIST_ERROR_CHARS: usize = 100;
 
@@ -52,6 +55,10 @@ pub enum DlqCommand {
         /// Every dead letter of the group
         #[arg(long)]
         all: bool,
+        /// Redrive letters that were redriven before (each redrive of one letter makes its
+        /// consumers handle it once more)
+        #[arg(long)]
+        again: bool,
     },
 }
 
@@ -97,7 +104,8 @@ pub async fn run(services: &Services, command: DlqCommand) -> anyhow::Result<()>
             target,
             offsets,
             all,
-        } => redrive(services, &target, &offsets, all).await,
+            again,
+        } => redrive(services, &target, &offsets, all, again).await,
     }
 }
 
@@ -199,9 +207,10 @@ async fn redrive(
     target: &Target,
     offsets: &[i64],
     all: bool,
+    again: bool,
 ) -> anyhow::Result<()> {
     let records = target.read_all(services)?;
-    let letters = select(&records, offsets, all)?;
+    let mut letters = select(&records, offsets, all)?;
     if letters.is_empty() {
         println!("no dead letters to redrive in {}", target.topic()?);
         return Ok(());
@@ -212,12 +221,42 @@ async fn redrive(
         .ensure(std::slice::from_ref(&spec))
         .await?;
 
-    let producer = services.producer()?;
     let dlq = target.topic()?;
+    let from = |dlq_offset: i64| format!("{dlq}/{}/{dlq_offset}", target.partition);
+    // A letter redriven before would be handled once more: only with --again.
+    if !again {
+        let earlier = redriven_before(services, &spec.name)?;
+        let mut repeated = Vec::new();
+        letters.retain(|(dlq_offset, _)| match earlier.get(&from(*dlq_offset)) {
+            Some(copy) => {
+                repeated.push(format!("{dlq_offset} (to {copy})"));
+                false
+            }
+            None => true,
+        });
+        if !repeated.is_empty() {
+            let which = repeated.join(", ");
+            if !all {
+                bail!(
+                    "already redriven: dead letter {which}; its consumers would handle it once more \
+                     (pass --again to redrive it anyway)"
+                );
+            }
+            eprintln!(
+                "skipping dead letters already redriven: {which} (pass --again to redrive them anyway)"
+            );
+        }
+        if letters.is_empty() {
+            println!("nothing left to redrive in {dlq}");
+            return Ok(());
+        }
+    }
+
+    let producer = services.producer()?;
     // One at a time, each acknowledged before the next: when one fails, everything printed
     // above it has been redriven and nothing after it has.
     for (dlq_offset, letter) in letters {
-        let headers = redrive_headers(&letter);
+        let headers = redrive_headers(&letter, &from(dlq_offset));
         let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&spec.name).headers(headers);
         if let Some(key) = letter.key.as_deref() {
             out = out.key(key);
@@ -294,12 +333,15 @@ fn select(
 /// The original headers (`DeadLetter` already dropped the `choreo_dlq_*` ones) plus
 /// `choreo_redrive_of`. A letter that failed again after a redrive already names the record
 /// in the log of record: that name is kept, rather than pointing at the redrive topic.
-fn redrive_headers(letter: &DeadLetter) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(letter.headers.len() + 1);
+fn redrive_headers(letter: &DeadLetter, redriven_from: &str) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(letter.headers.len() + 2);
     let mut redrive_of = None;
     for (key, value) in &letter.headers {
         if key == REDRIVE_OF {
             redrive_of = value.clone();
+            continue;
+        }
+        if key == REDRIVEN_FROM {
             continue;
         }
         out = out.insert(Header {
@@ -314,6 +356,39 @@ fn redrive_headers(letter: &DeadLetter) -> OwnedHeaders {
         key: REDRIVE_OF,
         value: Some(&redrive_of),
     })
+    .insert(Header {
+        key: REDRIVEN_FROM,
+        value: Some(redriven_from.as_bytes()),
+    })
+}
+
+/// The letters already copied to `redrive_topic`: `{dlq}/{partition}/{offset}` of each, with
+/// where its copy went.
+fn redriven_before(
+    services: &Services,
+    redrive_topic: &str,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut reader = LogReader::open(services, redrive_topic, None, Start::Beginning, false)?;
+    let mut earlier = std::collections::HashMap::new();
+    while let Some(record) = reader.next_record()? {
+        let from = record
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == REDRIVEN_FROM))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok());
+        if let Some(from) = from {
+            earlier.insert(
+                from.to_owned(),
+                format!(
+                    "{}[{}]@{}",
+                    record.topic(),
+                    record.partition(),
+                    record.offset()
+                ),
+            );
+        }
+    }
+    Ok(earlier)
 }
 
 /// `topic[partition]@offset` of the record that failed.
