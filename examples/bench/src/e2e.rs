@@ -37,6 +37,7 @@ use uuid::Uuid;
 
 use crate::data::{self, Dataset, RawRecord, ReadingRecorded};
 use crate::latency::{self, Latencies};
+use crate::offsets;
 use crate::{PARTITIONS, Setup, Side};
 
 const FRAMEWORK_CHANNEL: &str = "bench_e2e_f";
@@ -95,9 +96,6 @@ const BASELINE_SCHEMA: &str = "CREATE TABLE baseline_readings (
          next_offset bigint NOT NULL,
          PRIMARY KEY (topic, partition)
      );";
-const UPDATE_OFFSETS: &str = "INSERT INTO baseline_offsets (topic, partition, next_offset) \
-     SELECT $1, p, o FROM UNNEST($2::int[], $3::bigint[]) AS t(p, o) \
-     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset";
 
 /// A batch as UNNEST columns.
 #[derive(Default)]
@@ -575,23 +573,14 @@ fn decode(message: &BorrowedMessage<'_>) -> anyhow::Result<Decoded> {
 
 async fn apply(conn: &mut PgConnection, topic: &str, batch: &[Decoded]) -> anyhow::Result<()> {
     let rows = Rows::new(batch.iter().map(|d| (&d.event, d.time)));
-    let mut next: Vec<(i32, i64)> = Vec::new();
-    for d in batch {
-        match next.iter_mut().find(|(p, _)| *p == d.partition) {
-            Some((_, o)) => *o = (*o).max(d.offset + 1),
-            None => next.push((d.partition, d.offset + 1)),
-        }
-    }
-    let partitions: Vec<i32> = next.iter().map(|n| n.0).collect();
-    let offsets: Vec<i64> = next.iter().map(|n| n.1).collect();
     let mut tx = conn.begin().await?;
     rows.insert(&mut tx, INSERT_BASELINE).await?;
-    sqlx::query(UPDATE_OFFSETS)
-        .bind(topic)
-        .bind(&partitions)
-        .bind(&offsets)
-        .execute(&mut *tx)
-        .await?;
+    offsets::store(
+        &mut tx,
+        topic,
+        batch.iter().map(|d| (d.partition, d.offset)),
+    )
+    .await?;
     notify(&mut tx, BASELINE_CHANNEL, &rows.seqs).await?;
     tx.commit().await?;
     Ok(())

@@ -22,6 +22,7 @@ mod data;
 mod e2e;
 mod failover;
 mod latency;
+mod offsets;
 mod publish;
 mod rebuild;
 mod restore;

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::consume::fill;
 use crate::data::ReadingRecorded;
+use crate::offsets;
 use crate::{CpuClock, PARTITIONS, Round, Setup, Side};
 
 /// The framework side: the latest reading and a count per meter.
@@ -100,9 +101,6 @@ const BASELINE_SCHEMA: &str = "CREATE TABLE baseline_meters (
          next_offset bigint NOT NULL,
          PRIMARY KEY (topic, partition)
      );";
-const UPDATE_OFFSETS: &str = "INSERT INTO baseline_offsets (topic, partition, next_offset) \
-     SELECT $1, p, o FROM UNNEST($2::int[], $3::bigint[]) AS t(p, o) \
-     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset";
 const UPDATE_OFFSET: &str = "INSERT INTO baseline_offsets (topic, partition, next_offset) \
      VALUES ($1, $2, $3) \
      ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset";
@@ -380,23 +378,14 @@ async fn apply_batch(
         event: &d.event,
         time: d.time,
     }));
-    let mut next: Vec<(i32, i64)> = Vec::new();
-    for d in batch {
-        match next.iter_mut().find(|(p, _)| *p == d.partition) {
-            Some((_, o)) => *o = (*o).max(d.offset + 1),
-            None => next.push((d.partition, d.offset + 1)),
-        }
-    }
-    let partitions: Vec<i32> = next.iter().map(|n| n.0).collect();
-    let offsets: Vec<i64> = next.iter().map(|n| n.1).collect();
     let mut tx = conn.begin().await?;
     rows.upsert(&mut tx, UPSERT_BASELINE).await?;
-    sqlx::query(UPDATE_OFFSETS)
-        .bind(topic)
-        .bind(&partitions)
-        .bind(&offsets)
-        .execute(&mut *tx)
-        .await?;
+    offsets::store(
+        &mut tx,
+        topic,
+        batch.iter().map(|d| (d.partition, d.offset)),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
