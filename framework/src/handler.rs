@@ -308,8 +308,8 @@ enum Step {
 
 impl HandlerWorker {
     async fn handle(&self, record: &Record) -> Step {
-        let meta = match Metadata::from_record(record.headers(), record.key()) {
-            Ok(meta) => meta,
+        let (meta, payload) = match Metadata::open(record) {
+            Ok(opened) => (opened.meta, opened.payload),
             Err(e) => return Step::DeadLetter(format!("undecodable envelope: {e}")),
         };
         let Some(route) = self.routes.get(&meta.message_type) else {
@@ -332,7 +332,7 @@ impl HandlerWorker {
         };
         let span = tracing::debug_span!("handle", id = %meta.id, r#type = %meta.message_type,
             subject = %meta.subject, topic = %origin.topic, partition = origin.partition, offset = origin.offset);
-        let future = match route(meta, record.payload(), origin) {
+        let future = match route(meta, payload.as_deref(), origin) {
             Ok(future) => future,
             Err(undecoded) if undecoded.2.halts() => {
                 let (meta, origin, e) = *undecoded;
@@ -344,7 +344,7 @@ impl HandlerWorker {
                         "{e}; refreshing the schema store failed: {refresh}"
                     )));
                 }
-                match route(meta, record.payload(), origin) {
+                match route(meta, payload.as_deref(), origin) {
                     Ok(future) => future,
                     Err(again) if again.2.halts() => {
                         return Step::Halt(format!("offset {}: {}", record.offset(), again.2));

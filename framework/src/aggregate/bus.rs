@@ -53,6 +53,9 @@ pub struct CommandBus {
     reply_partition: i32,
     waiters: Waiters,
     stop: Arc<AtomicBool>,
+    /// Why the reply reader ended, once it has (a panic is a bug, but it must not leave
+    /// every later `send_and_wait` to time out in silence).
+    reader_failed: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for CommandBus {
@@ -118,10 +121,29 @@ impl CommandBus {
         .map_err(|e| Error::Runtime(format!("reply reader set-up failed: {e}")))??;
         let waiters: Waiters = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (thread_waiters, thread_stop) = (Arc::clone(&waiters), Arc::clone(&stop));
+        let reader_failed: Arc<Mutex<Option<String>>> = Arc::default();
+        let (thread_waiters, thread_stop, thread_failed) = (
+            Arc::clone(&waiters),
+            Arc::clone(&stop),
+            Arc::clone(&reader_failed),
+        );
         std::thread::Builder::new()
             .name(format!("choreo-replies-{service}"))
-            .spawn(move || read_replies(consumer, thread_waiters, thread_stop))
+            .spawn(move || {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    read_replies(consumer, Arc::clone(&thread_waiters), thread_stop);
+                }));
+                if let Err(panic) = outcome {
+                    let reason = format!(
+                        "the reply reader panicked: {}",
+                        crate::kafka::consumer::panic_message(&*panic)
+                    );
+                    tracing::error!(%reason, "command bus reply reader stopped");
+                    *lock(&thread_failed) = Some(reason);
+                    // Every waiting call learns it now (its channel closes), not at its timeout.
+                    lock(&thread_waiters).clear();
+                }
+            })
             .map_err(|e| Error::Runtime(format!("cannot start the reply reader: {e}")))?;
         Ok(Self {
             publisher,
@@ -130,7 +152,13 @@ impl CommandBus {
             reply_partition,
             waiters,
             stop,
+            reader_failed,
         })
+    }
+
+    /// Why the reply reader stopped, if it did: `send_and_wait` fails at once from then on.
+    pub fn reader_error(&self) -> Option<String> {
+        lock(&self.reader_failed).clone()
     }
 
     /// Sends a command; returns its id once the broker has it.
@@ -148,6 +176,9 @@ impl CommandBus {
         options: SendOptions,
         timeout: Duration,
     ) -> Result<Reply> {
+        if let Some(reason) = self.reader_error() {
+            return Err(Error::Runtime(reason));
+        }
         let out = self.prepare(command, &options)?;
         let id = out.meta().id;
         let own_deadline = out.meta().extensions.get("deadline").cloned();
@@ -182,7 +213,12 @@ impl CommandBus {
                         continue;
                     }
                     Ok(Some((reply, _))) => break Ok(reply),
-                    Ok(None) => break Err(Error::Runtime("the reply reader stopped".into())),
+                    Ok(None) => {
+                        break Err(Error::Runtime(
+                            self.reader_error()
+                                .unwrap_or_else(|| "the reply reader stopped".into()),
+                        ));
+                    }
                     Err(_) => break Err(timed_out()),
                 }
             }
@@ -231,6 +267,12 @@ impl CommandBus {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Whether the reply says the command expired before it was decided.
 fn is_expired(reply: &Reply) -> bool {
     matches!(&reply.outcome, Outcome::Rejected { rejection } if rejection.code == "expired")
@@ -248,10 +290,10 @@ fn read_replies(consumer: BaseConsumer, waiters: Waiters, stop: Arc<AtomicBool>)
                 continue;
             }
         };
-        let meta = match Metadata::from_record(record.headers(), record.key()) {
-            Ok(meta) if meta.message_type == REPLY_TYPE => meta,
-            Ok(meta) => {
-                tracing::warn!(r#type = %meta.message_type, "not a reply on the replies topic; ignored");
+        let (meta, data) = match Metadata::open(&record) {
+            Ok(opened) if opened.meta.message_type == REPLY_TYPE => (opened.meta, opened.payload),
+            Ok(opened) => {
+                tracing::warn!(r#type = %opened.meta.message_type, "not a reply on the replies topic; ignored");
                 continue;
             }
             Err(e) => {
@@ -267,7 +309,7 @@ fn read_replies(consumer: BaseConsumer, waiters: Waiters, stop: Arc<AtomicBool>)
         else {
             continue; // another instance's, or a caller that gave up
         };
-        match record.payload().map(serde_json::from_slice::<Outcome>) {
+        match data.as_deref().map(serde_json::from_slice::<Outcome>) {
             Some(Ok(outcome)) => {
                 let reply = Reply {
                     command_id: meta.causation_id,

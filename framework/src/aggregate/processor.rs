@@ -28,7 +28,9 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
+
+use crate::kafka::Record;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -49,7 +51,7 @@ use crate::kafka::transaction::{
     TxError, TxRecord, abort_and_rewind, check_consumer, classify, classify_commit, collect_batch,
     rewind, send, starts,
 };
-use crate::message::{CommandSet, EventSet, Metadata};
+use crate::message::{CommandSet, EventSet, Metadata, WireRecord};
 use crate::shutdown::Shutdown;
 
 /// Producer replacements in a row (no commit between them) before the processor gives up:
@@ -930,16 +932,16 @@ impl<A: Aggregate> ProcessorContext<A> {
 }
 
 /// Folds one restored event into its aggregate; a gap, a duplicate or an unknown type halts.
-fn apply_restored<A: Aggregate, M: Message>(
+fn apply_restored<A: Aggregate, M: Message + WireRecord>(
     entries: &mut HashMap<String, Entry<A>>,
     record: &M,
     topic: &str,
 ) -> Result<(), String> {
     // Where, for error messages only (no allocation per event on the happy path).
     let at = Located(topic, record.partition(), record.offset());
-    let meta = Metadata::from_record(record.headers(), record.key())
-        .map_err(|e| format!("undecodable event at {at}: {e}"))?;
-    let event = A::Event::decode(&meta, record.payload())
+    let opened = Metadata::open(record).map_err(|e| format!("undecodable event at {at}: {e}"))?;
+    let meta = opened.meta;
+    let event = A::Event::decode(&meta, opened.payload.as_deref())
         .map_err(|e| format!("undecodable event at {at}: {e}"))?
         .ok_or_else(|| {
             format!(
@@ -1033,7 +1035,7 @@ fn processing_loop<A: Aggregate>(
             // belong to partitions we lost, or predate a restore. Decide nothing on them.
             // Partitions we kept throughout are rewound (their records were consumed);
             // partitions (re)assigned meanwhile already start at their committed offset.
-            let kept: Vec<&OwnedMessage> = {
+            let kept: Vec<&Record> = {
                 let assigned_at = lock(&shared.assigned_at);
                 batch
                     .iter()
@@ -1097,7 +1099,7 @@ fn run_transaction<A: Aggregate>(
     shared: &Arc<Shared<A>>,
     consumer: &BaseConsumer<ProcessorContext<A>>,
     producer: &FutureProducer,
-    batch: &[OwnedMessage],
+    batch: &[Record],
 ) -> Result<(), TxError> {
     producer
         .begin_transaction()
@@ -1173,8 +1175,8 @@ fn run_transaction<A: Aggregate>(
         let pending = TxRecord {
             topic: reply.topic.clone(),
             partition: Some(reply.partition),
-            key: reply.meta.subject.clone(),
-            payload,
+            key: Some(reply.meta.subject.clone().into_bytes()),
+            payload: Some(payload),
             headers: reply.meta.to_headers(),
         };
         reply_deliveries.push(send(producer, &pending)?);
@@ -1256,15 +1258,15 @@ fn decide_one<A: Aggregate>(
     shared: &Shared<A>,
     committed: &HashMap<Key, Entry<A>>,
     overlay: &mut HashMap<Key, Entry<A>>,
-    record: &OwnedMessage,
+    record: &Record,
     now: DateTime<Utc>,
     events: &mut Vec<(TxRecord, EventRef)>,
     replies: &mut Vec<PendingReply>,
     dead: &mut Vec<TxRecord>,
 ) {
     let p = record.partition();
-    let meta = match Metadata::from_record(record.headers(), record.key()) {
-        Ok(meta) => meta,
+    let (meta, data) = match Metadata::open(record) {
+        Ok(opened) => (opened.meta, opened.payload),
         Err(e) => {
             // Without valid headers there is no reply address: the dead letter is the answer.
             dead.push(dead_letter(
@@ -1331,7 +1333,7 @@ fn decide_one<A: Aggregate>(
         ));
         return;
     }
-    let command = match A::Command::decode(&meta, record.payload()) {
+    let command = match A::Command::decode(&meta, data.as_deref()) {
         Ok(Some(command)) => command,
         Ok(None) => {
             let reason = format!("this processor does not handle {}", meta.message_type);
@@ -1426,8 +1428,8 @@ fn decide_one<A: Aggregate>(
                 let pending = TxRecord {
                     topic: shared.events_topic.clone(),
                     partition: Some(p),
-                    key: meta.subject.clone(),
-                    payload,
+                    key: Some(meta.subject.clone().into_bytes()),
+                    payload: Some(payload),
                     headers: event_meta.to_headers(),
                 };
                 indices.push(events.len());
@@ -1451,7 +1453,7 @@ fn decide_one<A: Aggregate>(
 
 fn dead_letter<A: Aggregate>(
     shared: &Shared<A>,
-    record: &OwnedMessage,
+    record: &Record,
     reason: &str,
     now: DateTime<Utc>,
 ) -> TxRecord {
@@ -1465,11 +1467,8 @@ fn dead_letter<A: Aggregate>(
     TxRecord {
         topic: shared.dlq_topic.clone(),
         partition: Some(0),
-        key: record
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default(),
-        payload: record.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        key: record.key().map(<[u8]>::to_vec),
+        payload: record.payload().map(<[u8]>::to_vec),
         headers,
     }
 }

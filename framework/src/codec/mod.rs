@@ -35,13 +35,20 @@ enum Format {
 fn format_of(content_type: &str) -> Option<Format> {
     // `application/json; charset=utf-8` is JSON too.
     let media_type = content_type.split(';').next().unwrap_or_default().trim();
-    if media_type.eq_ignore_ascii_case(JSON) {
+    let lower = media_type.to_ascii_lowercase();
+    // `application/vnd.acme.order+json` and `text/json`, as other producers send, are JSON.
+    if lower == JSON || lower == "text/json" || (lower.ends_with("+json") && lower.contains('/')) {
         Some(Format::Json)
-    } else if media_type.eq_ignore_ascii_case(AVRO) {
+    } else if lower == AVRO {
         Some(Format::Avro)
     } else {
         None
     }
+}
+
+/// Whether a content type is JSON (`application/json`, `text/json`, `…+json`, with parameters).
+pub(crate) fn is_json(content_type: &str) -> bool {
+    format_of(content_type) == Some(Format::Json)
 }
 
 /// Encodes a payload as JSON.

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rdkafka::Message;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 use super::consumer::Record;
 use super::publisher::{PRODUCER_DEFAULTS, PublishError};
+use super::raw_headers;
+use super::record::RecordHeaders;
 use super::renewing::RenewingProducer;
 use crate::config::KafkaConfig;
 use crate::error::Result;
@@ -44,13 +45,13 @@ pub struct DeadLetter {
     pub time: String,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
-    /// The original headers, without the `choreo_dlq_*` ones.
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The original headers, without the `choreo_dlq_*` ones; names as bytes, as they came.
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl DeadLetter {
     /// Reads the origin and reason from a record of a dead-letter topic.
-    pub fn from_record<M: Message>(record: &M) -> Option<Self> {
+    pub fn from_record(record: &Record) -> Option<Self> {
         let mut letter = DeadLetter {
             group: String::new(),
             topic: String::new(),
@@ -70,7 +71,7 @@ impl DeadLetter {
                     .map(|v| String::from_utf8_lossy(v).into_owned())
                     .unwrap_or_default()
             };
-            match header.key {
+            match std::str::from_utf8(header.name).unwrap_or_default() {
                 dlq_headers::TOPIC => {
                     letter.topic = text();
                     found_origin = true;
@@ -80,9 +81,9 @@ impl DeadLetter {
                 dlq_headers::ERROR => letter.error = text(),
                 dlq_headers::TIME => letter.time = text(),
                 dlq_headers::GROUP => letter.group = text(),
-                other => letter
+                _ => letter
                     .headers
-                    .push((other.to_owned(), header.value.map(<[u8]>::to_vec))),
+                    .push((header.name.to_vec(), header.value.map(<[u8]>::to_vec))),
             }
         }
         found_origin.then_some(letter)
@@ -162,8 +163,8 @@ impl DeadLetterWriter {
 /// A dead letter's headers: the original ones, then origin topic/partition/offset, the error
 /// (at most 4 KiB), the time and the group. Shared by [`DeadLetterWriter`] and the command
 /// processor, which writes its dead letters inside its Kafka transaction.
-pub(crate) fn dead_letter_headers<H: Headers>(
-    original: Option<&H>,
+pub(crate) fn dead_letter_headers(
+    original: Option<&RecordHeaders>,
     (topic, partition, offset): (&str, i32, i64),
     error: &str,
     time: DateTime<Utc>,
@@ -172,10 +173,8 @@ pub(crate) fn dead_letter_headers<H: Headers>(
     let mut headers = OwnedHeaders::new();
     if let Some(original) = original {
         for header in original.iter() {
-            headers = headers.insert(Header {
-                key: header.key,
-                value: header.value,
-            });
+            // Byte for byte: a name that is not UTF-8 is often why the record is here.
+            headers = raw_headers::push(headers, header.name, header.value);
         }
     }
     let mut cut = error.len().min(MAX_ERROR_BYTES);

@@ -5,6 +5,7 @@ mod client;
 pub mod consumer;
 mod dlq;
 mod publisher;
+mod raw_headers;
 mod record;
 mod renewing;
 mod topics;
@@ -18,5 +19,5 @@ pub use consumer::{
 pub(crate) use dlq::dead_letter_headers;
 pub use dlq::{DeadLetter, DeadLetterWriter, dlq_headers};
 pub use publisher::{Delivered, Outgoing, PublishError, PublishErrorKind, Publisher};
-pub use record::RecordHeaders;
+pub use record::{AsBorrowedHeaders, RecordHeaders};
 pub use topics::{TopicAdmin, TopicKind, TopicSpec, TopicState};

@@ -241,6 +241,7 @@ impl Publisher {
         });
         let (headers, header_bytes) = crate::message::core_headers(
             id,
+            None,
             E::NAME,
             &self.inner.source,
             &subject,

@@ -8,7 +8,10 @@
 use std::sync::Arc;
 
 use rdkafka::Message;
-use rdkafka::message::{Header, Headers};
+use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+
+use super::raw_headers;
+use crate::message::{RawHeader, WireRecord};
 
 /// A consumed record.
 #[derive(Debug, Clone)]
@@ -26,7 +29,11 @@ pub struct Record {
 
 impl Record {
     /// Copies a record out of librdkafka's buffer; `topic` is shared between records.
-    pub fn copy<M: Message>(message: &M, topic: Arc<str>) -> Self {
+    pub fn copy<M>(message: &M, topic: Arc<str>) -> Self
+    where
+        M: Message,
+        M::Headers: AsBorrowedHeaders,
+    {
         let key = message.key();
         let payload = message.payload();
         let mut data =
@@ -38,23 +45,13 @@ impl Record {
             data.extend_from_slice(payload);
         }
         let headers = message.headers().map(|h| {
+            let h = h.borrowed();
             let mut out = RecordHeaders {
                 buf: Vec::new(),
-                entries: Vec::with_capacity(h.count()),
+                entries: Vec::new(),
             };
-            for header in h.iter() {
-                let name_start = out.buf.len();
-                out.buf.extend_from_slice(header.key.as_bytes());
-                let name_end = out.buf.len();
-                let value = header.value.map(|v| {
-                    out.buf.extend_from_slice(v);
-                    out.buf.len()
-                });
-                out.entries.push(Entry {
-                    name_start,
-                    name_end,
-                    value_end: value,
-                });
+            for header in raw_headers::iter(h) {
+                out.push(header.name, header.value);
             }
             out
         });
@@ -121,26 +118,145 @@ struct Entry {
     value_end: Option<usize>,
 }
 
-impl Headers for RecordHeaders {
-    fn count(&self) -> usize {
+impl RecordHeaders {
+    /// How many headers there are.
+    pub fn count(&self) -> usize {
         self.entries.len()
     }
 
-    fn try_get(&self, idx: usize) -> Option<Header<'_, &[u8]>> {
-        let entry = self.entries.get(idx)?;
-        // Names came from librdkafka as &str; a failure here would be our own bug.
-        let key = std::str::from_utf8(&self.buf[entry.name_start..entry.name_end]).ok()?;
-        Some(Header {
-            key,
-            value: entry.value_end.map(|end| &self.buf[entry.name_end..end]),
+    /// The headers in order, names and values as the bytes they came as.
+    pub fn iter(&self) -> impl Iterator<Item = RawHeader<'_>> {
+        self.entries.iter().map(|entry| RawHeader {
+            name: self
+                .buf
+                .get(entry.name_start..entry.name_end)
+                .unwrap_or_default(),
+            value: entry
+                .value_end
+                .map(|end| self.buf.get(entry.name_end..end).unwrap_or_default()),
         })
+    }
+
+    /// The value of the last header called `name` (`Some(None)` for a null value).
+    pub fn last(&self, name: &str) -> Option<Option<&[u8]>> {
+        self.iter()
+            .filter(|h| h.name == name.as_bytes())
+            .last()
+            .map(|h| h.value)
+    }
+
+    /// Headers from pairs, for tests and tools.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>) -> Self {
+        let mut out = RecordHeaders {
+            buf: Vec::new(),
+            entries: Vec::new(),
+        };
+        for (name, value) in pairs {
+            out.push(name, value);
+        }
+        out
+    }
+
+    /// A copy of headers choreo built (e.g. [`Metadata::to_headers`](crate::Metadata::to_headers)).
+    pub fn from_owned(headers: &OwnedHeaders) -> Self {
+        let mut out = RecordHeaders {
+            buf: Vec::new(),
+            entries: Vec::new(),
+        };
+        for header in raw_headers::iter(headers.as_borrowed()) {
+            out.push(header.name, header.value);
+        }
+        out
+    }
+
+    /// These headers as librdkafka headers, names byte for byte.
+    pub fn to_owned_headers(&self) -> OwnedHeaders {
+        self.iter().fold(
+            OwnedHeaders::new_with_capacity(self.count()),
+            |out, header| raw_headers::push(out, header.name, header.value),
+        )
+    }
+
+    fn push(&mut self, name: &[u8], value: Option<&[u8]>) {
+        let name_start = self.buf.len();
+        self.buf.extend_from_slice(name);
+        let name_end = self.buf.len();
+        let value_end = value.map(|v| {
+            self.buf.extend_from_slice(v);
+            self.buf.len()
+        });
+        self.entries.push(Entry {
+            name_start,
+            name_end,
+            value_end,
+        });
+    }
+}
+
+/// The header lists a [`Record`] can be copied from (a consumed message's or an owned one's).
+pub trait AsBorrowedHeaders {
+    fn borrowed(&self) -> &BorrowedHeaders;
+}
+
+impl AsBorrowedHeaders for BorrowedHeaders {
+    fn borrowed(&self) -> &BorrowedHeaders {
+        self
+    }
+}
+
+impl AsBorrowedHeaders for OwnedHeaders {
+    fn borrowed(&self) -> &BorrowedHeaders {
+        self.as_borrowed()
+    }
+}
+
+/// A consumed message read in place (no copy), header names as bytes.
+impl<M> WireRecord for M
+where
+    M: Message,
+    M::Headers: AsBorrowedHeaders,
+{
+    fn key(&self) -> Option<&[u8]> {
+        Message::key(self)
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        Message::payload(self)
+    }
+
+    fn timestamp_millis(&self) -> Option<i64> {
+        self.timestamp().to_millis()
+    }
+
+    fn raw_headers(&self) -> impl Iterator<Item = RawHeader<'_>> {
+        self.headers()
+            .into_iter()
+            .flat_map(|h| raw_headers::iter(h.borrowed()))
+    }
+}
+
+impl WireRecord for Record {
+    fn key(&self) -> Option<&[u8]> {
+        Record::key(self)
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        self.payload()
+    }
+
+    fn timestamp_millis(&self) -> Option<i64> {
+        self.timestamp
+    }
+
+    fn raw_headers(&self) -> impl Iterator<Item = RawHeader<'_>> {
+        self.headers.iter().flat_map(RecordHeaders::iter)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::{OwnedHeaders, OwnedMessage, Timestamp};
+    use rdkafka::message::{Header, OwnedMessage, Timestamp};
 
     #[test]
     fn copies_key_payload_and_headers() {
@@ -175,10 +291,11 @@ mod tests {
         assert_eq!(record.key(), Some(&b"k"[..]));
         assert_eq!(record.payload(), Some(&b"{}"[..]));
         let h = record.headers().expect("headers");
+        let all: Vec<RawHeader<'_>> = h.iter().collect();
         assert_eq!(h.count(), 2);
-        assert_eq!(h.get(0).key, "ce_id");
-        assert_eq!(h.get(0).value, Some(&b"x"[..]));
-        assert_eq!(h.get(1).value, None);
+        assert_eq!(all[0].name, b"ce_id");
+        assert_eq!(all[0].value, Some(&b"x"[..]));
+        assert_eq!(all[1].value, None);
         let bare = OwnedMessage::new(None, None, "t".into(), Timestamp::NotAvailable, 0, 0, None);
         let record = Record::copy(&bare, Arc::from("t"));
         assert!(record.key().is_none() && record.payload().is_none() && record.headers().is_none());

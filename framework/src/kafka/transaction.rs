@@ -6,14 +6,16 @@
 //! never polls while a transaction is open: so a rebalance callback never meets one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::Offset;
 
+use super::record::Record;
 use crate::error::{Error, Result};
 
 /// A record produced inside a transaction.
@@ -22,8 +24,9 @@ pub(crate) struct TxRecord {
     pub topic: String,
     /// An explicit partition, or `None` for the producer's partitioner (murmur2 of the key).
     pub partition: Option<i32>,
-    pub key: String,
-    pub payload: Vec<u8>,
+    /// Bytes, not text: a dead letter keeps the original key as it came.
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
     pub headers: OwnedHeaders,
 }
 
@@ -85,10 +88,14 @@ pub(crate) fn send(
     producer: &FutureProducer,
     record: &TxRecord,
 ) -> Result<DeliveryFuture, TxError> {
-    let mut out = FutureRecord::to(&record.topic)
-        .key(record.key.as_bytes())
-        .payload(&record.payload)
-        .headers(record.headers.clone());
+    let mut out: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(&record.topic).headers(record.headers.clone());
+    if let Some(key) = &record.key {
+        out = out.key(key);
+    }
+    if let Some(payload) = &record.payload {
+        out = out.payload(payload);
+    }
     if let Some(partition) = record.partition {
         out = out.partition(partition);
     }
@@ -123,7 +130,7 @@ pub(crate) fn rewind<C: ConsumerContext>(
 /// The first offset of each (topic, partition) among `records`, in the shape [`rewind`]
 /// takes.
 pub(crate) fn starts<'a>(
-    records: impl IntoIterator<Item = &'a OwnedMessage>,
+    records: impl IntoIterator<Item = &'a Record>,
 ) -> HashMap<(String, i32), i64> {
     let mut first = HashMap::new();
     for record in records {
@@ -135,17 +142,31 @@ pub(crate) fn starts<'a>(
 }
 
 /// Polls up to `max` records: the first wait is `linger`, then only what is already there.
-/// A consumer error ends the batch early and is handed back.
+/// A consumer error ends the batch early and is handed back. Records are copied with their
+/// header names as bytes (never through rdkafka's `Headers::get`, which panics on a name that
+/// is not UTF-8).
 pub(crate) fn collect_batch<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     max: usize,
     linger: Duration,
-) -> (Vec<OwnedMessage>, Option<KafkaError>) {
+) -> (Vec<Record>, Option<KafkaError>) {
     let mut batch = Vec::new();
+    let mut topics: Vec<Arc<str>> = Vec::new();
     let mut timeout = linger;
     while batch.len() < max {
         match consumer.poll(timeout) {
-            Some(Ok(record)) => batch.push(record.detach()),
+            Some(Ok(record)) => {
+                use rdkafka::Message as _;
+                let topic = match topics.iter().find(|t| ***t == *record.topic()) {
+                    Some(topic) => Arc::clone(topic),
+                    None => {
+                        let topic: Arc<str> = Arc::from(record.topic());
+                        topics.push(Arc::clone(&topic));
+                        topic
+                    }
+                };
+                batch.push(Record::copy(&record, topic));
+            }
             Some(Err(e)) => return (batch, Some(e)),
             None => break,
         }
@@ -170,7 +191,7 @@ pub(crate) fn check_consumer<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> 
 pub(crate) fn abort_and_rewind<C: ConsumerContext>(
     producer: &FutureProducer,
     consumer: &BaseConsumer<C>,
-    batch: &[OwnedMessage],
+    batch: &[Record],
     reason: &str,
 ) -> Result<()> {
     producer

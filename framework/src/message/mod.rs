@@ -2,10 +2,12 @@
 
 mod envelope;
 mod name;
+mod structured;
 
 pub(crate) use envelope::core_headers;
 pub use envelope::{
-    Causation, Envelope, EnvelopeError, Metadata, Origin, Received, SPEC_VERSION, headers,
+    Causation, Envelope, EnvelopeError, FOREIGN_ID_NAMESPACE, Metadata, Opened, Origin, RawHeader,
+    Received, SPEC_VERSION, WireRecord, event_id, headers,
 };
 pub use name::{IRREGULAR_PAST, Kind, MessageName, NameError, Tense, check, check_topic_name};
 

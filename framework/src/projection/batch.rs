@@ -166,8 +166,8 @@ async fn apply_parts_inner<P: Projection>(
         for record in records {
             let index = flat.len();
             flat.push(record);
-            let meta = match Metadata::from_record(record.headers(), record.key()) {
-                Ok(meta) => meta,
+            let (meta, payload) = match Metadata::open(record) {
+                Ok(opened) => (opened.meta, opened.payload),
                 Err(e) => {
                     poison.push(Poison {
                         index,
@@ -176,7 +176,7 @@ async fn apply_parts_inner<P: Projection>(
                     continue;
                 }
             };
-            let mut decoded = P::Events::decode(&meta, record.payload());
+            let mut decoded = P::Events::decode(&meta, payload.as_deref());
             if matches!(&decoded, Err(e) if e.halts()) {
                 // An unknown writer schema: a newer writer registers before it writes, so read
                 // the store again and retry once; still unknown halts (never a dead letter).
@@ -185,7 +185,7 @@ async fn apply_parts_inner<P: Projection>(
                     .refresh_if_older(std::time::Instant::now())
                     .await
                     .map_err(|e| Transient(format!("refreshing the schema store: {e}")))?;
-                decoded = P::Events::decode(&meta, record.payload());
+                decoded = P::Events::decode(&meta, payload.as_deref());
                 if let Err(e) = &decoded
                     && e.halts()
                 {
@@ -416,7 +416,7 @@ async fn record_dead_letter(
         .write(record, reason, Utc::now())
         .await
         .map_err(|e| Transient(format!("writing the dead letter failed: {e}")))?;
-    let meta = Metadata::from_record(record.headers(), record.key()).ok();
+    let meta = Metadata::from_record(record).ok();
     sqlx::query(
         "INSERT INTO choreo_meta.dead_letters (consumer, topic, partition, \"offset\", event_id, event_type, error) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",

@@ -127,8 +127,8 @@ impl<'a> Outputs<'a> {
             topic,
             // The producer's partitioner: murmur2 of the key, like every choreo client.
             partition: None,
-            key: meta.subject.clone(),
-            payload,
+            key: Some(meta.subject.clone().into_bytes()),
+            payload: Some(payload),
             headers,
         });
     }

@@ -26,7 +26,8 @@ use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::{Message, OwnedMessage};
+
+use crate::kafka::Record;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -470,7 +471,7 @@ fn reacting_loop<R: Reactor>(
         if shared.rebalances.load(Ordering::Acquire) != before {
             // A rebalance ran while the batch was collected: its records may belong to
             // partitions we lost. Handle none; rewind the partitions we kept throughout.
-            let kept: Vec<&OwnedMessage> = {
+            let kept: Vec<&Record> = {
                 let at = lock(&shared.assigned_at);
                 batch
                     .iter()
@@ -592,12 +593,12 @@ impl Holds {
     fn hold_back<C: ConsumerContext>(
         &self,
         consumer: &BaseConsumer<C>,
-        batch: Vec<OwnedMessage>,
-    ) -> Result<Vec<OwnedMessage>> {
+        batch: Vec<Record>,
+    ) -> Result<Vec<Record>> {
         if self.until.is_empty() {
             return Ok(batch);
         }
-        let (held, go): (Vec<OwnedMessage>, Vec<OwnedMessage>) = batch.into_iter().partition(|r| {
+        let (held, go): (Vec<Record>, Vec<Record>) = batch.into_iter().partition(|r| {
             self.until
                 .contains_key(&(r.topic().to_owned(), r.partition()))
         });
@@ -630,7 +631,7 @@ fn run_transaction<R: Reactor>(
     shared: &Arc<Shared<R>>,
     consumer: &BaseConsumer<ReactorContext<R>>,
     producer: &FutureProducer,
-    batch: &[OwnedMessage],
+    batch: &[Record],
 ) -> Result<Ended, TxError> {
     producer
         .begin_transaction()
@@ -718,12 +719,12 @@ enum Reaction {
     Retry(String),
 }
 
-fn react_one<R: Reactor>(shared: &Shared<R>, record: &OwnedMessage) -> Reaction {
-    let meta = match Metadata::from_record(record.headers(), record.key()) {
-        Ok(meta) => meta,
+fn react_one<R: Reactor>(shared: &Shared<R>, record: &Record) -> Reaction {
+    let (meta, data) = match Metadata::open(record) {
+        Ok(opened) => (opened.meta, opened.payload),
         Err(e) => return Reaction::DeadLetter(format!("envelope: {e}")),
     };
-    let mut decoded = R::Events::decode(&meta, record.payload());
+    let mut decoded = R::Events::decode(&meta, data.as_deref());
     if matches!(&decoded, Err(e) if e.halts()) {
         // An unknown writer schema is usually a newer writer, never garbage: read the store
         // again; still unknown, the event waits (retried, like a halt that heals once the
@@ -734,7 +735,7 @@ fn react_one<R: Reactor>(shared: &Shared<R>, record: &OwnedMessage) -> Reaction 
         {
             return Reaction::Retry(format!("refreshing the schema store: {e}"));
         }
-        decoded = R::Events::decode(&meta, record.payload());
+        decoded = R::Events::decode(&meta, data.as_deref());
     }
     let payload = match decoded {
         Ok(Some(payload)) => payload,
@@ -770,7 +771,7 @@ fn react_one<R: Reactor>(shared: &Shared<R>, record: &OwnedMessage) -> Reaction 
     }
 }
 
-fn dead_letter<R: Reactor>(shared: &Shared<R>, record: &OwnedMessage, reason: &str) -> TxRecord {
+fn dead_letter<R: Reactor>(shared: &Shared<R>, record: &Record, reason: &str) -> TxRecord {
     let headers = crate::kafka::dead_letter_headers(
         record.headers(),
         (record.topic(), record.partition(), record.offset()),
@@ -781,11 +782,8 @@ fn dead_letter<R: Reactor>(shared: &Shared<R>, record: &OwnedMessage, reason: &s
     TxRecord {
         topic: shared.dlq_topic.clone(),
         partition: None,
-        key: record
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default(),
-        payload: record.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        key: record.key().map(<[u8]>::to_vec),
+        payload: record.payload().map(<[u8]>::to_vec),
         headers,
     }
 }

@@ -127,13 +127,13 @@ pub fn read_all(
 }
 
 /// Headers of a raw record as text.
+/// Names that are not UTF-8 are shown lossily (rdkafka's own reader would panic on them).
 pub fn header_map(message: &OwnedMessage) -> BTreeMap<String, String> {
-    use rdkafka::message::Headers;
     let mut map = BTreeMap::new();
     if let Some(headers) = message.headers() {
-        for h in headers.iter() {
+        for h in choreo::kafka::RecordHeaders::from_owned(headers).iter() {
             map.insert(
-                h.key.to_owned(),
+                String::from_utf8_lossy(h.name).into_owned(),
                 h.value
                     .map(|v| String::from_utf8_lossy(v).into_owned())
                     .unwrap_or_default(),

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use choreo::kafka::dlq_headers;
+use choreo::kafka::{RecordHeaders, dlq_headers};
 use choreo::{EventHandlers, HandlerError, Publisher, Received, Shutdown, UnknownTypes};
 use rdkafka::Message;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -79,20 +79,17 @@ async fn bad_records_go_to_the_dead_letter_topic_with_the_reason_and_later_event
         valid_headers(&out, "ce_id"),
     )
     .await;
-    // 3. structured mode: the whole event as a JSON body
-    let structured = serde_json::json!({"specversion": "1.0", "id": "x", "type": "v1.user.signedup", "source": "/x", "data": {}});
-    let headers = OwnedHeaders::new().insert(Header {
-        key: "content-type",
-        value: Some("application/cloudevents+json"),
-    });
-    send_raw(
-        &raw,
-        &topic,
-        "user4@example.com",
-        structured.to_string().as_bytes(),
-        headers,
+    // 3. a header name that is not UTF-8 (rdkafka's own header reader panics on it)
+    let out = publisher.prepare(&signup(4), None).expect("prepare");
+    let valid = RecordHeaders::from_owned(&valid_headers(&out, ""));
+    let headers = RecordHeaders::from_pairs(
+        valid
+            .iter()
+            .map(|h| (h.name, h.value))
+            .chain([(&b"x-\xff\xfe"[..], Some(&b"v"[..]))]),
     )
-    .await;
+    .to_owned_headers();
+    send_raw(&raw, &topic, &out.key, &out.payload, headers).await;
     // 4. a type nobody handles (a future major version)
     let out = publisher.prepare(&signup(5), None).expect("prepare");
     let mut headers = valid_headers(&out, "ce_type");
@@ -188,7 +185,7 @@ async fn bad_records_go_to_the_dead_letter_topic_with_the_reason_and_later_event
     for (i, needle) in [
         "payload",
         "ce_id",
-        "structured",
+        "name that is not UTF-8",
         "no handler for type v2.user.signedup",
         "differs from header ce_subject",
         "user 7 is banned",
@@ -209,6 +206,13 @@ async fn bad_records_go_to_the_dead_letter_topic_with_the_reason_and_later_event
     assert!(
         common::header_map(&letters[1]).contains_key("ce_type"),
         "original headers kept"
+    );
+    // ...byte for byte, the name that is not UTF-8 too.
+    let kept = RecordHeaders::from_owned(letters[2].headers().expect("headers"));
+    assert_eq!(kept.last("x-\u{fffd}\u{fffd}"), None, "not replaced by a lossy copy");
+    assert!(
+        kept.iter().any(|h| h.name == b"x-\xff\xfe" && h.value == Some(&b"v"[..])),
+        "the raw name is kept"
     );
 }
 

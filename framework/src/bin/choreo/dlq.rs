@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use choreo::kafka::DeadLetter;
+use choreo::kafka::{Record, RecordHeaders};
 use choreo::message::headers;
 use choreo::{Metadata, TopicAdmin, TopicSpec};
-use rdkafka::Message;
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureRecord;
 
 use crate::connect::Services;
@@ -79,7 +79,7 @@ impl Target {
     }
 
     /// Every record of the chosen partition, from the log start to the end offset taken now.
-    fn read_all(&self, services: &Services) -> anyhow::Result<Vec<OwnedMessage>> {
+    fn read_all(&self, services: &Services) -> anyhow::Result<Vec<Record>> {
         let topic = self.topic()?;
         let mut reader = LogReader::open(
             services,
@@ -174,14 +174,14 @@ fn show_one(services: &Services, target: &Target, offset: i64) -> anyhow::Result
         crate::tail::print_record(&mut out, &record)?;
         return Ok(());
     };
-    let envelope = match Metadata::from_record(record.headers(), record.key()) {
+    let envelope = match Metadata::from_record(&record) {
         Ok(_) => "a valid choreo message".to_owned(),
         Err(e) => format!("not a valid choreo message: {e}"),
     };
     let original_headers = letter
         .headers
         .iter()
-        .map(|(key, value)| format!("{key}={}", show::text(value.as_deref())))
+        .map(|(key, value)| format!("{}={}", show::name(key), show::text(value.as_deref())))
         .collect::<Vec<_>>()
         .join("\n");
     show::block(
@@ -286,7 +286,7 @@ async fn redrive(
 /// The dead letters to redrive, with their offsets. Every offset asked for must be a dead
 /// letter, checked before anything is sent.
 fn select(
-    records: &[OwnedMessage],
+    records: &[Record],
     offsets: &[i64],
     all: bool,
 ) -> anyhow::Result<Vec<(i64, DeadLetter)>> {
@@ -334,32 +334,25 @@ fn select(
 /// `choreo_redrive_of`. A letter that failed again after a redrive already names the record
 /// in the log of record: that name is kept, rather than pointing at the redrive topic.
 fn redrive_headers(letter: &DeadLetter, redriven_from: &str) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(letter.headers.len() + 2);
+    let mut kept: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(letter.headers.len() + 2);
     let mut redrive_of = None;
     for (key, value) in &letter.headers {
-        if key == REDRIVE_OF {
+        if key == REDRIVE_OF.as_bytes() {
             redrive_of = value.clone();
             continue;
         }
-        if key == REDRIVEN_FROM {
+        if key == REDRIVEN_FROM.as_bytes() {
             continue;
         }
-        out = out.insert(Header {
-            key: key.as_str(),
-            value: value.as_deref(),
-        });
+        // Names byte for byte, as the original record had them.
+        kept.push((key, value.as_deref()));
     }
     let redrive_of = redrive_of.unwrap_or_else(|| {
         format!("{}/{}/{}", letter.topic, letter.partition, letter.offset).into_bytes()
     });
-    out.insert(Header {
-        key: REDRIVE_OF,
-        value: Some(&redrive_of),
-    })
-    .insert(Header {
-        key: REDRIVEN_FROM,
-        value: Some(redriven_from.as_bytes()),
-    })
+    kept.push((REDRIVE_OF.as_bytes(), Some(&redrive_of)));
+    kept.push((REDRIVEN_FROM.as_bytes(), Some(redriven_from.as_bytes())));
+    RecordHeaders::from_pairs(kept).to_owned_headers()
 }
 
 /// The letters already copied to `redrive_topic`: `{dlq}/{partition}/{offset}` of each, with
@@ -373,8 +366,8 @@ fn redriven_before(
     while let Some(record) = reader.next_record()? {
         let from = record
             .headers()
-            .and_then(|h| h.iter().find(|h| h.key == REDRIVEN_FROM))
-            .and_then(|h| h.value)
+            .and_then(|h| h.last(REDRIVEN_FROM))
+            .flatten()
             .and_then(|v| std::str::from_utf8(v).ok());
         if let Some(from) = from {
             earlier.insert(
@@ -401,7 +394,7 @@ fn original_type(letter: &DeadLetter) -> String {
     letter
         .headers
         .iter()
-        .find(|(key, _)| key == headers::TYPE)
+        .find(|(key, _)| key == headers::TYPE.as_bytes())
         .and_then(|(_, value)| value.as_deref())
         .map_or_else(
             || "?".to_owned(),

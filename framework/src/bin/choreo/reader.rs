@@ -1,13 +1,15 @@
 //! Reads a topic by direct assignment (no group membership, no commits): from chosen offsets
 //! up to the end offsets taken when it opens, or on and on when following.
 
+use std::sync::Arc;
+
+use choreo::kafka::Record;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -110,7 +112,7 @@ impl LogReader {
 
     /// The next record, or `None` once every partition reached its end offset (never, when
     /// following).
-    pub fn next_record(&mut self) -> anyhow::Result<Option<OwnedMessage>> {
+    pub fn next_record(&mut self) -> anyhow::Result<Option<Record>> {
         let mut last_progress = Instant::now();
         loop {
             if !self.follow && self.pending.is_empty() {
@@ -133,7 +135,7 @@ impl LogReader {
                 Some(Ok(message)) => {
                     last_progress = Instant::now();
                     if self.follow {
-                        return Ok(Some(message.detach()));
+                        return Ok(Some(Record::copy(&message, Arc::from(message.topic()))));
                     }
                     let partition = message.partition();
                     let Some(&end) = self.pending.get(&partition) else {
@@ -144,7 +146,7 @@ impl LogReader {
                         self.pending.remove(&partition);
                     }
                     if message.offset() < end {
-                        return Ok(Some(message.detach()));
+                        return Ok(Some(Record::copy(&message, Arc::from(message.topic()))));
                     }
                 }
             }

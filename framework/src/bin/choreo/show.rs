@@ -3,8 +3,8 @@
 
 use std::io::Write;
 
+use choreo::kafka::RecordHeaders;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rdkafka::message::{Headers, Timestamp};
 
 /// Longest text preview of a payload that is not JSON.
 const TEXT_PREVIEW_CHARS: usize = 2000;
@@ -82,13 +82,13 @@ pub fn text(bytes: Option<&[u8]>) -> String {
 }
 
 /// `key=value` per header, one per line.
-pub fn headers<H: Headers>(headers: Option<&H>) -> String {
+pub fn headers(headers: Option<&RecordHeaders>) -> String {
     let Some(headers) = headers else {
         return "<none>".to_owned();
     };
     let lines: Vec<String> = headers
         .iter()
-        .map(|h| format!("{}={}", h.key, text(h.value)))
+        .map(|h| format!("{}={}", name(h.name), text(h.value)))
         .collect();
     if lines.is_empty() {
         "<none>".to_owned()
@@ -98,33 +98,31 @@ pub fn headers<H: Headers>(headers: Option<&H>) -> String {
 }
 
 /// The value of header `name`, as text.
-pub fn header_value<H: Headers>(headers: Option<&H>, name: &str) -> Option<String> {
+pub fn header_value(headers: Option<&RecordHeaders>, name: &str) -> Option<String> {
     headers?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
+        .last(name)
+        .flatten()
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-/// The broker's timestamp of a record.
-pub fn timestamp(timestamp: Timestamp) -> String {
-    let kind = match timestamp {
-        Timestamp::NotAvailable => return "<none>".to_owned(),
-        Timestamp::CreateTime(_) => "create time",
-        Timestamp::LogAppendTime(_) => "log append time",
+/// A header name: as is when it is UTF-8, else escaped (`\xff`), so it is never mistaken
+/// for another.
+pub fn name(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.escape_debug().to_string(),
+        Err(_) => bytes.escape_ascii().to_string(),
+    }
+}
+
+/// The broker's timestamp of a record (milliseconds since the epoch).
+pub fn timestamp(millis: Option<i64>) -> String {
+    let Some(millis) = millis else {
+        return "<none>".to_owned();
     };
-    timestamp
-        .to_millis()
-        .and_then(DateTime::<Utc>::from_timestamp_millis)
-        .map_or_else(
-            || "<invalid>".to_owned(),
-            |t| {
-                format!(
-                    "{} ({kind})",
-                    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-                )
-            },
-        )
+    DateTime::<Utc>::from_timestamp_millis(millis).map_or_else(
+        || "<invalid>".to_owned(),
+        |t| t.to_rfc3339_opts(SecondsFormat::Millis, true),
+    )
 }
 
 /// A time as choreo writes it (RFC 3339, microseconds).

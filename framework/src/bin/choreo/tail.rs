@@ -4,9 +4,8 @@
 use std::io::Write;
 
 use choreo::Metadata;
+use choreo::kafka::Record;
 use choreo::message::headers;
-use rdkafka::Message;
-use rdkafka::message::{Headers, OwnedMessage};
 
 use crate::connect::Services;
 use crate::reader::{LogReader, Start};
@@ -71,7 +70,7 @@ pub async fn run(services: &Services, args: TailArgs) -> anyhow::Result<()> {
 impl TailArgs {
     /// Filters on the raw headers and key, so a record that fails to decode is still shown
     /// when it claims the type or subject asked for.
-    fn matches(&self, record: &OwnedMessage) -> bool {
+    fn matches(&self, record: &Record) -> bool {
         let type_ok = self.message_type.as_ref().is_none_or(|wanted| {
             show::header_value(record.headers(), headers::TYPE).as_deref() == Some(wanted)
         });
@@ -84,20 +83,21 @@ impl TailArgs {
 }
 
 /// One record: its envelope and payload, or the reason it is not a valid choreo message.
-pub fn print_record(out: &mut dyn Write, record: &OwnedMessage) -> std::io::Result<()> {
+pub fn print_record(out: &mut dyn Write, record: &Record) -> std::io::Result<()> {
     let position = format!(
         "{}[{}]@{}",
         record.topic(),
         record.partition(),
         record.offset()
     );
-    match Metadata::from_record(record.headers(), record.key()) {
-        Ok(meta) => {
+    match Metadata::open(record) {
+        Ok(opened) => {
+            let meta = &opened.meta;
             let mut fields = vec![
                 ("time", show::time(meta.time)),
                 ("type", meta.message_type.clone()),
                 ("subject", meta.subject.clone()),
-                ("id", meta.id.to_string()),
+                ("id", meta.cloudevents_id()),
                 ("source", meta.source.clone()),
                 ("correlation", meta.correlation_id.to_string()),
                 ("causation", meta.causation_id.to_string()),
@@ -116,12 +116,12 @@ pub fn print_record(out: &mut dyn Write, record: &OwnedMessage) -> std::io::Resu
             }
             // Headers outside the envelope, such as `choreo_redrive_of` on a redriven record.
             for header in record.headers().into_iter().flat_map(|h| h.iter()) {
-                if !is_envelope_header(header.key) {
+                if !is_envelope_header(header.name) {
                     let value = show::text(header.value);
-                    fields.push(("header", format!("{}={value}", header.key)));
+                    fields.push(("header", format!("{}={value}", show::name(header.name))));
                 }
             }
-            fields.push(("payload", show::payload(record.payload())));
+            fields.push(("payload", show::payload(opened.payload())));
             show::block(out, &position, &fields)
         }
         Err(error) => show::block(
@@ -139,8 +139,8 @@ pub fn print_record(out: &mut dyn Write, record: &OwnedMessage) -> std::io::Resu
 }
 
 /// Headers that `Metadata` already shows.
-fn is_envelope_header(key: &str) -> bool {
-    key.starts_with(headers::CE_PREFIX)
-        || key == headers::CONTENT_TYPE
-        || key == headers::TRACEPARENT
+fn is_envelope_header(key: &[u8]) -> bool {
+    key.starts_with(headers::CE_PREFIX.as_bytes())
+        || key == headers::CONTENT_TYPE.as_bytes()
+        || key == headers::TRACEPARENT.as_bytes()
 }
