@@ -30,7 +30,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 
-use crate::kafka::Record;
+use crate::kafka::{Keep, Record, dead_letter_parts};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -995,6 +995,12 @@ struct PendingReply {
     outcome: Option<Outcome>,
 }
 
+/// Commands whose event, reply or dead letter the broker refused for its content (too large,
+/// invalid), by (partition, offset): how many times, and the last reason. When the batch runs
+/// again such a command is rejected and dead-lettered instead of decided, then only
+/// dead-lettered, then with its payload cut, so one command never blocks its partition.
+type SetAside = HashMap<(i32, i64), (u32, String)>;
+
 fn processing_loop<A: Aggregate>(
     shared: &Arc<Shared<A>>,
     consumer: &BaseConsumer<ProcessorContext<A>>,
@@ -1011,6 +1017,7 @@ fn processing_loop<A: Aggregate>(
         .map_err(|e| Error::kafka("subscribe", e))?;
     // Producer replacements since the last committed transaction.
     let mut replacements = 0u32;
+    let mut set_aside = SetAside::new();
     while !shared.shutdown.is_triggered() {
         let before = shared.rebalances.load(Ordering::Acquire);
         let (batch, error) = collect_batch(consumer, max_batch, Duration::from_millis(100));
@@ -1049,9 +1056,26 @@ fn processing_loop<A: Aggregate>(
             rewind(consumer, &starts(kept))?;
             continue;
         }
-        match run_transaction(shared, consumer, producer, &batch) {
-            Ok(()) => replacements = 0,
-            Err(TxError::Abortable(reason)) => {
+        match run_transaction(shared, consumer, producer, &batch, &set_aside) {
+            Ok(settled) => {
+                replacements = 0;
+                for at in settled {
+                    set_aside.remove(&at);
+                }
+            }
+            Err(TxError::Refused {
+                reason,
+                input: Some(index),
+            }) if index < batch.len() => {
+                let at = (batch[index].partition(), batch[index].offset());
+                tracing::warn!(partition = at.0, offset = at.1, %reason,
+                    "a record of this command was refused for its content; the command is set aside");
+                abort_and_rewind(producer, consumer, &batch, &reason)?;
+                let entry = set_aside.entry(at).or_insert((0, String::new()));
+                entry.0 += 1;
+                entry.1 = reason;
+            }
+            Err(TxError::Abortable(reason) | TxError::Refused { reason, .. }) => {
                 tracing::warn!(%reason, "transaction aborted; rewinding to the last committed commands");
                 abort_and_rewind(producer, consumer, &batch, &reason)?;
             }
@@ -1100,11 +1124,16 @@ fn run_transaction<A: Aggregate>(
     consumer: &BaseConsumer<ProcessorContext<A>>,
     producer: &FutureProducer,
     batch: &[Record],
-) -> Result<(), TxError> {
+    set_aside: &SetAside,
+) -> Result<Vec<(i32, i64)>, TxError> {
     producer
         .begin_transaction()
         .map_err(|e| classify("begin_transaction", &e))?;
     let now = Utc::now();
+    // The batch index of the command each event, reply and dead letter comes from.
+    let (mut event_origin, mut reply_origin, mut dead_origin) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let mut settled = Vec::new();
     let mut overlay: HashMap<Key, Entry<A>> = HashMap::new();
     let mut events: Vec<(TxRecord, EventRef)> = Vec::new();
     let mut replies: Vec<PendingReply> = Vec::new();
@@ -1113,10 +1142,14 @@ fn run_transaction<A: Aggregate>(
     {
         let halted = lock(&shared.halted);
         let committed = lock(&shared.state);
-        for record in batch {
+        for (index, record) in batch.iter().enumerate() {
             let p = record.partition();
             if halted.contains_key(&p) {
                 continue;
+            }
+            let aside = set_aside.get(&(p, record.offset()));
+            if aside.is_some() {
+                settled.push((p, record.offset()));
             }
             decide_one(
                 shared,
@@ -1124,34 +1157,43 @@ fn run_transaction<A: Aggregate>(
                 &mut overlay,
                 record,
                 now,
+                aside,
                 &mut events,
                 &mut replies,
                 &mut dead,
             );
+            event_origin.resize(events.len(), index);
+            reply_origin.resize(replies.len(), index);
+            dead_origin.resize(dead.len(), index);
             next_offsets.insert(p, record.offset() + 1);
         }
     }
     // Events first: their offsets go into the replies.
+    let origin = |of: &[usize], k: usize| of.get(k).copied().unwrap_or(usize::MAX);
     let deliveries: Vec<_> = events
         .iter()
-        .map(|(pending, _)| send(producer, pending))
+        .enumerate()
+        .map(|(k, (pending, _))| {
+            send(producer, pending).map_err(|e| e.for_input(origin(&event_origin, k)))
+        })
         .collect::<Result<_, _>>()?;
     let mut offsets = Vec::with_capacity(deliveries.len());
-    for delivery in deliveries {
+    for (k, delivery) in deliveries.into_iter().enumerate() {
         let (partition, offset) = shared
             .handle
             .block_on(delivery)
             .map_err(|_| TxError::Abortable("event delivery cancelled".into()))?
             .map(|d| (d.partition, d.offset))
-            .map_err(|(e, _)| classify("produce event", &e))?;
+            .map_err(|(e, _)| classify("produce event", &e).for_input(origin(&event_origin, k)))?;
         offsets.push((partition, offset));
     }
     for (i, (partition, offset)) in offsets.iter().enumerate() {
         events[i].1.partition = *partition;
         events[i].1.offset = *offset;
     }
+    // (delivery, the command it answers or dead-letters)
     let mut reply_deliveries = Vec::new();
-    for reply in &mut replies {
+    for (k, reply) in replies.iter_mut().enumerate() {
         let outcome = match reply.outcome.take() {
             Some(outcome) => outcome,
             None => Outcome::Accepted {
@@ -1179,18 +1221,26 @@ fn run_transaction<A: Aggregate>(
             payload: Some(payload),
             headers: reply.meta.to_headers(),
         };
-        reply_deliveries.push(send(producer, &pending)?);
+        let input = origin(&reply_origin, k);
+        reply_deliveries.push((
+            send(producer, &pending).map_err(|e| e.for_input(input))?,
+            input,
+        ));
     }
-    for letter in &dead {
-        reply_deliveries.push(send(producer, letter)?);
+    for (k, letter) in dead.iter().enumerate() {
+        let input = origin(&dead_origin, k);
+        reply_deliveries.push((
+            send(producer, letter).map_err(|e| e.for_input(input))?,
+            input,
+        ));
     }
     failpoint::hit("command.after_produce");
-    for delivery in reply_deliveries {
+    for (delivery, input) in reply_deliveries {
         shared
             .handle
             .block_on(delivery)
             .map_err(|_| TxError::Abortable("reply delivery cancelled".into()))?
-            .map_err(|(e, _)| classify("produce reply", &e))?;
+            .map_err(|(e, _)| classify("produce reply", &e).for_input(input))?;
     }
     let mut tpl = TopicPartitionList::new();
     for (p, next) in &next_offsets {
@@ -1249,7 +1299,7 @@ fn run_transaction<A: Aggregate>(
     for (partition, events_offset) in due {
         take_snapshot(shared, partition, events_offset);
     }
-    Ok(())
+    Ok(settled)
 }
 
 /// Decides one command into the overlay and the batch's outputs.
@@ -1260,11 +1310,26 @@ fn decide_one<A: Aggregate>(
     overlay: &mut HashMap<Key, Entry<A>>,
     record: &Record,
     now: DateTime<Utc>,
+    set_aside: Option<&(u32, String)>,
     events: &mut Vec<(TxRecord, EventRef)>,
     replies: &mut Vec<PendingReply>,
     dead: &mut Vec<TxRecord>,
 ) {
     let p = record.partition();
+    if let Some((refusals @ 2.., reason)) = set_aside {
+        // Its rejection reply or its dead letter was refused too: only a dead letter now,
+        // cut further each time.
+        let keep = if *refusals == 2 {
+            Keep::All
+        } else if *refusals == 3 {
+            Keep::CutPayload
+        } else {
+            Keep::Minimal
+        };
+        let reason = format!("a record of this command was refused by Kafka: {reason}");
+        dead.push(dead_letter_kept(shared, record, &reason, now, keep));
+        return;
+    }
     let (meta, data) = match Metadata::open(record) {
         Ok(opened) => (opened.meta, opened.payload),
         Err(e) => {
@@ -1355,6 +1420,19 @@ fn decide_one<A: Aggregate>(
     let entry = overlay
         .entry(key.clone())
         .or_insert_with(|| committed.get(&key).cloned().unwrap_or_default());
+    if let Some((_, reason)) = set_aside {
+        // An event or the reply it made was refused for its content (too large, invalid):
+        // deciding it again would make the same. Rejected, remembered (a retry gets this
+        // answer), and dead-lettered; the aggregate is unchanged.
+        let rejection = Rejection::new(
+            "output_refused",
+            format!("an event or the reply of this command was refused by Kafka: {reason}"),
+        );
+        dead.push(dead_letter(shared, record, &rejection.to_string(), now));
+        entry.remember(meta.id, Remembered::Rejected(rejection.clone()));
+        replies.push(reply_to(Some(Outcome::Rejected { rejection }), Vec::new()));
+        return;
+    }
     if let Some((_, first)) = entry.recent.iter().find(|(id, _)| *id == meta.id) {
         // A retry: answer with the first outcome (even past its deadline), decide nothing.
         replies.push(reply_to(
@@ -1398,20 +1476,35 @@ fn decide_one<A: Aggregate>(
         }
         Ok(new_events) => {
             let mut indices = Vec::with_capacity(new_events.len());
+            // This command's events: written only if every one encodes and applies, so a
+            // failure halfway leaves no event in the log and the sequence where it was.
+            let mut own: Vec<(TxRecord, EventRef)> = Vec::with_capacity(new_events.len());
             let mut staged = entry.clone();
             for (i, event) in new_events.iter().enumerate() {
+                let failed = |why: String| {
+                    Rejection::new(
+                        "internal_error",
+                        format!("event {i} of {}: {why}", new_events.len()),
+                    )
+                };
                 let payload = match event.encode() {
                     Ok(payload) => payload,
                     Err(e) => {
-                        replies.push(reply_to(
-                            Some(reject("internal_error", e.to_string())),
-                            Vec::new(),
-                        ));
+                        let rejection = failed(format!("cannot be encoded: {e}"));
+                        entry.remember(meta.id, Remembered::Rejected(rejection.clone()));
+                        replies.push(reply_to(Some(Outcome::Rejected { rejection }), Vec::new()));
                         return;
                     }
                 };
                 staged.version += 1;
-                staged.state.apply(event);
+                let applied =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| staged.state.apply(event)));
+                if let Err(panic) = applied {
+                    let rejection = failed(format!("apply panicked: {}", panic_message(&*panic)));
+                    entry.remember(meta.id, Remembered::Rejected(rejection.clone()));
+                    replies.push(reply_to(Some(Outcome::Rejected { rejection }), Vec::new()));
+                    return;
+                }
                 let mut event_meta = Metadata::new(
                     // Derived from the command id: a retried transaction emits the same ids.
                     Uuid::new_v5(&meta.id, format!("event/{i}").as_bytes()),
@@ -1432,8 +1525,8 @@ fn decide_one<A: Aggregate>(
                     payload: Some(payload),
                     headers: event_meta.to_headers(),
                 };
-                indices.push(events.len());
-                events.push((
+                indices.push(events.len() + own.len());
+                own.push((
                     pending,
                     EventRef {
                         message_type: event.message_type().to_owned(),
@@ -1444,6 +1537,7 @@ fn decide_one<A: Aggregate>(
                     },
                 ));
             }
+            events.append(&mut own);
             staged.remember(meta.id, Remembered::Accepted(Vec::new()));
             *entry = staged;
             replies.push(reply_to(None, indices));
@@ -1457,18 +1551,22 @@ fn dead_letter<A: Aggregate>(
     reason: &str,
     now: DateTime<Utc>,
 ) -> TxRecord {
-    let headers = crate::kafka::dead_letter_headers(
-        record.headers(),
-        (record.topic(), record.partition(), record.offset()),
-        reason,
-        now,
-        &shared.group,
-    );
+    dead_letter_kept(shared, record, reason, now, Keep::All)
+}
+
+fn dead_letter_kept<A: Aggregate>(
+    shared: &Shared<A>,
+    record: &Record,
+    reason: &str,
+    now: DateTime<Utc>,
+    keep: Keep,
+) -> TxRecord {
+    let (headers, key, payload) = dead_letter_parts(record, keep, reason, now, &shared.group);
     TxRecord {
         topic: shared.dlq_topic.clone(),
         partition: Some(0),
-        key: record.key().map(<[u8]>::to_vec),
-        payload: record.payload().map(<[u8]>::to_vec),
+        key,
+        payload,
         headers,
     }
 }

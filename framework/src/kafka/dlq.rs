@@ -12,7 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 use super::consumer::Record;
-use super::publisher::{PRODUCER_DEFAULTS, PublishError};
+use super::publisher::{PRODUCER_DEFAULTS, PublishError, PublishErrorKind};
 use super::raw_headers;
 use super::record::RecordHeaders;
 use super::renewing::RenewingProducer;
@@ -27,12 +27,101 @@ pub mod dlq_headers {
     pub const ERROR: &str = "choreo_dlq_error";
     pub const TIME: &str = "choreo_dlq_time";
     pub const GROUP: &str = "choreo_dlq_group";
+    /// On a dead letter cut to fit (the whole one was refused as too large): the original
+    /// payload's length in bytes, and its SHA-256 in hex.
+    pub const PAYLOAD_BYTES: &str = "choreo_dlq_payload_bytes";
+    pub const PAYLOAD_SHA256: &str = "choreo_dlq_payload_sha256";
+    /// On a dead letter cut to fit: what was left out (`payload` or `payload,headers,key`).
+    pub const CUT: &str = "choreo_dlq_cut";
     /// Prefix shared by all of them (stripped again on redrive).
     pub const PREFIX: &str = "choreo_dlq_";
 }
 
 /// Longest error text kept in a dead letter.
 const MAX_ERROR_BYTES: usize = 4096;
+/// How much of a payload a dead letter cut to fit keeps.
+const CUT_PAYLOAD_BYTES: usize = 64 * 1024;
+/// How much of a key a minimal dead letter keeps.
+const CUT_KEY_BYTES: usize = 1024;
+
+/// How much of the original record a dead letter keeps. A dead letter is the original plus a
+/// few headers, so one made from a record near the size limit can itself be refused as too
+/// large: it is then written again cut, never left to block its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Key, payload and headers as they came.
+    All,
+    /// The original key and headers, the first 64 KiB of the payload, its length and hash.
+    CutPayload,
+    /// The first 1 KiB of the key and 64 KiB of the payload, its length and hash; no original
+    /// headers.
+    Minimal,
+}
+
+impl Keep {
+    /// The next, smaller form after one was refused.
+    pub(crate) fn smaller(self) -> Option<Keep> {
+        match self {
+            Keep::All => Some(Keep::CutPayload),
+            Keep::CutPayload => Some(Keep::Minimal),
+            Keep::Minimal => None,
+        }
+    }
+}
+
+/// The parts of a dead letter: headers, key, payload.
+pub(crate) type LetterParts = (OwnedHeaders, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A dead letter of `record` in the form `keep`.
+pub(crate) fn dead_letter_parts(
+    record: &Record,
+    keep: Keep,
+    error: &str,
+    time: DateTime<Utc>,
+    group: &str,
+) -> LetterParts {
+    let origin = (record.topic(), record.partition(), record.offset());
+    let original = if keep == Keep::Minimal {
+        None
+    } else {
+        record.headers()
+    };
+    let mut headers = dead_letter_headers(original, origin, error, time, group);
+    let mut key = record.key().map(<[u8]>::to_vec);
+    let mut payload = record.payload().map(<[u8]>::to_vec);
+    if keep != Keep::All {
+        if let Some(whole) = record.payload() {
+            use sha2::Digest as _;
+            let hash: String = sha2::Sha256::digest(whole)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let length = whole.len().to_string();
+            let cut = if keep == Keep::Minimal {
+                "payload,headers,key"
+            } else {
+                "payload"
+            };
+            for (name, value) in [
+                (dlq_headers::PAYLOAD_BYTES, length.as_str()),
+                (dlq_headers::PAYLOAD_SHA256, hash.as_str()),
+                (dlq_headers::CUT, cut),
+            ] {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            payload = Some(whole.get(..CUT_PAYLOAD_BYTES).unwrap_or(whole).to_vec());
+        }
+        if keep == Keep::Minimal {
+            key = record
+                .key()
+                .map(|k| k.get(..CUT_KEY_BYTES).unwrap_or(k).to_vec());
+        }
+    }
+    (headers, key, payload)
+}
 
 /// A dead letter read back from a `{group}.dlq` topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,36 +216,41 @@ impl DeadLetterWriter {
         &self.topic
     }
 
-    /// Writes `record` with the reason and waits for the broker's acknowledgement.
+    /// Writes `record` with the reason and waits for the broker's acknowledgement. A dead
+    /// letter refused as too large is written again with its payload cut (see [`Keep`]).
     pub async fn write(
         &self,
         record: &Record,
         error: &str,
         time: DateTime<Utc>,
     ) -> Result<(i32, i64), PublishError> {
-        let headers = dead_letter_headers(
-            record.headers(),
-            (record.topic(), record.partition(), record.offset()),
-            error,
-            time,
-            &self.group,
-        );
-        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
-        if let Some(key) = record.key() {
-            out = out.key(key);
+        let mut keep = Keep::All;
+        loop {
+            let (headers, key, payload) = dead_letter_parts(record, keep, error, time, &self.group);
+            let mut out: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.topic).headers(headers);
+            if let Some(key) = &key {
+                out = out.key(key);
+            }
+            if let Some(payload) = &payload {
+                out = out.payload(payload);
+            }
+            match self.producer.send(out, Duration::from_secs(30)).await {
+                Ok(at) => return Ok(at),
+                Err((PublishErrorKind::TooLarge, reason)) if keep.smaller().is_some() => {
+                    tracing::warn!(topic = %self.topic, %reason, ?keep, "dead letter too large; writing it cut");
+                    keep = keep.smaller().unwrap_or(Keep::Minimal);
+                }
+                Err((kind, reason)) => {
+                    return Err(PublishError {
+                        kind,
+                        topic: self.topic.clone(),
+                        message_id: uuid::Uuid::nil(),
+                        reason,
+                    });
+                }
+            }
         }
-        if let Some(payload) = record.payload() {
-            out = out.payload(payload);
-        }
-        self.producer
-            .send(out, Duration::from_secs(30))
-            .await
-            .map_err(|(kind, reason)| PublishError {
-                kind,
-                topic: self.topic.clone(),
-                message_id: uuid::Uuid::nil(),
-                reason,
-            })
     }
 }
 

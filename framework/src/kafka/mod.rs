@@ -16,8 +16,8 @@ pub use consumer::{
     Batch, ConsumerRuntime, ConsumerSettings, ConsumerStatus, PartitionControl, PartitionLogic,
     PartitionWorker, Record, RunSummary, StartOffset, WorkerOutcome,
 };
-pub(crate) use dlq::dead_letter_headers;
 pub use dlq::{DeadLetter, DeadLetterWriter, dlq_headers};
+pub(crate) use dlq::{Keep, dead_letter_parts};
 pub use publisher::{Delivered, Outgoing, PublishError, PublishErrorKind, Publisher};
 pub use record::{AsBorrowedHeaders, RecordHeaders};
 pub use topics::{TopicAdmin, TopicKind, TopicSpec, TopicState};

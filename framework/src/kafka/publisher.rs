@@ -451,7 +451,9 @@ fn registration_error_kind(error: &Error) -> PublishErrorKind {
 /// Sorts a produce error into retriable, fatal and too large.
 pub(crate) fn classify(error: &KafkaError) -> PublishErrorKind {
     match error.rdkafka_error_code() {
-        Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize) => PublishErrorKind::TooLarge,
+        Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::MessageBatchTooLarge) => {
+            PublishErrorKind::TooLarge
+        }
         Some(
             Code::UnknownTopicOrPartition
             | Code::UnknownTopic

@@ -40,11 +40,55 @@ pub(crate) enum TxError {
     /// Unknown outcome (a timed-out commit may still land): stop; a restart fences the old
     /// producer.
     Fatal(String),
+    /// One record was refused for its content (too large, invalid, a partition that does not
+    /// exist): sending it again cannot succeed. `input` is the index, in the batch, of the
+    /// record that made it, once the runtime knows; the runtime aborts, sets that input aside
+    /// (a rejection or a dead letter instead) and runs the batch again.
+    Refused {
+        reason: String,
+        input: Option<usize>,
+    },
+}
+
+impl TxError {
+    /// Names the input whose output was refused.
+    pub(crate) fn for_input(self, index: usize) -> Self {
+        match self {
+            TxError::Refused { reason, .. } => TxError::Refused {
+                reason,
+                input: Some(index),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Whether the broker or the client refused a record for what it is (never for where or when
+/// it was sent).
+fn refused_for_content(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::BadMessage
+                | RDKafkaErrorCode::UnknownPartition
+        )
+    )
 }
 
 /// Sorts a transactional error (DESIGN.md §4.3).
 pub(crate) fn classify(op: &str, e: &KafkaError) -> TxError {
     let text = format!("{op}: {e}");
+    if !matches!(e, KafkaError::Transaction(_)) && refused_for_content(e) {
+        return TxError::Refused {
+            reason: text,
+            input: None,
+        };
+    }
     match e {
         KafkaError::Transaction(rd) if rd.is_fatal() => {
             if matches!(

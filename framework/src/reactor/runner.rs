@@ -27,7 +27,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 
-use crate::kafka::Record;
+use crate::kafka::{Keep, Record, dead_letter_parts};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -421,6 +421,24 @@ struct Ended {
     held: HashMap<TopicPartition, (i64, String)>,
     /// Partitions with events in the committed transaction.
     committed: Vec<TopicPartition>,
+    /// Set-aside inputs whose dead letters this transaction wrote.
+    settled: Vec<Position>,
+}
+
+/// Where an input is: topic, partition, offset.
+type Position = (String, i32, i64);
+
+/// Inputs whose outputs the broker refused for their content (too large, invalid): how many
+/// times, and the last reason. Such an input is dead-lettered instead of reacted to when the
+/// batch runs again, its dead letter cut further at each refusal.
+type SetAside = HashMap<Position, (u32, String)>;
+
+fn position(record: &Record) -> Position {
+    (
+        record.topic().to_owned(),
+        record.partition(),
+        record.offset(),
+    )
 }
 
 fn reacting_loop<R: Reactor>(
@@ -440,6 +458,7 @@ fn reacting_loop<R: Reactor>(
         .map_err(|e| Error::kafka("subscribe", e))?;
     let mut backoff = Duration::ZERO;
     let mut holds = Holds::default();
+    let mut set_aside = SetAside::new();
     while !shared.shutdown.is_triggered() {
         if !backoff.is_zero() {
             shared.handle.block_on(async {
@@ -484,9 +503,12 @@ fn reacting_loop<R: Reactor>(
             rewind(consumer, &starts(kept))?;
             continue;
         }
-        match run_transaction(shared, consumer, producer, &batch) {
+        match run_transaction(shared, consumer, producer, &batch, &set_aside) {
             Ok(ended) => {
                 backoff = Duration::ZERO;
+                for settled in &ended.settled {
+                    set_aside.remove(settled);
+                }
                 let mut back: HashMap<TopicPartition, i64> = HashMap::new();
                 if let Some(at) = ended.stopped_at {
                     // Shutting down: the rest of the batch comes again to the next owner.
@@ -503,7 +525,21 @@ fn reacting_loop<R: Reactor>(
                     }
                 }
             }
-            Err(TxError::Abortable(reason)) => {
+            Err(TxError::Refused {
+                reason,
+                input: Some(index),
+            }) if index < batch.len() => {
+                // Sending that output again cannot succeed: the input that made it goes to the
+                // dead letters instead when the batch runs again, at once.
+                let at = position(&batch[index]);
+                tracing::warn!(reactor = R::NAME, topic = %at.0, partition = at.1, offset = at.2, %reason,
+                    "an output was refused for its content; its input will be dead-lettered");
+                abort_and_rewind(producer, consumer, &batch, &reason)?;
+                let entry = set_aside.entry(at).or_insert((0, String::new()));
+                entry.0 += 1;
+                entry.1 = reason;
+            }
+            Err(TxError::Abortable(reason) | TxError::Refused { reason, .. }) => {
                 tracing::warn!(reactor = R::NAME, %reason, "transaction aborted; rewinding");
                 abort_and_rewind(producer, consumer, &batch, &reason)?;
                 backoff = (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -632,11 +668,14 @@ fn run_transaction<R: Reactor>(
     consumer: &BaseConsumer<ReactorContext<R>>,
     producer: &FutureProducer,
     batch: &[Record],
+    set_aside: &SetAside,
 ) -> Result<Ended, TxError> {
     producer
         .begin_transaction()
         .map_err(|e| classify("begin_transaction", &e))?;
     let mut staged: Vec<TxRecord> = Vec::new();
+    // The batch index of the input each staged record comes from.
+    let mut origins: Vec<usize> = Vec::new();
     let mut next: HashMap<TopicPartition, i64> = HashMap::new();
     let mut ended = Ended::default();
     let (mut reacted, mut dead) = (0u64, 0u64);
@@ -649,8 +688,25 @@ fn run_transaction<R: Reactor>(
         if ended.held.contains_key(&tp) {
             continue;
         }
+        let at = position(record);
+        if let Some((refusals, reason)) = set_aside.get(&at) {
+            // Its output, or then its dead letter, was refused: a smaller dead letter each time.
+            let keep = match refusals {
+                0 | 1 => Keep::All,
+                2 => Keep::CutPayload,
+                _ => Keep::Minimal,
+            };
+            let reason = format!("an output of this event was refused by Kafka: {reason}");
+            staged.push(dead_letter(shared, record, &reason, keep));
+            origins.push(i);
+            ended.settled.push(at);
+            dead += 1;
+            next.insert(tp, record.offset() + 1);
+            continue;
+        }
         match react_one(shared, record) {
             Reaction::Done(outputs) => {
+                origins.extend(std::iter::repeat_n(i, outputs.len()));
                 staged.extend(outputs);
                 reacted += 1;
             }
@@ -658,7 +714,8 @@ fn run_transaction<R: Reactor>(
             Reaction::DeadLetter(reason) => {
                 tracing::warn!(reactor = R::NAME, topic = record.topic(), partition = record.partition(),
                     offset = record.offset(), %reason, "event sent to the dead letters");
-                staged.push(dead_letter(shared, record, &reason));
+                staged.push(dead_letter(shared, record, &reason, Keep::All));
+                origins.push(i);
                 dead += 1;
             }
             Reaction::Retry(reason) => {
@@ -676,17 +733,19 @@ fn run_transaction<R: Reactor>(
             .map_err(|e| classify("abort_transaction", &e))?;
         return Ok(ended);
     }
+    let origin = |k: usize| origins.get(k).copied().unwrap_or(usize::MAX);
     let deliveries: Vec<_> = staged
         .iter()
-        .map(|r| send(producer, r))
+        .enumerate()
+        .map(|(k, r)| send(producer, r).map_err(|e| e.for_input(origin(k))))
         .collect::<Result<_, _>>()?;
     failpoint::hit("reactor.after_produce");
-    for delivery in deliveries {
+    for (k, delivery) in deliveries.into_iter().enumerate() {
         shared
             .handle
             .block_on(delivery)
             .map_err(|_| TxError::Abortable("output delivery cancelled".into()))?
-            .map_err(|(e, _)| classify("produce output", &e))?;
+            .map_err(|(e, _)| classify("produce output", &e).for_input(origin(k)))?;
     }
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in &next {
@@ -771,19 +830,19 @@ fn react_one<R: Reactor>(shared: &Shared<R>, record: &Record) -> Reaction {
     }
 }
 
-fn dead_letter<R: Reactor>(shared: &Shared<R>, record: &Record, reason: &str) -> TxRecord {
-    let headers = crate::kafka::dead_letter_headers(
-        record.headers(),
-        (record.topic(), record.partition(), record.offset()),
-        reason,
-        Utc::now(),
-        &shared.group,
-    );
+fn dead_letter<R: Reactor>(
+    shared: &Shared<R>,
+    record: &Record,
+    reason: &str,
+    keep: Keep,
+) -> TxRecord {
+    let (headers, key, payload) =
+        dead_letter_parts(record, keep, reason, Utc::now(), &shared.group);
     TxRecord {
         topic: shared.dlq_topic.clone(),
         partition: None,
-        key: record.key().map(<[u8]>::to_vec),
-        payload: record.payload().map(<[u8]>::to_vec),
+        key,
+        payload,
         headers,
     }
 }

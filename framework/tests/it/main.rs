@@ -14,6 +14,8 @@ mod errors;
 mod groups;
 mod handlers;
 #[cfg(feature = "testing")]
+mod hostile;
+#[cfg(feature = "testing")]
 mod outages;
 #[cfg(feature = "testing")]
 mod projections;

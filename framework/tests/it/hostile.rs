@@ -1,0 +1,614 @@
+//! Hostile and foreign input on the real broker: a header name that is not UTF-8 (rdkafka's
+//! own header reader panics on one), events from other producers that carry only what
+//! CloudEvents requires or come in structured mode, outputs the broker refuses as too large,
+//! and commands whose events cannot all be written. Each runtime must go on: the bad record
+//! dead-lettered with its reason and kept byte for byte, later records handled.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use choreo::aggregate::{Aggregate, CommandBus, CommandProcessor, Outcome, Rejection, SendOptions};
+use choreo::kafka::{RecordHeaders, TopicAdmin, TopicSpec, dlq_headers};
+use choreo::message::{Received, event_id};
+use choreo::projection::ProjectionRunner;
+use choreo::reactor::{Outputs, ReactError, Reactor, ReactorRunner};
+use choreo::testing::echo::EchoReactor;
+use choreo::testing::{CounterBumped, CounterProjection};
+use choreo::{KafkaConfig, Publisher, Shutdown};
+use rdkafka::Message;
+use rdkafka::message::{OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregates;
+use crate::common;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn ensure(config: &KafkaConfig, specs: Vec<TopicSpec>) {
+    let specs: Vec<TopicSpec> = specs
+        .into_iter()
+        .map(|spec| TopicSpec {
+            name: config.topic_name(&spec.name),
+            ..spec
+        })
+        .collect();
+    TopicAdmin::new(config)
+        .expect("admin")
+        .ensure(&specs)
+        .await
+        .expect("topics");
+}
+
+fn raw_producer(config: &KafkaConfig) -> FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", config.brokers())
+        .create()
+        .expect("producer")
+}
+
+/// Sends one record as another client would, to partition 0.
+async fn send_raw(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    headers: OwnedHeaders,
+) {
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .partition(0)
+                .key(key)
+                .payload(value)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("raw send");
+}
+
+/// `headers` plus one whose name is the bytes `\xff\xfe`.
+fn with_bad_name(headers: &OwnedHeaders) -> OwnedHeaders {
+    let valid = RecordHeaders::from_owned(headers);
+    RecordHeaders::from_pairs(
+        valid
+            .iter()
+            .map(|h| (h.name, h.value))
+            .chain([(&b"\xff\xfe"[..], Some(&b"foreign"[..]))]),
+    )
+    .to_owned_headers()
+}
+
+fn has_bad_name(record: &OwnedMessage) -> bool {
+    record.headers().is_some_and(|h| {
+        RecordHeaders::from_owned(h)
+            .iter()
+            .any(|h| h.name == b"\xff\xfe" && h.value == Some(&b"foreign"[..]))
+    })
+}
+
+fn bump(key: &str, amount: i64) -> CounterBumped {
+    CounterBumped {
+        key: key.into(),
+        amount,
+        poison: false,
+    }
+}
+
+fn pairs<'a>(list: &'a [(&'a str, &'a str)]) -> OwnedHeaders {
+    RecordHeaders::from_pairs(list.iter().map(|(n, v)| (n.as_bytes(), Some(v.as_bytes()))))
+        .to_owned_headers()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_records_never_stop_a_projection_or_a_reactor() {
+    let config = common::kafka("hostile-consumers");
+    ensure(
+        &config,
+        vec![
+            TopicSpec::events("counter", 1, 1).expect("spec"),
+            TopicSpec::events("echo", 1, 1).expect("spec"),
+            TopicSpec::dead_letters("echo", 1).expect("spec"),
+            TopicSpec::redrive("echo", 1).expect("spec"),
+            TopicSpec::dead_letters("counters.v1", 1).expect("spec"),
+        ],
+    )
+    .await;
+    let topic = config.topic_name("counter.events");
+    let (_, pool) = common::fresh_database("hostile_consumers").await;
+    EchoReactor::setup(&pool).await.expect("setup");
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    let raw = raw_producer(&config);
+
+    publisher.publish(&bump("k1", 1)).await.expect("k1");
+    // A valid choreo event with one more header, whose name is not UTF-8.
+    let out = publisher.prepare(&bump("bad", 100), None).expect("prepare");
+    send_raw(
+        &raw,
+        &topic,
+        out.key.as_bytes(),
+        &out.payload,
+        with_bad_name(&out.meta().to_headers()),
+    )
+    .await;
+    // Another producer, binary mode: only the attributes CloudEvents requires, an id that is
+    // not a UUID; the subject is the key, the time the record's.
+    send_raw(
+        &raw,
+        &topic,
+        b"m1",
+        br#"{"key":"m1","amount":3}"#,
+        pairs(&[
+            ("ce_specversion", "1.0"),
+            ("ce_id", "order-42"),
+            ("ce_source", "urn:other-shop"),
+            ("ce_type", "v1.counter.bumped"),
+        ]),
+    )
+    .await;
+    // Another producer, structured mode.
+    let structured = serde_json::json!({
+        "specversion": "1.0", "id": "ext-7", "source": "urn:other-shop",
+        "type": "v1.counter.bumped", "subject": "s1", "time": "2026-12-01T10:00:00Z",
+        "datacontenttype": "application/json", "data": {"key": "s1", "amount": 7}
+    });
+    send_raw(
+        &raw,
+        &topic,
+        b"s1",
+        structured.to_string().as_bytes(),
+        pairs(&[(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )]),
+    )
+    .await;
+    publisher.publish(&bump("k2", 2)).await.expect("k2");
+
+    let shutdown = Shutdown::new();
+    let projection = ProjectionRunner::new(Arc::new(CounterProjection));
+    let projection_status = projection.status();
+    let projection_task = tokio::spawn({
+        let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
+        async move { projection.run(&config, &pool, shutdown).await }
+    });
+    let reactor = ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", 0);
+    let reactor_status = reactor.status();
+    let reactor_task = tokio::spawn({
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        async move { reactor.run(&config, shutdown).await }
+    });
+    common::wait_caught_up(&pool, &config, "counters.v1", &topic, 1, WAIT).await;
+    common::eventually("the reactor took every event", WAIT, || {
+        reactor_status.reacted() >= 4 && reactor_status.dead_lettered() >= 1
+    })
+    .await;
+    assert!(
+        projection_status.halted().is_empty(),
+        "{:?}",
+        projection_status.halted()
+    );
+    shutdown.trigger();
+    projection_task
+        .await
+        .expect("join")
+        .expect("the projection ran to its shutdown");
+    reactor_task
+        .await
+        .expect("join")
+        .expect("the reactor ran to its shutdown");
+
+    // The view: every event but the one with the bad header, the foreign ones included.
+    let totals: BTreeMap<String, i64> = sqlx::query_as("SELECT key, total FROM counters_v1.totals")
+        .fetch_all(&pool)
+        .await
+        .expect("totals")
+        .into_iter()
+        .collect();
+    let want: BTreeMap<String, i64> = [("k1", 1), ("m1", 3), ("s1", 7), ("k2", 2)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(totals, want);
+    // One dead letter each, naming the header, with the record kept byte for byte.
+    for dlq in ["counters.v1.dlq", "echo.dlq"] {
+        let letters = common::read_all(&config, &config.topic_name(dlq), 1, WAIT, true);
+        assert_eq!(
+            letters.len(),
+            1,
+            "{dlq}: the record with the bad header, once"
+        );
+        let reason = &common::header_map(&letters[0])[dlq_headers::ERROR];
+        assert!(
+            reason.contains("header #") && reason.contains("not UTF-8"),
+            "{dlq}: {reason}"
+        );
+        assert!(
+            has_bad_name(&letters[0]),
+            "{dlq}: the header name kept as bytes"
+        );
+        assert_eq!(letters[0].payload(), Some(&out.payload[..]));
+    }
+    // The reactor's outputs continue the foreign events' conversations, by their ids.
+    let outputs = common::read_all(&config, &config.topic_name("echo.events"), 4, WAIT, true);
+    assert_eq!(outputs.len(), 4, "k1, m1, s1, k2");
+    let causes: Vec<String> = outputs
+        .iter()
+        .map(|r| common::header_map(r)["ce_causationid"].clone())
+        .collect();
+    for (source, id) in [("urn:other-shop", "order-42"), ("urn:other-shop", "ext-7")] {
+        assert!(
+            causes.contains(&event_id(source, id).to_string()),
+            "an output caused by {id}: {causes:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_records_never_stop_a_command_processor_or_the_bus() {
+    let config = common::kafka("hostile-commands");
+    aggregates::bank_topics(&config).await;
+    let shutdown = Shutdown::new();
+    let (task, status) = aggregates::start(&config, 0, &shutdown);
+    aggregates::wait_ready(&status, aggregates::PARTITIONS as usize).await;
+    let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+    let raw = raw_producer(&config);
+    let key = b"h1";
+    let partition = choreo::kafka::partition_for_key(key, aggregates::PARTITIONS);
+
+    // A command with a header name that is not UTF-8, on its right partition.
+    let mut meta = choreo::Metadata::new(
+        uuid::Uuid::now_v7(),
+        "v1.account.open",
+        "/other-client",
+        "h1",
+        chrono::Utc::now(),
+        None,
+    );
+    meta.extensions
+        .insert("replyto".into(), config.topic_name("bank.replies"));
+    meta.extensions.insert("replypartition".into(), "0".into());
+    raw.send(
+        FutureRecord::to(&config.topic_name("account.commands"))
+            .partition(partition)
+            .key(&key[..])
+            .payload(&br#"{"account":"h1"}"#[..])
+            .headers(with_bad_name(&meta.to_headers())),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("bad command");
+    // And a "reply" with one on the partition the bus reads.
+    send_raw(
+        &raw,
+        &config.topic_name("bank.replies"),
+        b"x",
+        b"{}",
+        with_bad_name(&meta.to_headers()),
+    )
+    .await;
+
+    // Both runtimes go on: the next command is decided and its reply read.
+    let reply = bus
+        .send_and_wait(&aggregates::open("h1"), SendOptions::default(), WAIT)
+        .await
+        .expect("a reply");
+    assert!(aggregates::accepted(&reply), "{reply:?}");
+    assert_eq!(bus.reader_error(), None);
+    assert!(status.halted().is_empty(), "{:?}", status.halted());
+    let letters = common::read_all(&config, &config.topic_name("bank.dlq"), 1, WAIT, true);
+    assert_eq!(letters.len(), 1, "the bad command, once");
+    let reason = &common::header_map(&letters[0])[dlq_headers::ERROR];
+    assert!(reason.contains("not UTF-8"), "{reason}");
+    assert!(has_bad_name(&letters[0]));
+    shutdown.trigger();
+    task.await
+        .expect("join")
+        .expect("the processor ran to its shutdown");
+}
+
+/// What [`BigReactor`] announces: its text is as long as the input's amount says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Announced {
+    key: String,
+    text: String,
+}
+
+impl choreo::Event for Announced {
+    const NAME: &'static str = "v1.announcement.made";
+    fn subject(&self) -> String {
+        self.key.clone()
+    }
+}
+
+/// Announces each bump with a text of `amount` bytes.
+struct BigReactor;
+
+impl Reactor for BigReactor {
+    type Events = CounterBumped;
+    const NAME: &'static str = "announcer";
+
+    async fn react(
+        &self,
+        event: &Received<CounterBumped>,
+        out: &mut Outputs<'_>,
+    ) -> Result<(), ReactError> {
+        let len = usize::try_from(event.payload.amount).unwrap_or(0);
+        out.event(&Announced {
+            key: event.payload.key.clone(),
+            text: "x".repeat(len),
+        })?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_the_broker_refuses_dead_letters_its_input_and_later_events_go_on() {
+    let config = common::kafka("hostile-output");
+    ensure(
+        &config,
+        vec![
+            TopicSpec::events("counter", 1, 1).expect("spec"),
+            TopicSpec::events("announcement", 1, 1).expect("spec"),
+            TopicSpec::dead_letters("announcer", 1).expect("spec"),
+            TopicSpec::redrive("announcer", 1).expect("spec"),
+        ],
+    )
+    .await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    for (key, len) in [("a", 10), ("huge", 2_000_000), ("b", 20)] {
+        publisher.publish(&bump(key, len)).await.expect("publish");
+    }
+    let shutdown = Shutdown::new();
+    let runner = ReactorRunner::new(BigReactor, "drill", 0);
+    let status = runner.status();
+    let task = tokio::spawn({
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        async move { runner.run(&config, shutdown).await }
+    });
+    common::eventually(
+        "the small events reacted to, the huge one set aside",
+        WAIT,
+        || status.reacted() >= 2 && status.dead_lettered() >= 1,
+    )
+    .await;
+    shutdown.trigger();
+    task.await
+        .expect("join")
+        .expect("the reactor ran to its shutdown");
+    let outputs = common::read_all(
+        &config,
+        &config.topic_name("announcement.events"),
+        2,
+        WAIT,
+        true,
+    );
+    let keys: Vec<&[u8]> = outputs.iter().filter_map(|r| r.key()).collect();
+    assert_eq!(
+        keys,
+        vec![&b"a"[..], &b"b"[..]],
+        "the outputs of a and b, once each"
+    );
+    let letters = common::read_all(&config, &config.topic_name("announcer.dlq"), 1, WAIT, true);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].key(),
+        Some(&b"huge"[..]),
+        "the input, dead-lettered"
+    );
+    let reason = &common::header_map(&letters[0])[dlq_headers::ERROR];
+    assert!(reason.contains("refused"), "{reason}");
+}
+
+// A document aggregate whose commands make events as large, as unencodable or as unappliable
+// as asked.
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Write {
+    doc: String,
+    /// The text's length.
+    size: usize,
+    /// Makes a second event that cannot be encoded.
+    #[serde(default)]
+    unencodable_second: bool,
+    /// Makes `apply` panic on the event.
+    #[serde(default)]
+    panic_in_apply: bool,
+}
+
+impl choreo::Command for Write {
+    const NAME: &'static str = "v1.doc.write";
+    fn subject(&self) -> String {
+        self.doc.clone()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Written {
+    doc: String,
+    text: String,
+    #[serde(default)]
+    panic_in_apply: bool,
+}
+
+impl choreo::Event for Written {
+    const NAME: &'static str = "v1.doc.written";
+    fn subject(&self) -> String {
+        self.doc.clone()
+    }
+}
+
+/// An event whose encoding always fails (a map with a key JSON cannot have).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Broken {
+    doc: String,
+    #[serde(default)]
+    table: BTreeMap<Vec<u8>, u8>,
+}
+
+impl choreo::Event for Broken {
+    const NAME: &'static str = "v1.doc.broken";
+    fn subject(&self) -> String {
+        self.doc.clone()
+    }
+}
+
+choreo::command_set! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum DocCommand {
+        Write(Write),
+    }
+}
+
+choreo::event_set! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum DocEvent {
+        Written(Written),
+        Broken(Broken),
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Doc {
+    writes: u64,
+}
+
+impl Aggregate for Doc {
+    type Command = DocCommand;
+    type Event = DocEvent;
+
+    fn decide(&self, command: &DocCommand) -> Result<Vec<DocEvent>, Rejection> {
+        let DocCommand::Write(w) = command;
+        let mut events = vec![DocEvent::Written(Written {
+            doc: w.doc.clone(),
+            text: "x".repeat(w.size),
+            panic_in_apply: w.panic_in_apply,
+        })];
+        if w.unencodable_second {
+            events.push(DocEvent::Broken(Broken {
+                doc: w.doc.clone(),
+                table: [(vec![1], 1)].into_iter().collect(),
+            }));
+        }
+        Ok(events)
+    }
+
+    fn apply(&mut self, event: &DocEvent) {
+        if let DocEvent::Written(w) = event {
+            assert!(!w.panic_in_apply, "apply refuses this event");
+            self.writes += 1;
+        }
+    }
+}
+
+fn write(size: usize) -> DocCommand {
+    DocCommand::Write(Write {
+        doc: "d1".into(),
+        size,
+        unencodable_second: false,
+        panic_in_apply: false,
+    })
+}
+
+fn rejected(reply: &choreo::aggregate::Reply) -> String {
+    match &reply.outcome {
+        Outcome::Rejected { rejection } => rejection.code.clone(),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_events_cannot_all_be_written_is_rejected_and_leaves_no_trace() {
+    let config = common::kafka("hostile-decide");
+    ensure(
+        &config,
+        vec![
+            TopicSpec::commands("doc", 1, 1).expect("spec"),
+            TopicSpec::events("doc", 1, 1).expect("spec"),
+            TopicSpec::replies("docs", 1, 1).expect("spec"),
+            TopicSpec::dead_letters("docs", 1).expect("spec"),
+        ],
+    )
+    .await;
+    let shutdown = Shutdown::new();
+    let processor = CommandProcessor::<Doc>::new("docs", "doc", 0, 1);
+    let status = processor.status();
+    let task = tokio::spawn({
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        async move { processor.run(&config, shutdown).await }
+    });
+    aggregates::wait_ready(&status, 1).await;
+    let bus = CommandBus::new(&config, "docs", 0).await.expect("bus");
+    let send = |command: DocCommand, options: SendOptions| {
+        let bus = bus.clone();
+        async move {
+            bus.send_and_wait(&command, options, WAIT)
+                .await
+                .expect("reply")
+        }
+    };
+
+    let first = send(write(10), SendOptions::default()).await;
+    assert!(aggregates::accepted(&first), "{first:?}");
+    // An event over the broker's limit: rejected, remembered, dead-lettered.
+    let huge = SendOptions {
+        id: Some(uuid::Uuid::now_v7()),
+        ..SendOptions::default()
+    };
+    let reply = send(write(2_000_000), huge.clone()).await;
+    assert_eq!(rejected(&reply), "output_refused", "{reply:?}");
+    let again = send(write(2_000_000), huge).await;
+    assert_eq!(
+        rejected(&again),
+        "output_refused",
+        "a retry gets the first outcome"
+    );
+    // A second event that cannot be encoded: none of the two is written.
+    let half = send(
+        DocCommand::Write(Write {
+            doc: "d1".into(),
+            size: 1,
+            unencodable_second: true,
+            panic_in_apply: false,
+        }),
+        SendOptions::default(),
+    )
+    .await;
+    assert_eq!(rejected(&half), "internal_error", "{half:?}");
+    // An event `apply` panics on.
+    let panics = send(
+        DocCommand::Write(Write {
+            doc: "d1".into(),
+            size: 1,
+            unencodable_second: false,
+            panic_in_apply: true,
+        }),
+        SendOptions::default(),
+    )
+    .await;
+    assert_eq!(rejected(&panics), "internal_error", "{panics:?}");
+    // The next command gets the next sequence.
+    let last = send(write(20), SendOptions::default()).await;
+    assert!(aggregates::accepted(&last), "{last:?}");
+    assert!(status.halted().is_empty(), "{:?}", status.halted());
+    shutdown.trigger();
+    task.await
+        .expect("join")
+        .expect("the processor ran to its shutdown");
+
+    let log = common::read_all(&config, &config.topic_name("doc.events"), 2, WAIT, true);
+    let sequences: Vec<String> = log
+        .iter()
+        .map(|r| common::header_map(r)["ce_sequence"].clone())
+        .collect();
+    assert_eq!(
+        sequences,
+        vec![format!("{:020}", 1), format!("{:020}", 2)],
+        "two events, sequences contiguous"
+    );
+    let letters = common::read_all(&config, &config.topic_name("docs.dlq"), 1, WAIT, true);
+    assert_eq!(letters.len(), 1, "the command whose event was refused");
+    assert!(common::header_map(&letters[0])[dlq_headers::ERROR].contains("refused"));
+}
