@@ -5,7 +5,9 @@
 //! Checks: every accepted signup has exactly one welcome email and one committed
 //! `v1.email.sent`; the metrics equal the accepted signups; duplicates are rejected; a retry
 //! with the same Idempotency-Key gets the same answer; GET right after POST finds the user;
-//! instances killed with SIGKILL are taken over; the rebuilt metrics view equals the live one.
+//! instances killed with SIGKILL are taken over; the rebuilt metrics view equals the live one;
+//! records from other producers in `user.events` (a header name that is not UTF-8, a
+//! structured-mode CloudEvent) stop no service: the first is dead-lettered, the second handled.
 
 #![allow(clippy::unwrap_used)]
 
@@ -87,6 +89,13 @@ impl Stack {
             .spawn()
             .unwrap();
         self.children.insert(name.to_owned(), child);
+    }
+
+    /// Whether the process `name` is still running.
+    fn running(&mut self, name: &str) -> bool {
+        self.children
+            .get_mut(name)
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     fn kill(&mut self, name: &str) {
@@ -376,6 +385,15 @@ async fn the_signup_story() {
     );
     assert_eq!(status, 404);
 
+    // Records from other producers in user.events: one whose header name is not UTF-8
+    // (rdkafka's own reader panics on it: it once stopped all three services), and a
+    // structured-mode CloudEvent with an id that is not a UUID. Every service goes on: the
+    // first is dead-lettered, the second handled like any signup; the restores after the
+    // kills below skip both (user-service did not write them).
+    let foreign_user = uuid::Uuid::new_v4();
+    send_foreign_records(&namespace, foreign_user).await;
+    accepted.insert(FOREIGN_EMAIL.to_owned(), foreign_user.to_string());
+
     // Take an instance of each group away (SIGKILL); the others take over their partitions.
     stack.kill("email-1");
     stack.kill("user-1");
@@ -466,4 +484,72 @@ async fn the_signup_story() {
         "the surviving email instance took over every partition:\n{}",
         stack.log("email-0")
     );
+    for name in ["user-0", "email-0", "metrics"] {
+        assert!(
+            stack.running(name),
+            "{name} still runs after the foreign records:\n{}",
+            stack.log(name)
+        );
+    }
+    assert!(
+        stack.log("user-0").contains("not UTF-8"),
+        "user-service dead-lettered the record with the bad header name"
+    );
+}
+
+/// The address of the structured-mode signup another producer sends.
+const FOREIGN_EMAIL: &str = "crm-import@elsewhere.test";
+
+/// Writes to `{namespace}.user.events` as another client would: a signup with a header whose
+/// name is the bytes `\xff\xfe`, then a structured-mode signup with only the required
+/// attributes and a non-UUID id.
+async fn send_foreign_records(namespace: &str, user_id: uuid::Uuid) {
+    use choreo::kafka::RecordHeaders;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let topic = format!("{namespace}.user.events");
+    let bad_key = "bad-header@elsewhere.test";
+    let bad = serde_json::json!({"user_id": uuid::Uuid::new_v4(), "email": bad_key, "name": "Bad"});
+    let id = uuid::Uuid::new_v4().to_string();
+    let headers = RecordHeaders::from_pairs([
+        (&b"ce_specversion"[..], Some(&b"1.0"[..])),
+        (b"ce_id", Some(id.as_bytes())),
+        (b"ce_source", Some(b"/other-client")),
+        (b"ce_type", Some(b"v1.user.signedup")),
+        (b"\xff\xfe", Some(b"foreign")),
+    ])
+    .to_owned_headers();
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(bad_key)
+                .payload(&bad.to_string())
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let structured = serde_json::json!({
+        "specversion": "1.0", "id": "crm-0001", "source": "urn:crm", "type": "v1.user.signedup",
+        "data": {"user_id": user_id, "email": FOREIGN_EMAIL, "name": "From the CRM"}
+    });
+    let headers = RecordHeaders::from_pairs([(
+        &b"content-type"[..],
+        Some(&b"application/cloudevents+json"[..]),
+    )])
+    .to_owned_headers();
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(FOREIGN_EMAIL)
+                .payload(&structured.to_string())
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
 }

@@ -79,6 +79,7 @@ struct StatusInner {
     snapshots_written: AtomicU64,
     producer_restarts: AtomicU64,
     parked_reused: AtomicU64,
+    foreign_skipped: AtomicU64,
 }
 
 impl ProcessorStatus {
@@ -139,6 +140,12 @@ impl ProcessorStatus {
     /// Restores that started from the state parked when the partition was revoked.
     pub fn parked_reused(&self) -> u64 {
         self.inner.parked_reused.load(Ordering::Relaxed)
+    }
+
+    /// Records in the events log that this processor did not write (no valid envelope, or no
+    /// `ce_sequence`), skipped by restores: another producer wrote into the aggregate's log.
+    pub fn foreign_records_skipped(&self) -> u64 {
+        self.inner.foreign_skipped.load(Ordering::Relaxed)
     }
 
     /// Producers replaced after a transaction with an unknown outcome.
@@ -866,7 +873,13 @@ impl<A: Aggregate> ProcessorContext<A> {
                         idle_since = std::time::Instant::now();
                         read += 1;
                         check = record.offset() + 1 >= end;
-                        apply_restored::<A, _>(&mut entries, &record, &shared.events_topic)?;
+                        if !apply_restored::<A, _>(&mut entries, &record, &shared.events_topic)? {
+                            shared
+                                .status
+                                .inner
+                                .foreign_skipped
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Some(Err(e)) => {
                         return Err(format!("reading {}[{p}] failed: {e}", shared.events_topic));
@@ -932,14 +945,29 @@ impl<A: Aggregate> ProcessorContext<A> {
 }
 
 /// Folds one restored event into its aggregate; a gap, a duplicate or an unknown type halts.
+/// Returns false for a record this processor did not write, which it skips.
 fn apply_restored<A: Aggregate, M: Message + WireRecord>(
     entries: &mut HashMap<String, Entry<A>>,
     record: &M,
     topic: &str,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     // Where, for error messages only (no allocation per event on the happy path).
     let at = Located(topic, record.partition(), record.offset());
-    let opened = Metadata::open(record).map_err(|e| format!("undecodable event at {at}: {e}"))?;
+    let opened = match Metadata::open(record) {
+        Ok(opened) if opened.meta.sequence.is_some() => opened,
+        other => {
+            // The processor writes a valid envelope with ce_sequence on every event, so this
+            // came from another producer: it is no part of any aggregate's history (the log's
+            // consumers dead-letter or handle it). Skipped, not a halt: one foreign record
+            // must not stop the single writer of the log.
+            let reason = match other {
+                Err(e) => e.to_string(),
+                Ok(_) => "no ce_sequence".to_owned(),
+            };
+            tracing::warn!(at = %at, %reason, "a record this processor did not write is in its events log; the restore skips it");
+            return Ok(false);
+        }
+    };
     let meta = opened.meta;
     let event = A::Event::decode(&meta, opened.payload.as_deref())
         .map_err(|e| format!("undecodable event at {at}: {e}"))?
@@ -980,7 +1008,7 @@ fn apply_restored<A: Aggregate, M: Message + WireRecord>(
         Some((id, Remembered::Accepted(events))) if *id == meta.causation_id => events.push(landed),
         _ => entry.remember(meta.causation_id, Remembered::Accepted(vec![landed])),
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A reply waiting for the offsets of its command's events.

@@ -132,3 +132,29 @@ fn decode_with<T: DeserializeOwned>(
         None => Err(EnvelopeError::ContentType(meta.content_type.clone())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_other_producers_send_are_json() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "text/json",
+            "application/vnd.acme.order+json",
+        ] {
+            assert!(is_json(json), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/avro",
+            "+json",
+            "application/jsonx",
+        ] {
+            assert!(!is_json(other), "{other}");
+        }
+        assert_eq!(format_of("application/avro"), Some(Format::Avro));
+    }
+}

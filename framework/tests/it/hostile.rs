@@ -307,6 +307,57 @@ async fn foreign_records_never_stop_a_command_processor_or_the_bus() {
     task.await
         .expect("join")
         .expect("the processor ran to its shutdown");
+
+    // Other producers write into the aggregate's own log: a record with a bad header name and
+    // a structured-mode event (no ce_sequence). A restore skips both (the processor wrote
+    // neither), it does not halt.
+    let events = config.topic_name("account.events");
+    raw.send(
+        FutureRecord::to(&events)
+            .partition(partition)
+            .key(&key[..])
+            .payload(&br#"{"account":"h1"}"#[..])
+            .headers(with_bad_name(&meta.to_headers())),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("foreign record");
+    let structured = serde_json::json!({
+        "specversion": "1.0", "id": "x-1", "source": "urn:elsewhere",
+        "type": "v1.account.deposited", "data": {"account": "h1", "amount": 1000}
+    });
+    raw.send(
+        FutureRecord::to(&events)
+            .partition(partition)
+            .key(&key[..])
+            .payload(structured.to_string().as_bytes())
+            .headers(pairs(&[("content-type", "application/cloudevents+json")])),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("foreign event");
+    let shutdown = Shutdown::new();
+    let (task, status) = aggregates::start(&config, 0, &shutdown);
+    aggregates::wait_ready(&status, aggregates::PARTITIONS as usize).await;
+    assert_eq!(status.foreign_records_skipped(), 2);
+    let reply = bus
+        .send_and_wait(&aggregates::withdraw("h1", 1), SendOptions::default(), WAIT)
+        .await
+        .expect("a reply");
+    assert!(
+        matches!(&reply.outcome, Outcome::Rejected { rejection } if rejection.code == "insufficient_funds"),
+        "the foreign deposit is no part of the account: {reply:?}"
+    );
+    let reply = bus
+        .send_and_wait(&aggregates::deposit("h1", 5), SendOptions::default(), WAIT)
+        .await
+        .expect("a reply");
+    assert!(aggregates::accepted(&reply), "{reply:?}");
+    assert!(status.halted().is_empty(), "{:?}", status.halted());
+    shutdown.trigger();
+    task.await
+        .expect("join")
+        .expect("the processor ran to its shutdown");
 }
 
 /// What [`BigReactor`] announces: its text is as long as the input's amount says.
