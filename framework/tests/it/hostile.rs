@@ -133,6 +133,27 @@ async fn foreign_records_never_stop_a_projection_or_a_reactor() {
         with_bad_name(&out.meta().to_headers()),
     )
     .await;
+    // An attribute whose value is not UTF-8.
+    let out_value = publisher
+        .prepare(&bump("bad-value", 100), None)
+        .expect("prepare");
+    let valid = RecordHeaders::from_owned(&out_value.meta().to_headers());
+    let headers = RecordHeaders::from_pairs(valid.iter().map(|h| {
+        if h.name == b"ce_source" {
+            (h.name, Some(&b"\xc3\x28"[..]))
+        } else {
+            (h.name, h.value)
+        }
+    }))
+    .to_owned_headers();
+    send_raw(
+        &raw,
+        &topic,
+        out_value.key.as_bytes(),
+        &out_value.payload,
+        headers,
+    )
+    .await;
     // Another producer, binary mode: only the attributes CloudEvents requires, an id that is
     // not a UUID; the subject is the key, the time the record's.
     send_raw(
@@ -182,7 +203,7 @@ async fn foreign_records_never_stop_a_projection_or_a_reactor() {
     });
     common::wait_caught_up(&pool, &config, "counters.v1", &topic, 1, WAIT).await;
     common::eventually("the reactor took every event", WAIT, || {
-        reactor_status.reacted() >= 4 && reactor_status.dead_lettered() >= 1
+        reactor_status.reacted() >= 4 && reactor_status.dead_lettered() >= 2
     })
     .await;
     assert!(
@@ -212,13 +233,18 @@ async fn foreign_records_never_stop_a_projection_or_a_reactor() {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
     assert_eq!(totals, want);
-    // One dead letter each, naming the header, with the record kept byte for byte.
+    // Two dead letters each, naming the header, with the record kept byte for byte.
     for dlq in ["counters.v1.dlq", "echo.dlq"] {
-        let letters = common::read_all(&config, &config.topic_name(dlq), 1, WAIT, true);
+        let letters = common::read_all(&config, &config.topic_name(dlq), 2, WAIT, true);
         assert_eq!(
             letters.len(),
-            1,
-            "{dlq}: the record with the bad header, once"
+            2,
+            "{dlq}: the records with the bad header name and value, once each"
+        );
+        let reason = &common::header_map(&letters[1])[dlq_headers::ERROR];
+        assert!(
+            reason.contains("ce_source") && reason.contains("not UTF-8"),
+            "{dlq}: {reason}"
         );
         let reason = &common::header_map(&letters[0])[dlq_headers::ERROR];
         assert!(
