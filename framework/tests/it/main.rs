@@ -13,6 +13,7 @@ mod drills;
 mod errors;
 mod groups;
 mod handlers;
+mod interop;
 #[cfg(feature = "testing")]
 mod hostile;
 #[cfg(feature = "testing")]
