@@ -43,12 +43,10 @@ impl choreo::Event for InteropRecorded {
 
 /// The id exactly as the producer sent it (`ce_id`, or `id` in structured mode).
 ///
-/// TODO(reader): return `meta.cloudevents_id()` once the reader changes of issue 11 are
-/// merged (it keeps a non-UUID `ce_id`; `meta.id` is then a UUIDv5 derived from it). Until
-/// then `meta.id` is the only id there is, and records with a non-UUID id never reach a
-/// projection or reactor (the envelope rejects them), so the SDK → choreo test fails on them.
+/// The id exactly as the producer sent it (for a non-UUID `ce_id`, `meta.id` is a UUIDv5
+/// derived from source and id).
 fn cloudevents_id(meta: &Metadata) -> String {
-    meta.id.to_string()
+    meta.cloudevents_id()
 }
 
 // ------------------------------------------------------------------------ the SDK programs

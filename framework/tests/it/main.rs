@@ -13,9 +13,9 @@ mod drills;
 mod errors;
 mod groups;
 mod handlers;
-mod interop;
 #[cfg(feature = "testing")]
 mod hostile;
+mod interop;
 #[cfg(feature = "testing")]
 mod outages;
 #[cfg(feature = "testing")]
