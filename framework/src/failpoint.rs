@@ -1,5 +1,6 @@
 //! Failpoints: named places where a fault drill kills the process, so a `kill -9` lands
-//! exactly in the window that matters (RELIABILITY.md), or where it injects an error.
+//! exactly in the window that matters (ARCHITECTURE.md, "Where each guarantee lives"), or
+//! where it injects an error.
 //!
 //! Compiled in only with the `failpoints` feature; armed by `CHOREO_FAILPOINT=<name>` (on the
 //! first hit) or `CHOREO_FAILPOINT=<name>@<n>` (on the n-th hit). Without the feature [`hit`]

@@ -1,4 +1,4 @@
-//! Event-sourced aggregates whose log of record is Kafka (DESIGN.md §4.3).
+//! Event-sourced aggregates whose log of record is Kafka (ARCHITECTURE.md, "Command processing").
 //!
 //! An [`Aggregate`] is pure: `decide` holds every business rule and returns events or a
 //! [`Rejection`]; `apply` only folds events into state. The [`CommandProcessor`] is the

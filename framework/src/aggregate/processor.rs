@@ -796,7 +796,7 @@ impl<A: Aggregate> ProcessorContext<A> {
             .store(n, Ordering::Relaxed);
     }
 
-    /// Restores partition `p` (DESIGN.md §4.3): the stable committed command offset first,
+    /// Restores partition `p` (ARCHITECTURE.md, "Command processing"): the stable committed command offset first,
     /// then the end of events[p], then every event up to it. Returns where commands start.
     fn restore(&self, consumer: &BaseConsumer<Self>, p: i32) -> Result<Offset, String> {
         let shared = &self.shared;

@@ -1,4 +1,4 @@
-//! The consumer runtime every consumer stands on (DESIGN.md §4.2).
+//! The consumer runtime every consumer stands on (ARCHITECTURE.md, "Consumer runtime").
 //!
 //! One `BaseConsumer` is polled on a dedicated thread (not `StreamConsumer`: it serves
 //! rebalances inside `recv()` on an executor thread, where blocking deadlocks). Records go,

@@ -80,7 +80,7 @@ fn refused_for_content(e: &KafkaError) -> bool {
     )
 }
 
-/// Sorts a transactional error (DESIGN.md §4.3).
+/// Sorts a transactional error (ARCHITECTURE.md, "Command processing").
 pub(crate) fn classify(op: &str, e: &KafkaError) -> TxError {
     let text = format!("{op}: {e}");
     if !matches!(e, KafkaError::Transaction(_)) && refused_for_content(e) {

@@ -1,5 +1,5 @@
 //! Projections: read models in PostgreSQL built from the event log, exactly once, rebuilt
-//! from history on demand (DESIGN.md §4.4, §4.6).
+//! from history on demand (ARCHITECTURE.md, "Projections" and "Rebuilds").
 //!
 //! A [`Projection`] declares its name, version, the event types it reads (others are skipped
 //! by declaration), the tables it owns (schema-relative DDL) and how a batch of events changes

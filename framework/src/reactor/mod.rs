@@ -1,4 +1,4 @@
-//! Reactors (DESIGN.md §4.5): services that act on events (send the welcome email) and
+//! Reactors (ARCHITECTURE.md, "Reactors"): services that act on events (send the welcome email) and
 //! announce what they did, or issue commands, without anyone calling them.
 //!
 //! A [`Reactor`] declares the event types it reacts to and, per event, does its outside

@@ -1,6 +1,6 @@
 //! The reactor runner: one dedicated thread owns the consumer (group = the reactor's name,
-//! `read_committed`) and a transactional producer (`transactional.id` =
-//! `group.instance.id` = `{name}-{ordinal}-{subscription tag}`).
+//! `read_committed`, static member `group.instance.id` = `{name}-{ordinal}-{subscription tag}`)
+//! and a transactional producer (`transactional.id` = `{name}-{ordinal}`).
 //!
 //! Per polled batch, one Kafka transaction holds the outputs of every event reacted to, the
 //! dead letters of events that could not be, and the input offsets with fresh consumer group
@@ -10,10 +10,11 @@
 //! other partitions' events and commits them; the failing partition is rewound to the event,
 //! paused, and resumed after a back-off (doubling per failure, 100 ms to 5 s): the event is
 //! retried, never skipped, and one stuck event does not stop the instance's other partitions.
-//! Errors of the
-//! transaction itself are handled as in the command processor (DESIGN.md §4.3): abortable →
-//! abort and rewind; fenced → stop, never recreate; unknown (a timed-out commit) → stop, and
-//! a restart fences the old producer.
+//! Errors of the transaction itself are handled as in the command processor
+//! (ARCHITECTURE.md, "Command processing"): abortable → abort and rewind; an output refused
+//! for its content → abort, and the input is dead-lettered when the batch runs again; fenced →
+//! stop, never recreate; unknown (a timed-out commit) → stop, and a restart fences the old
+//! producer.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
