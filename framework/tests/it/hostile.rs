@@ -689,3 +689,89 @@ async fn a_command_whose_events_cannot_all_be_written_is_rejected_and_leaves_no_
     assert_eq!(letters.len(), 1, "the command whose event was refused");
     assert!(common::header_map(&letters[0])[dlq_headers::ERROR].contains("refused"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_its_topic_is_written_cut_rather_than_blocking() {
+    let config = common::kafka("hostile-cut");
+    // Outputs and dead letters may not exceed 100 kB here; the input is ~180 kB (its key is
+    // 60 kB, and the key is also in the subject header and the payload). The broker refuses
+    // the output, then the whole dead letter, then the one with its payload cut; the minimal
+    // one fits.
+    let limited = |spec: TopicSpec| {
+        let mut spec = spec;
+        spec.configs
+            .insert("max.message.bytes".into(), "100000".into());
+        spec
+    };
+    ensure(
+        &config,
+        vec![
+            TopicSpec::events("counter", 1, 1).expect("spec"),
+            limited(TopicSpec::events("announcement", 1, 1).expect("spec")),
+            limited(TopicSpec::dead_letters("announcer", 1).expect("spec")),
+            TopicSpec::redrive("announcer", 1).expect("spec"),
+        ],
+    )
+    .await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    let big_key = "k".repeat(60_000);
+    let sent = publisher
+        .prepare(&bump(&big_key, 10), None)
+        .expect("prepare");
+    publisher.send(&sent).await.expect("the big input");
+    publisher.publish(&bump("after", 10)).await.expect("after");
+
+    let shutdown = Shutdown::new();
+    let runner = ReactorRunner::new(BigReactor, "drill", 0);
+    let status = runner.status();
+    let task = tokio::spawn({
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        async move { runner.run(&config, shutdown).await }
+    });
+    common::eventually(
+        "the next event reacted to, the big one dead-lettered",
+        WAIT,
+        || status.reacted() >= 1 && status.dead_lettered() >= 1,
+    )
+    .await;
+    shutdown.trigger();
+    task.await
+        .expect("join")
+        .expect("the reactor ran to its shutdown");
+
+    let letters = common::read_all(&config, &config.topic_name("announcer.dlq"), 1, WAIT, true);
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let h = common::header_map(&letters[0]);
+    assert_eq!(h[dlq_headers::CUT], "payload,headers,key", "{h:?}");
+    assert_eq!(
+        h[dlq_headers::PAYLOAD_BYTES],
+        sent.payload.len().to_string(),
+        "the original payload's length"
+    );
+    assert_eq!(h[dlq_headers::PAYLOAD_SHA256].len(), 64, "a SHA-256 in hex");
+    assert!(
+        h[dlq_headers::ERROR].contains("refused"),
+        "{}",
+        h[dlq_headers::ERROR]
+    );
+    assert_eq!(
+        letters[0].key(),
+        Some(&big_key.as_bytes()[..1024]),
+        "the key's first KiB"
+    );
+    assert_eq!(
+        letters[0].payload(),
+        Some(&sent.payload[..]),
+        "a payload under 64 KiB is whole"
+    );
+    assert!(!h.contains_key("ce_subject"), "no original headers");
+    let outputs = common::read_all(
+        &config,
+        &config.topic_name("announcement.events"),
+        1,
+        WAIT,
+        true,
+    );
+    let keys: Vec<&[u8]> = outputs.iter().filter_map(|r| r.key()).collect();
+    assert_eq!(keys, vec![&b"after"[..]], "the next event's output, once");
+}
