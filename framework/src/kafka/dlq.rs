@@ -217,7 +217,8 @@ impl DeadLetterWriter {
     }
 
     /// Writes `record` with the reason and waits for the broker's acknowledgement. A dead
-    /// letter refused as too large is written again with its payload cut (see [`Keep`]).
+    /// letter refused as too large is written again with its payload cut (its length and
+    /// SHA-256 in headers).
     pub async fn write(
         &self,
         record: &Record,
