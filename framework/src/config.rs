@@ -15,7 +15,8 @@ pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 /// Default database URL: the database of `scripts/dev-services`.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://choreo:choreo@127.0.0.1:5432/choreo";
 
-/// How to reach Kafka, plus raw librdkafka properties for everything else (TLS, SASL, tuning).
+/// How to reach Kafka, plus raw librdkafka properties for everything else (tuning; TLS and SASL
+/// are not compiled into librdkafka yet).
 #[derive(Clone)]
 pub struct KafkaConfig {
     brokers: String,
@@ -196,8 +197,8 @@ pub struct PostgresConfig {
 }
 
 impl PostgresConfig {
-    /// A config for a `postgres://` URL. Require TLS with `?sslmode=require` (sqlx's default
-    /// mode, `prefer`, silently falls back to plaintext).
+    /// A config for a `postgres://` URL (plain TCP: sqlx's TLS support is not compiled in yet,
+    /// so `sslmode=require` fails to connect).
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),

@@ -25,7 +25,8 @@ const SERVICES: &str = "Services (every command)";
 /// Operate a choreo installation: topics, tail, projection status, dead letters.
 ///
 /// Settings come from flags or the environment (`CHOREO_KAFKA_PROPERTIES` adds raw librdkafka
-/// properties such as TLS and SASL). Start local services with `scripts/dev-services up`.
+/// properties; TLS and SASL are not compiled in yet). Start local services with
+/// `scripts/dev-services up`.
 #[derive(Debug, Parser)]
 #[command(name = "choreo", version)]
 struct Cli {
