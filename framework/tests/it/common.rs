@@ -8,6 +8,7 @@ use choreo::{KafkaConfig, PostgresConfig};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 /// The Kafka config for tests: `CHOREO_KAFKA_BROKERS` or the dev broker, in a namespace of
@@ -86,8 +87,13 @@ pub async fn create_dlq(config: &KafkaConfig, group: &str) -> String {
     name
 }
 
-/// Reads a whole topic with a plain rdkafka consumer (no choreo code on the read path),
-/// until `expected` records arrived or `timeout` passed.
+/// Reads a whole topic with a plain rdkafka consumer (no choreo code on the read path): waits
+/// until `expected` records arrived (they may still be on their way) or `timeout` passed,
+/// then reads on to the end of the log as it is at that moment, so a checker also sees
+/// records beyond the expected count (a duplicate must not hide behind the count). The end
+/// is the log's end offset (the last stable offset when `read_committed`), not a quiet spell:
+/// nothing already written is missed, however slow the machine; `expected` 0 reads just
+/// what is there.
 pub fn read_all(
     config: &KafkaConfig,
     topic: &str,
@@ -99,7 +105,6 @@ pub fn read_all(
         .set("bootstrap.servers", config.brokers())
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
         .set(
             "isolation.level",
             if read_committed {
@@ -110,20 +115,80 @@ pub fn read_all(
         )
         .create()
         .expect("raw consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
     let deadline = Instant::now() + timeout;
+    // Assigned directly (no group to join), every partition from its beginning.
+    let partitions = loop {
+        let count = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| t.partitions().len() as i32)
+            })
+            .unwrap_or(0);
+        if count > 0 {
+            break count;
+        }
+        assert!(Instant::now() < deadline, "topic {topic} not found");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
     let mut out = Vec::new();
     while out.len() < expected && Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             out.push(message.detach());
         }
     }
-    // Read on until the topic is quiet, so a checker also sees records beyond the expected
-    // count (a duplicate must not hide behind the count).
-    while let Some(Ok(message)) = consumer.poll(Duration::from_millis(700)) {
-        out.push(message.detach());
+    // Then on to the end as it is now.
+    let watermarks: Vec<(i64, i64)> = (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+        })
+        .collect();
+    let ends: Vec<i64> = watermarks.iter().map(|(_, high)| *high).collect();
+    let reached = |consumer: &BaseConsumer| {
+        let position = consumer.position().expect("position");
+        (0..partitions).all(|p| {
+            let (low, end) = watermarks[p as usize];
+            let at = position
+                .find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(-1);
+            // An empty partition has no position to reach.
+            end <= low || at >= end
+        })
+    };
+    let read_to_end = Instant::now() + Duration::from_secs(60);
+    let mut check = true;
+    loop {
+        if check && reached(&consumer) {
+            break out;
+        }
+        assert!(
+            Instant::now() < read_to_end,
+            "could not read {topic} to its end {ends:?}"
+        );
+        // position() is a round trip to librdkafka's thread: asked only when a record may be
+        // a partition's last or nothing came (a commit marker may be all that is left).
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let end = ends.get(message.partition() as usize).copied().unwrap_or(0);
+                check = message.offset() + 1 >= end;
+                out.push(message.detach());
+            }
+            _ => check = true,
+        }
     }
-    out
 }
 
 /// Headers of a raw record as text.
@@ -147,6 +212,23 @@ pub fn header_map(message: &OwnedMessage) -> BTreeMap<String, String> {
 pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the async `check` holds, polling every 50 ms.
+#[allow(dead_code)]
+pub async fn eventually_async<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
         assert!(
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"

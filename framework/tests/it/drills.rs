@@ -2,21 +2,25 @@
 //! a zombie paused past its session timeout. After each, the view must equal an independent
 //! fold of the log, with every offset applied in exactly one committed batch.
 
+use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use choreo::{KafkaConfig, Publisher};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::common;
-use crate::projections::{PROJECTION, fold, publish, topics, view};
+use crate::projections::{PROJECTION, applied_past, fold, publish, topics, view};
 
-/// Starts `choreo-drill` with the test's Kafka namespace and database.
-pub(crate) fn drill(
+/// The command that starts `choreo-drill` with the test's Kafka namespace and database.
+fn drill_command(
     config: &KafkaConfig,
     database_url: &str,
     args: &[&str],
     failpoint: Option<&str>,
-) -> Child {
+) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_choreo-drill"));
     command
         .args(args)
@@ -32,7 +36,67 @@ pub(crate) fn drill(
     if let Some(point) = failpoint {
         command.env("CHOREO_FAILPOINT", point);
     }
-    command.spawn().expect("start choreo-drill")
+    command
+}
+
+/// Starts `choreo-drill` with the test's Kafka namespace and database.
+pub(crate) fn drill(
+    config: &KafkaConfig,
+    database_url: &str,
+    args: &[&str],
+    failpoint: Option<&str>,
+) -> Child {
+    drill_command(config, database_url, args, failpoint)
+        .spawn()
+        .expect("start choreo-drill")
+}
+
+/// Starts `choreo-drill` like [`drill`], passing its stderr on line by line and counting the
+/// lines that contain `marker` (what a stall failpoint prints when it starts stalling): a
+/// test waits for the count instead of guessing how long the process takes to get there.
+fn drill_watched(
+    config: &KafkaConfig,
+    database_url: &str,
+    args: &[&str],
+    failpoint: Option<&str>,
+    marker: &'static str,
+) -> (Child, Arc<AtomicUsize>) {
+    let mut child = drill_command(config, database_url, args, failpoint)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start choreo-drill");
+    let stderr = child.stderr.take().expect("stderr");
+    let seen = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn({
+        let seen = Arc::clone(&seen);
+        move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(marker) {
+                    seen.fetch_add(1, Ordering::AcqRel);
+                }
+                eprintln!("{line}");
+            }
+        }
+    });
+    (child, seen)
+}
+
+/// The state of consumer group `group` and the ids of its members, as the broker describes
+/// it.
+fn group_members(admin: &BaseConsumer, group: &str) -> (String, Vec<String>) {
+    admin
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .ok()
+        .and_then(|list| {
+            list.groups().first().map(|g| {
+                (
+                    g.state().to_owned(),
+                    g.members().iter().map(|m| m.id().to_owned()).collect(),
+                )
+            })
+        })
+        .unwrap_or_default()
 }
 
 /// Waits for the process to end; panics after `timeout`.
@@ -211,6 +275,28 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
     )
     .await;
 
+    let caught_up = common::end_offsets(&config, &topic, 3);
+    // The zombie's member id, while it is alone in its group.
+    let admin: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", config.brokers())
+        .create()
+        .expect("admin consumer");
+    let group = config.topic_name(PROJECTION);
+    let mut zombie_member = String::new();
+    common::eventually(
+        "the zombie alone in its group",
+        Duration::from_secs(60),
+        || {
+            let (state, members) = group_members(&admin, &group);
+            if state == "Stable" && members.len() == 1 {
+                zombie_member.clone_from(&members[0]);
+                return true;
+            }
+            false
+        },
+    )
+    .await;
+
     let producing = tokio::spawn({
         let publisher = publisher.clone();
         async move {
@@ -220,11 +306,27 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Paused while it applies the new events (it has applied some of them).
+    let (db, events) = (&pool, &topic);
+    common::eventually_async(
+        "the zombie applying the new events",
+        Duration::from_secs(60),
+        || applied_past(db, events, &caught_up),
+    )
+    .await;
     signal(&zombie, "STOP");
     let successor = drill(&config, &url, &["project"], None);
-    // Past the 10 s session timeout: the group hands the zombie's partitions to the successor.
-    tokio::time::sleep(Duration::from_secs(14)).await;
+    // Past the zombie's 10 s session timeout the group drops it and hands its partitions to
+    // the successor: resumed only once the broker shows that.
+    common::eventually(
+        "the group to drop the zombie for the successor",
+        Duration::from_secs(90),
+        || {
+            let (state, members) = group_members(&admin, &group);
+            state == "Stable" && !members.is_empty() && !members.contains(&zombie_member)
+        },
+    )
+    .await;
     signal(&zombie, "CONT");
     producing.await.expect("producer");
     common::wait_caught_up(
@@ -250,14 +352,19 @@ mod commands {
     //! instances die and partitions move.
 
     use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use choreo::aggregate::{CommandBus, Outcome, SendOptions};
     use choreo::testing::account::AccountCommand;
 
-    use super::{drill, signal, stop, wait_exit};
+    use super::{drill, drill_watched, signal, stop, wait_exit};
     use crate::aggregates::{PARTITIONS, bank_topics, check_log, deposit, open, withdraw};
     use crate::common;
+
+    /// What the `command.restore` failpoint prints when a restore starts stalling.
+    const RESTORE_STALLS: &str = "failpoint command.restore: stalling";
 
     /// Sends every command until each has a reply, retrying with the same id (a client retry).
     async fn send_until_answered(
@@ -265,6 +372,17 @@ mod commands {
         commands: &[(uuid::Uuid, AccountCommand)],
         replies: &mut HashMap<uuid::Uuid, Outcome>,
         rounds: usize,
+    ) {
+        send_until_answered_within(bus, commands, replies, rounds, Duration::from_secs(4)).await;
+    }
+
+    /// [`send_until_answered`], each round waiting up to `wait` for the replies.
+    async fn send_until_answered_within(
+        bus: &CommandBus,
+        commands: &[(uuid::Uuid, AccountCommand)],
+        replies: &mut HashMap<uuid::Uuid, Outcome>,
+        rounds: usize,
+        wait: Duration,
     ) {
         for _ in 0..rounds {
             let pending: Vec<_> = commands
@@ -281,7 +399,7 @@ mod commands {
                         id: Some(*id),
                         ..SendOptions::default()
                     },
-                    Duration::from_secs(4),
+                    wait,
                 )
             });
             for ((id, _), result) in pending.iter().zip(futures::future::join_all(sends).await) {
@@ -339,15 +457,27 @@ mod commands {
         }
         let mut replies: HashMap<uuid::Uuid, Outcome> = HashMap::new();
 
-        // The first process commits the opens, then dies at the failpoint of its next
-        // transaction (the deposits).
+        // A first process commits the opens (sent once, with time to answer however long
+        // the start takes: no copy is left over) and stops. The doomed one restores them and
+        // dies at the failpoint of its first transaction: the deposits, whatever the batches.
+        let partitions = PARTITIONS.to_string();
+        let first = drill(&config, url, &["process", "0", &partitions], None);
+        send_until_answered_within(
+            &bus,
+            &commands[..accounts.len()],
+            &mut replies,
+            1,
+            Duration::from_secs(90),
+        )
+        .await;
+        assert_eq!(replies.len(), accounts.len(), "the opens answered");
+        stop(first);
         let mut doomed = drill(
             &config,
             url,
-            &["process", "0", &PARTITIONS.to_string()],
-            Some(&format!("{failpoint}@2")),
+            &["process", "0", &partitions],
+            Some(failpoint),
         );
-        send_until_answered(&bus, &commands[..accounts.len()], &mut replies, 2).await;
         send_until_answered(&bus, &commands, &mut replies, 1).await;
         let status = wait_exit(&mut doomed, Duration::from_secs(60));
         assert!(
@@ -462,20 +592,26 @@ mod commands {
         send_until_answered(&bus, &history, &mut replies, 10).await;
         stop(first);
 
-        // Every restore now stalls 4 s; while instance 0 restores, instance 1 joins, and the
-        // partitions move between them while (or right after) they are being restored.
-        let a = drill(
+        // Every restore now stalls 4 s; while instance 0 restores (it says so when the stall
+        // starts), instance 1 joins, and the partitions move between them while (or right
+        // after) they are being restored.
+        let (a, a_restores) = drill_watched(
             &config,
             url,
             &["process", "0", "3"],
             Some("command.restore"),
+            RESTORE_STALLS,
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let b = drill(
+        common::eventually("instance 0 restoring", Duration::from_secs(60), || {
+            a_restores.load(Ordering::Acquire) > 0
+        })
+        .await;
+        let (b, b_restores) = drill_watched(
             &config,
             url,
             &["process", "1", "3"],
             Some("command.restore"),
+            RESTORE_STALLS,
         );
         // Withdrawals of 60 twice per account: only one of the two may pass (balance 100),
         // which holds only if every decision saw the fully restored state.
@@ -489,9 +625,14 @@ mod commands {
             })
             .collect();
         send_until_answered(&bus, &withdrawals, &mut replies, 30).await;
-        // By now instance 0 has given partitions to instance 1, which restores them (slowly);
-        // the same race again on the moved partitions: 40 twice from 40.
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        // Instance 0 gives partitions to instance 1, which restores them (slowly); the same
+        // race again on the moved partitions: 40 twice from 40.
+        common::eventually(
+            "instance 1 restoring the partitions it took over",
+            Duration::from_secs(90),
+            || b_restores.load(Ordering::Acquire) > 0,
+        )
+        .await;
         let rest: Vec<(uuid::Uuid, AccountCommand)> = accounts
             .iter()
             .flat_map(|a| {
@@ -554,6 +695,8 @@ mod commands {
         send_until_answered(&bus, &setup, &mut replies, 30).await;
         assert_eq!(replies.len(), setup.len());
         // Eight clients' worth of withdrawals of 30: at most three per account can succeed.
+        // Each client withdraws from every account in turn, one withdrawal after the other,
+        // all of them at once.
         let withdrawals: Vec<(uuid::Uuid, AccountCommand)> = (0..40)
             .map(|i| {
                 (
@@ -562,19 +705,42 @@ mod commands {
                 )
             })
             .collect();
-        let racing = {
-            let (bus, withdrawals) = (bus.clone(), withdrawals.clone());
-            tokio::spawn(async move {
-                let mut replies = HashMap::new();
-                send_until_answered(&bus, &withdrawals, &mut replies, 40).await;
-                replies
+        let answered = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<_> = withdrawals
+            .chunks(accounts.len())
+            .map(|mine| {
+                let (bus, mine, answered) = (bus.clone(), mine.to_vec(), Arc::clone(&answered));
+                tokio::spawn(async move {
+                    let mut replies = HashMap::new();
+                    for withdrawal in &mine {
+                        send_until_answered(
+                            &bus,
+                            std::slice::from_ref(withdrawal),
+                            &mut replies,
+                            40,
+                        )
+                        .await;
+                        answered.fetch_add(1, Ordering::AcqRel);
+                    }
+                    replies
+                })
             })
-        };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+            .collect();
+        // Killed as soon as the first withdrawal is answered: every client has more to send,
+        // so the kill lands while they race, however fast the machine is.
+        common::eventually(
+            "the first withdrawal answered",
+            Duration::from_secs(60),
+            || answered.load(Ordering::Acquire) > 0,
+        )
+        .await;
         signal(&a, "KILL");
         let _ = a.wait();
         let restarted = drill(&config, url, &args("0"), None);
-        let withdrawal_replies = racing.await.expect("clients");
+        let mut withdrawal_replies = HashMap::new();
+        for client in clients {
+            withdrawal_replies.extend(client.await.expect("client"));
+        }
         assert_eq!(
             withdrawal_replies.len(),
             withdrawals.len(),

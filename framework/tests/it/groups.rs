@@ -51,6 +51,40 @@ fn start(
     (task, status)
 }
 
+/// Publishes markers (signups `marker-{phase}-{j}`) until every one of the `partitions` has
+/// one; returns their user ids. Once every marker is handled, each partition was handled up
+/// to its marker: a repeat of anything before it would have come first, so the log of
+/// handled events is complete, without waiting out a quiet spell.
+async fn markers(publisher: &Publisher, phase: &str, partitions: i32) -> BTreeSet<String> {
+    let mut covered = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for j in 0.. {
+        if covered.len() == partitions as usize {
+            break;
+        }
+        assert!(j < 10_000, "markers never covered every partition");
+        let marker = UserSignedUp {
+            user_id: format!("marker-{phase}-{j}"),
+            email: format!("marker-{phase}-{j}@example.com"),
+            name: "Marker".into(),
+        };
+        let delivered = publisher.publish(&marker).await.expect("marker");
+        covered.insert(delivered.partition);
+        ids.insert(marker.user_id);
+    }
+    ids
+}
+
+/// Waits until every id in `ids` was handled.
+async fn handled(log: &Log, what: &str, ids: &BTreeSet<String>) {
+    common::eventually(what, Duration::from_secs(60), || {
+        let log = log.lock().expect("lock");
+        let seen: BTreeSet<&str> = log.iter().map(|(_, _, id)| id.as_str()).collect();
+        ids.iter().all(|id| seen.contains(id.as_str()))
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_split_the_partitions_and_the_survivor_takes_over_without_loss() {
     let config = common::kafka("groups");
@@ -77,18 +111,21 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over_without_
     for result in futures::future::join_all(first.iter().map(|e| publisher.publish(e))).await {
         result.expect("publish");
     }
-    common::eventually("phase 1 handled", Duration::from_secs(60), || {
-        log.lock().expect("lock").len() >= 600
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: BTreeSet<String> = first.iter().map(|e| e.user_id.clone()).collect();
+    handled(&log, "phase 1 handled", &ids).await;
+    let phase1_markers = markers(&publisher, "1", 6).await;
+    handled(&log, "the phase 1 markers handled", &phase1_markers).await;
     {
         let log = log.lock().expect("lock");
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (_, _, id) in log.iter() {
             *seen.entry(id.as_str()).or_default() += 1;
         }
-        assert_eq!(seen.len(), 600, "every event handled");
+        assert_eq!(
+            seen.len(),
+            600 + phase1_markers.len(),
+            "every event handled"
+        );
         assert!(
             seen.values().all(|&n| n == 1),
             "each event exactly once in a clean run"
@@ -124,19 +161,30 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over_without_
         || status_b.assigned().len() == 6,
     )
     .await;
-    common::eventually("phase 2 handled", Duration::from_secs(60), || {
-        log.lock().expect("lock").len() >= before + 600
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: BTreeSet<String> = second.iter().map(|e| e.user_id.clone()).collect();
+    handled(&log, "phase 2 handled", &ids).await;
+    let phase2_markers = markers(&publisher, "2", 6).await;
+    handled(&log, "the phase 2 markers handled", &phase2_markers).await;
     stop_b.trigger();
     b.await.expect("join b").expect("run b");
     let log = log.lock().expect("lock");
-    let phase2: Vec<_> = log[before..].iter().collect();
     assert!(
-        phase2.iter().all(|(i, ..)| *i == "b"),
+        log[before..].iter().all(|(i, ..)| *i == "b"),
         "only the survivor handles after the leave"
     );
+    assert_eq!(
+        log[before..]
+            .iter()
+            .filter(|(_, _, id)| phase2_markers.contains(id))
+            .count(),
+        phase2_markers.len(),
+        "each marker handled once"
+    );
+    // Phase 1's markers stay in: one handled again would be a repeat.
+    let phase2: Vec<_> = log[before..]
+        .iter()
+        .filter(|(_, _, id)| !phase2_markers.contains(id))
+        .collect();
     let ids: BTreeSet<&str> = phase2.iter().map(|(_, _, id)| id.as_str()).collect();
     assert_eq!(ids.len(), 600, "nothing lost after the takeover");
     assert_eq!(

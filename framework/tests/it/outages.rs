@@ -11,32 +11,60 @@ use choreo::testing::CounterProjection;
 use choreo::{ProjectionRunner, Publisher, Shutdown};
 
 use crate::common;
-use crate::projections::{PROJECTION, fold, publish, topics, view};
+use crate::projections::{Gate, Held, PROJECTION, fold, publish, topics, view};
 
-/// Refuses new connections to `database` and terminates the open ones, for `down`.
-async fn outage(database: &str, down: Duration) {
-    let admin = choreo::postgres::connect(&common::postgres().await)
-        .await
-        .expect("admin connection");
-    sqlx::query(&format!(
-        "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
-    ))
-    .execute(&admin)
-    .await
-    .expect("refuse connections");
-    let killed: Vec<(bool,)> =
-        sqlx::query_as("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-            .bind(database)
-            .fetch_all(&admin)
+/// Events the rebuilds below read, in batches of at most 200: at least 30 batches, of which
+/// the tenth is held.
+const EVENTS: usize = 6000;
+
+/// Postgres going away for one database: new connections refused, the open ones terminated;
+/// back when [`Outage::end`] allows connections again.
+struct Outage {
+    admin: sqlx::PgPool,
+    database: String,
+}
+
+impl Outage {
+    /// Refuses new connections to `database` and terminates the open ones. When this
+    /// returns, the database is down.
+    async fn begin(database: &str) -> Self {
+        let admin = choreo::postgres::connect(&common::postgres().await)
             .await
-            .expect("terminate");
-    assert!(!killed.is_empty(), "connections were open to terminate");
-    tokio::time::sleep(down).await;
-    sqlx::query(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"))
+            .expect("admin connection");
+        sqlx::query(&format!(
+            "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
+        ))
         .execute(&admin)
         .await
+        .expect("refuse connections");
+        let killed: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(database)
+        .fetch_all(&admin)
+        .await
+        .expect("terminate");
+        assert!(!killed.is_empty(), "connections were open to terminate");
+        Self {
+            admin,
+            database: database.to_owned(),
+        }
+    }
+
+    async fn end(self) {
+        sqlx::query(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.database
+        ))
+        .execute(&self.admin)
+        .await
         .expect("allow connections");
+    }
 }
+
+/// How long the outages below last: only long enough for the runners' retries to meet a
+/// refused database (what they do meanwhile is not timed; the checks wait on conditions).
+const DOWN: Duration = Duration::from_secs(3);
 
 fn database_of(url: &str) -> String {
     url.rsplit('/').next().expect("database name").to_owned()
@@ -50,7 +78,10 @@ async fn a_live_projection_survives_postgres_dropping_every_connection() {
     let publisher = Publisher::new(&config, "/drill").expect("publisher");
     publish(&publisher, 0..3000).await;
     let shutdown = Shutdown::new();
-    let runner = ProjectionRunner::new(Arc::new(CounterProjection)).configure(|mut s| {
+    // The fifth batch is held in its transaction: the outage lands while it is in flight,
+    // with the log not yet caught up.
+    let gate = Gate::at(5);
+    let runner = ProjectionRunner::new(Arc::new(Held(Arc::clone(&gate)))).configure(|mut s| {
         s.max_batch = 50;
         s
     });
@@ -58,8 +89,11 @@ async fn a_live_projection_survives_postgres_dropping_every_connection() {
         let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
         async move { runner.run(&config, &pool, shutdown).await }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    outage(&database_of(&url), Duration::from_secs(3)).await;
+    gate.reached().await;
+    let down = Outage::begin(&database_of(&url)).await;
+    gate.release();
+    tokio::time::sleep(DOWN).await;
+    down.end().await;
     publish(&publisher, 3000..6000).await;
     common::wait_caught_up(
         &pool,
@@ -89,31 +123,34 @@ async fn a_rebuild_survives_postgres_dropping_every_connection_mid_way() {
     let topic = topics(&config, 3).await;
     let (url, pool) = common::fresh_database("outage_rebuild").await;
     let publisher = Publisher::new(&config, "/drill").expect("publisher");
-    publish(&publisher, 0..40_000).await;
+    publish(&publisher, 0..EVENTS).await;
+    // The tenth batch is held in its transaction, so the outage lands mid-way (batches
+    // committed, one in flight, more to come), however fast the machine is.
+    let gate = Gate::at(10);
     let task = tokio::spawn({
-        let (config, pool) = (config.clone(), pool.clone());
+        let (config, pool, gate) = (config.clone(), pool.clone(), Arc::clone(&gate));
         async move {
             let options = RebuildOptions {
                 batch_size: 200,
                 ..RebuildOptions::default()
             };
-            rebuild(Arc::new(CounterProjection), &config, &pool, options).await
+            rebuild(Arc::new(Held(gate)), &config, &pool, options).await
         }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        !task.is_finished(),
-        "the rebuild ended before the outage: publish more events"
-    );
-    outage(&database_of(&url), Duration::from_secs(3)).await;
+    gate.reached().await;
+    assert!(!task.is_finished(), "the rebuild waits at its held batch");
+    let down = Outage::begin(&database_of(&url)).await;
+    gate.release();
+    tokio::time::sleep(DOWN).await;
+    down.end().await;
     let report = task
         .await
         .expect("join")
         .expect("the rebuild survives the outage");
-    assert_eq!(report.records, 40_000, "{report}");
+    assert_eq!(report.records, EVENTS as u64, "{report}");
     assert_eq!(
         view(&pool, "counters_v1").await,
-        fold(&config, &topic, 40_000)
+        fold(&config, &topic, EVENTS)
     );
 }
 
@@ -159,11 +196,9 @@ async fn a_partition_assigned_during_an_outage_waits_and_starts_when_postgres_is
     )
     .await;
 
-    // Postgres goes away for 15 s; B leaves meanwhile, so A is assigned B's partitions while
-    // their checkpoints cannot be read.
-    let down =
-        tokio::spawn(async move { outage(&database_of(&url), Duration::from_secs(15)).await });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Postgres goes away until A has shown it waits; B leaves meanwhile, so A is assigned
+    // B's partitions while their checkpoints cannot be read.
+    let down = Outage::begin(&database_of(&url)).await;
     stop_b.trigger();
     task_b.await.expect("join b").expect("b stops");
     publish(&publisher, 3000..6000).await;
@@ -183,7 +218,7 @@ async fn a_partition_assigned_during_an_outage_waits_and_starts_when_postgres_is
         waiting.iter().all(|(_, _, reason)| !reason.is_empty()),
         "each waiting partition shows why: {waiting:?}"
     );
-    down.await.expect("outage");
+    down.end().await;
 
     common::wait_caught_up(
         &pool,
@@ -218,18 +253,20 @@ async fn a_rebuild_that_lost_its_lock_to_another_session_does_not_swap() {
     topics(&config, 3).await;
     let (_url, pool) = common::fresh_database("outage_lock").await;
     let publisher = Publisher::new(&config, "/drill").expect("publisher");
-    publish(&publisher, 0..40_000).await;
+    publish(&publisher, 0..EVENTS).await;
+    // The tenth batch is held until the lock has changed hands: the rebuild is surely mid-way.
+    let gate = Gate::at(10);
     let task = tokio::spawn({
-        let (config, pool) = (config.clone(), pool.clone());
+        let (config, pool, gate) = (config.clone(), pool.clone(), Arc::clone(&gate));
         async move {
             let options = RebuildOptions {
                 batch_size: 200,
                 ..RebuildOptions::default()
             };
-            rebuild(Arc::new(CounterProjection), &config, &pool, options).await
+            rebuild(Arc::new(Held(gate)), &config, &pool, options).await
         }
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    gate.reached().await;
     // Another session ends the lock holder's backend and takes the lock in its place.
     let mut other = pool.acquire().await.expect("connection");
     let ended: Vec<(bool,)> = sqlx::query_as(
@@ -247,10 +284,8 @@ async fn a_rebuild_that_lost_its_lock_to_another_session_does_not_swap() {
             .await
             .expect("take the lock");
     assert!(taken, "the lock is free once its session ended");
-    assert!(
-        !task.is_finished(),
-        "the rebuild ended before its lock was taken: publish more events"
-    );
+    assert!(!task.is_finished(), "the rebuild waits at its held batch");
+    gate.release();
     let error = task
         .await
         .expect("join")

@@ -4,10 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use choreo::kafka::{TopicAdmin, TopicSpec};
-use choreo::projection::{RebuildOptions, rebuild, wait_for};
+use choreo::message::Received;
+use choreo::projection::{ApplyError, Projection, RebuildOptions, rebuild, wait_for};
 use choreo::testing::{CounterBumped, CounterProjection};
 use choreo::{KafkaConfig, ProjectionRunner, Publisher, Shutdown};
 use rdkafka::Message;
@@ -36,6 +38,88 @@ pub async fn topics(config: &KafkaConfig, partitions: i32) -> String {
         .await
         .expect("topics");
     name
+}
+
+/// Where a [`Held`] projection stops: its `at`-th batch waits, inside its transaction, until
+/// the test lets it go on. A test acts (an outage, a stolen lock, live events) while that
+/// batch is surely in flight and the run surely unfinished, however fast the machine is.
+pub struct Gate {
+    at: usize,
+    batches: AtomicUsize,
+    reached: tokio::sync::Notify,
+    released: tokio::sync::Notify,
+}
+
+impl Gate {
+    /// A gate at the `at`-th batch (1 is the first).
+    pub fn at(at: usize) -> Arc<Self> {
+        Arc::new(Self {
+            at,
+            batches: AtomicUsize::new(0),
+            reached: tokio::sync::Notify::new(),
+            released: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Waits until the batch is held.
+    pub async fn reached(&self) {
+        tokio::time::timeout(Duration::from_secs(90), self.reached.notified())
+            .await
+            .unwrap_or_else(|_| panic!("batch {} was never applied", self.at));
+    }
+
+    /// Lets the held batch go on.
+    pub fn release(&self) {
+        self.released.notify_one();
+    }
+}
+
+/// The drill projection (same name, version, tables and fold as [`CounterProjection`]),
+/// held once at its gate.
+pub struct Held(pub Arc<Gate>);
+
+impl Projection for Held {
+    type Events = CounterBumped;
+    const NAME: &'static str = CounterProjection::NAME;
+    const VERSION: u32 = CounterProjection::VERSION;
+
+    fn schema_sql(&self) -> &'static str {
+        CounterProjection.schema_sql()
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        events: &[Received<CounterBumped>],
+    ) -> Result<(), ApplyError> {
+        let gate = &self.0;
+        if gate.batches.fetch_add(1, Ordering::AcqRel) + 1 == gate.at {
+            gate.reached.notify_one();
+            gate.released.notified().await;
+        }
+        CounterProjection.apply(conn, events).await
+    }
+}
+
+/// The live checkpoints of the projection on `topic`: (partition, next offset).
+pub async fn live_checkpoints(pool: &PgPool, topic: &str) -> Vec<(i32, i64)> {
+    sqlx::query_as(
+        "SELECT partition, next_offset FROM choreo_meta.checkpoints \
+         WHERE projection = $1 AND slot = 'live' AND topic = $2 ORDER BY 1",
+    )
+    .bind(PROJECTION)
+    .bind(topic)
+    .fetch_all(pool)
+    .await
+    .expect("checkpoints")
+}
+
+/// Whether a live checkpoint of `topic` moved past `ends` (end offsets by partition).
+pub async fn applied_past(pool: &PgPool, topic: &str, ends: &[i64]) -> bool {
+    live_checkpoints(pool, topic)
+        .await
+        .iter()
+        .any(|(p, next)| *next > ends[*p as usize])
 }
 
 pub fn bump(i: usize) -> CounterBumped {
@@ -215,24 +299,54 @@ async fn instances_joining_and_leaving_while_events_flow_apply_each_offset_exact
     let topic = topics(&config, 6).await;
     let (_, pool) = common::fresh_database("proj_rebalance").await;
     let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    // Events flow (paced) through every join and leave: at least 30 rounds, and on until the
+    // membership changes are done, however long they take.
+    let changes_done = Arc::new(AtomicBool::new(false));
     let producing = tokio::spawn({
-        let publisher = publisher.clone();
+        let (publisher, changes_done) = (publisher.clone(), Arc::clone(&changes_done));
         async move {
-            for round in 0..30 {
+            let mut round = 0;
+            while round < 30 || !changes_done.load(Ordering::Acquire) {
                 publish(&publisher, round * 100..round * 100 + 100).await;
+                round += 1;
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
+            round * 100
         }
     });
     let (stop_a, stop_b, stop_c) = (Shutdown::new(), Shutdown::new(), Shutdown::new());
-    let (a, _) = start_runner(&config, &pool, &stop_a);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (b, _) = start_runner(&config, &pool, &stop_b);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (a, status_a) = start_runner(&config, &pool, &stop_a);
+    let (db, events) = (&pool, &topic);
+    common::eventually_async(
+        "A to apply events",
+        Duration::from_secs(60),
+        move || async move { !live_checkpoints(db, events).await.is_empty() },
+    )
+    .await;
+    let (b, status_b) = start_runner(&config, &pool, &stop_b);
+    common::eventually(
+        "B to take partitions from A",
+        Duration::from_secs(60),
+        || {
+            let (pa, pb) = (status_a.assigned().len(), status_b.assigned().len());
+            pa > 0 && pb > 0 && pa + pb == 6
+        },
+    )
+    .await;
     stop_a.trigger();
     a.await.expect("join a").expect("run a");
-    let (c, _) = start_runner(&config, &pool, &stop_c);
-    producing.await.expect("producer");
+    let (c, status_c) = start_runner(&config, &pool, &stop_c);
+    common::eventually(
+        "C to take partitions from B",
+        Duration::from_secs(60),
+        || {
+            let (pb, pc) = (status_b.assigned().len(), status_c.assigned().len());
+            pb > 0 && pc > 0 && pb + pc == 6
+        },
+    )
+    .await;
+    changes_done.store(true, Ordering::Release);
+    let published = producing.await.expect("producer");
     common::wait_caught_up(
         &pool,
         &config,
@@ -248,7 +362,7 @@ async fn instances_joining_and_leaving_while_events_flow_apply_each_offset_exact
     c.await.expect("join c").expect("run c");
     assert_eq!(
         view(&pool, "counters_v1").await,
-        fold(&config, &topic, 3000)
+        fold(&config, &topic, published)
     );
 }
 
@@ -316,6 +430,7 @@ async fn a_rebuild_while_live_events_arrive_swaps_in_a_view_equal_to_the_fold() 
         .execute(&pool)
         .await
         .expect("damage");
+    let ends = common::end_offsets(&config, &topic, 3);
 
     let producing = tokio::spawn({
         let publisher = publisher.clone();
@@ -326,14 +441,30 @@ async fn a_rebuild_while_live_events_arrive_swaps_in_a_view_equal_to_the_fold() 
             }
         }
     });
-    let report = rebuild(
-        Arc::new(CounterProjection),
-        &config,
-        &pool,
-        RebuildOptions::default(),
+    // The rebuild's first batch waits until live events have arrived and been applied live:
+    // they surely come while it runs.
+    let gate = Gate::at(1);
+    let rebuilding = tokio::spawn({
+        let (config, pool, gate) = (config.clone(), pool.clone(), Arc::clone(&gate));
+        async move {
+            rebuild(
+                Arc::new(Held(gate)),
+                &config,
+                &pool,
+                RebuildOptions::default(),
+            )
+            .await
+        }
+    });
+    gate.reached().await;
+    common::eventually_async(
+        "live events applied while the rebuild runs",
+        Duration::from_secs(60),
+        || applied_past(&pool, &topic, &ends),
     )
-    .await
-    .expect("rebuild");
+    .await;
+    gate.release();
+    let report = rebuilding.await.expect("join").expect("rebuild");
     assert!(report.records >= 3000, "{report}");
     assert!(
         report
@@ -540,21 +671,21 @@ async fn a_rebuild_over_a_transactional_log_reads_a_second_pass_and_swaps_in_the
     copy_in_transactions(&producer, &topic, &later, 100);
     let ends = common::end_offsets(&config, &topic, 3);
     assert!(ends[1] > before[1] && ends[2] > before[2]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    // The swap waits for the held row at most its lock_timeout (10 s): the live view must
+    // move ahead before then, which the rebuild ending first would show.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let rows: Vec<(i32, i64)> = sqlx::query_as(
-            "SELECT partition, next_offset FROM choreo_meta.checkpoints WHERE projection = $1 AND slot = 'live'",
-        )
-        .bind(PROJECTION)
-        .fetch_all(&pool)
-        .await
-        .expect("checkpoints");
+        let rows = live_checkpoints(&pool, &topic).await;
         if rows
             .iter()
             .any(|(p, next)| *p > 0 && *next > before[*p as usize])
         {
             break;
         }
+        assert!(
+            !task.is_finished(),
+            "the swap stopped waiting before the live view moved ahead: {rows:?}"
+        );
         assert!(
             std::time::Instant::now() < deadline,
             "the live view did not move ahead: {rows:?}"
