@@ -209,9 +209,14 @@ async fn bad_records_go_to_the_dead_letter_topic_with_the_reason_and_later_event
     );
     // ...byte for byte, the name that is not UTF-8 too.
     let kept = RecordHeaders::from_owned(letters[2].headers().expect("headers"));
-    assert_eq!(kept.last("x-\u{fffd}\u{fffd}"), None, "not replaced by a lossy copy");
+    assert_eq!(
+        kept.last("x-\u{fffd}\u{fffd}"),
+        None,
+        "not replaced by a lossy copy"
+    );
     assert!(
-        kept.iter().any(|h| h.name == b"x-\xff\xfe" && h.value == Some(&b"v"[..])),
+        kept.iter()
+            .any(|h| h.name == b"x-\xff\xfe" && h.value == Some(&b"v"[..])),
         "the raw name is kept"
     );
 }
