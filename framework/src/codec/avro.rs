@@ -59,7 +59,18 @@ impl AvroSchema {
     /// Parses a schema and computes its fingerprint.
     pub fn parse(text: &str) -> Result<Self, String> {
         apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
-        let schema = Schema::parse_str(text).map_err(|e| format!("invalid Avro schema: {e}"))?;
+        // apache-avro 0.21 unwraps its name check (a record named `3` panics it), and the text
+        // may come from the network (the schema store): a panic is an invalid schema.
+        let schema = std::panic::catch_unwind(|| Schema::parse_str(text))
+            .map_err(|panic| {
+                let text = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("the parser panicked");
+                format!("invalid Avro schema: {text}")
+            })?
+            .map_err(|e| format!("invalid Avro schema: {e}"))?;
         // `canonical_form` panics if the parsed schema cannot be turned back into JSON; it
         // should never happen for a schema the parser accepted, but the text may come from the
         // network (the schema store), so a surprise is an error, not a crash.
@@ -180,6 +191,11 @@ pub fn encode<T: Serialize>(
     }
 }
 
+/// How deep records may nest in a datum read with another writer schema than the reader's
+/// (schema resolution by apache-avro, whose cost doubles per level of a union holding a
+/// record: 2^16 steps stay well under a second, and the stack in bounds).
+pub const MAX_RESOLVE_DEPTH: usize = 16;
+
 /// Splits a single-object payload into the writer's fingerprint and the datum.
 pub fn split_header(payload: &[u8]) -> Result<(u64, &[u8]), String> {
     if payload.len() < 2 || payload[..2] != MAGIC {
@@ -245,9 +261,17 @@ pub fn decode<T: DeserializeOwned>(
         }
     }
     // The library reads a datum cut short as nulls and recurses without a bound: walk it by
-    // the writer's schema first (bounded depth, every byte accounted for).
+    // the writer's schema first (bounded depth, every byte accounted for). Resolving to
+    // another reader schema costs the library twice per level where a union holds a record
+    // (it resolves the value to find the branch, then again): exponential in the nesting, so
+    // that path takes records nested at most `MAX_RESOLVE_DEPTH` deep.
+    let max_depth = if resolve_to.is_some() {
+        MAX_RESOLVE_DEPTH
+    } else {
+        avro_de::MAX_DEPTH
+    };
     if let Some(plan) = writer.direct.as_ref().ok().or(writer.shape.as_ref()) {
-        match avro_de::check_datum(plan, datum) {
+        match avro_de::check_datum(plan, datum, max_depth) {
             Ok(0) => {}
             Ok(left) => return Err(leftover(left)),
             Err(reason) => return Err(bad(format!("Avro: {reason}"))),

@@ -312,9 +312,15 @@ impl Compiler<'_, '_> {
 /// Walks one datum by the plan's schema without building anything: what the `Value` path
 /// runs first, so a datum it would read wrongly (cut short: the library reads a missing
 /// boolean, string or union index as `null`) or too deep for the stack is refused with the
-/// reason. Returns the number of bytes left after the datum.
-pub fn check_datum(plan: &Plan, datum: &[u8]) -> std::result::Result<usize, String> {
+/// reason. Records nest at most `max_depth` deep (at most [`MAX_DEPTH`]). Returns the number of
+/// bytes left after the datum.
+pub fn check_datum(
+    plan: &Plan,
+    datum: &[u8],
+    max_depth: usize,
+) -> std::result::Result<usize, String> {
     let mut input = Input::new(datum);
+    input.max_depth = max_depth.min(MAX_DEPTH);
     skip(plan, plan.root, &mut input).map_err(|e| e.to_string())?;
     Ok(input.rest.len())
 }
@@ -335,6 +341,8 @@ pub fn from_datum<T: DeserializeOwned>(plan: &Plan, datum: &[u8]) -> Result<(T, 
 struct Input<'de> {
     rest: &'de [u8],
     depth: usize,
+    /// How deep records may nest ([`MAX_DEPTH`] unless a caller wants less).
+    max_depth: usize,
     /// The largest string, bytes or block count the library accepts.
     max_len: usize,
     human_readable: bool,
@@ -347,6 +355,7 @@ impl<'de> Input<'de> {
         Self {
             rest: datum,
             depth: 0,
+            max_depth: MAX_DEPTH,
             max_len: apache_avro::util::max_allocation_bytes(
                 apache_avro::util::DEFAULT_MAX_ALLOCATION_BYTES,
             ),
@@ -473,9 +482,10 @@ impl<'de> Input<'de> {
 
     fn enter_record(&mut self) -> Result<()> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH {
+        if self.depth > self.max_depth {
             return Err(invalid(format!(
-                "records nest deeper than {MAX_DEPTH} levels"
+                "records nest deeper than {} levels",
+                self.max_depth
             )));
         }
         Ok(())
