@@ -775,3 +775,72 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_cut_rather_than_blocki
     let keys: Vec<&[u8]> = outputs.iter().filter_map(|r| r.key()).collect();
     assert_eq!(keys, vec![&b"after"[..]], "the next event's output, once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_dead_letter_too_large_for_its_topic_is_written_cut() {
+    let config = common::kafka("hostile-handler-cut");
+    let group = common::unique("cut-group");
+    // The dead-letter topic takes records up to 100 kB; the rejected input is ~180 kB (its
+    // 60 kB key is also in the subject header and the payload).
+    let mut dlq = TopicSpec::dead_letters(&config.topic_name(&group), 1).expect("spec");
+    dlq.configs
+        .insert("max.message.bytes".into(), "100000".into());
+    let dlq_name = dlq.name.clone();
+    let mut events = TopicSpec::events("counter", 1, 1).expect("spec");
+    events.name = config.topic_name(&events.name);
+    TopicAdmin::new(&config)
+        .expect("admin")
+        .ensure(&[events, dlq])
+        .await
+        .expect("topics");
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    let big_key = "k".repeat(60_000);
+    let mut poison = bump(&big_key, 1);
+    poison.poison = true;
+    publisher.publish(&poison).await.expect("the big input");
+    publisher.publish(&bump("after", 1)).await.expect("after");
+
+    let handled: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn({
+        let (config, shutdown, handled, group) = (
+            config.clone(),
+            shutdown.clone(),
+            Arc::clone(&handled),
+            group.clone(),
+        );
+        async move {
+            choreo::EventHandlers::new(group)
+                .on(move |e: Received<CounterBumped>| {
+                    let handled = Arc::clone(&handled);
+                    async move {
+                        if e.payload.poison {
+                            return Err(choreo::HandlerError::permanent(anyhow::anyhow!("poison")));
+                        }
+                        handled.lock().expect("lock").push(e.payload.key);
+                        Ok(())
+                    }
+                })
+                .run(&config, shutdown)
+                .await
+        }
+    });
+    common::eventually("the next event handled", WAIT, || {
+        !handled.lock().expect("lock").is_empty()
+    })
+    .await;
+    let letters = common::read_all(&config, &dlq_name, 1, WAIT, true);
+    shutdown.trigger();
+    let summary = task.await.expect("join").expect("run");
+    assert!(summary.halted.is_empty(), "{:?}", summary.halted);
+    assert_eq!(*handled.lock().expect("lock"), vec!["after".to_owned()]);
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let h = common::header_map(&letters[0]);
+    assert_eq!(h[dlq_headers::CUT], "payload,headers,key", "{h:?}");
+    assert!(h[dlq_headers::ERROR].contains("poison"), "{h:?}");
+    assert_eq!(
+        letters[0].key(),
+        Some(&big_key.as_bytes()[..1024]),
+        "the key's first KiB"
+    );
+}
