@@ -139,9 +139,12 @@ impl CommandBus {
                         crate::kafka::consumer::panic_message(&*panic)
                     );
                     tracing::error!(%reason, "command bus reply reader stopped");
+                    // Under the waiters' lock, which a call holds while it checks and
+                    // registers: every call learns it now (its channel closes, or it sees the
+                    // failure before registering), none waits for its timeout.
+                    let mut waiters = lock(&thread_waiters);
                     *lock(&thread_failed) = Some(reason);
-                    // Every waiting call learns it now (its channel closes), not at its timeout.
-                    lock(&thread_waiters).clear();
+                    waiters.clear();
                 }
             })
             .map_err(|e| Error::Runtime(format!("cannot start the reply reader: {e}")))?;
@@ -176,9 +179,6 @@ impl CommandBus {
         options: SendOptions,
         timeout: Duration,
     ) -> Result<Reply> {
-        if let Some(reason) = self.reader_error() {
-            return Err(Error::Runtime(reason));
-        }
         let out = self.prepare(command, &options)?;
         let id = out.meta().id;
         let own_deadline = out.meta().extensions.get("deadline").cloned();
@@ -191,13 +191,15 @@ impl CommandBus {
         };
         let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        // Registered before the send: the reply cannot arrive unobserved.
-        self.waiters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(id)
-            .or_default()
-            .push((token, tx));
+        // Registered before the send: the reply cannot arrive unobserved. A stopped reader is
+        // checked under the same lock it takes to clear the waiters.
+        {
+            let mut waiters = lock(&self.waiters);
+            if let Some(reason) = self.reader_error() {
+                return Err(Error::Runtime(reason));
+            }
+            waiters.entry(id).or_default().push((token, tx));
+        }
         let result = async {
             match tokio::time::timeout_at(give_up, self.publisher.send(&out)).await {
                 Ok(sent) => sent?,

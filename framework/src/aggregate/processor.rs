@@ -48,8 +48,8 @@ use crate::failpoint;
 use crate::kafka::consumer::{forward_log, panic_message};
 use crate::kafka::partition_for_key;
 use crate::kafka::transaction::{
-    TxError, TxRecord, abort_and_rewind, check_consumer, classify, classify_commit, collect_batch,
-    rewind, send, starts,
+    TxError, TxRecord, abort_and_rewind, await_deliveries, check_consumer, classify,
+    classify_commit, collect_batch, rewind, send, sole_input, starts,
 };
 use crate::message::{CommandSet, EventSet, Metadata, WireRecord};
 use crate::shutdown::Shutdown;
@@ -1029,6 +1029,10 @@ struct PendingReply {
 /// dead-lettered, then with its payload cut, so one command never blocks its partition.
 type SetAside = HashMap<(i32, i64), (u32, String)>;
 
+/// Refusals of one command's records before its partition halts: its events or reply, its
+/// dead letter whole, cut, and minimal.
+const MAX_REFUSALS: u32 = 4;
+
 fn processing_loop<A: Aggregate>(
     shared: &Arc<Shared<A>>,
     consumer: &BaseConsumer<ProcessorContext<A>>,
@@ -1046,9 +1050,13 @@ fn processing_loop<A: Aggregate>(
     // Producer replacements since the last committed transaction.
     let mut replacements = 0u32;
     let mut set_aside = SetAside::new();
+    // Transactions still to run with a single command: the broker refused a request of a
+    // transaction that held several, and only one at a time says which command it was.
+    let mut isolate = 0usize;
     while !shared.shutdown.is_triggered() {
         let before = shared.rebalances.load(Ordering::Acquire);
-        let (batch, error) = collect_batch(consumer, max_batch, Duration::from_millis(100));
+        let size = if isolate > 0 { 1 } else { max_batch };
+        let (batch, error) = collect_batch(consumer, size, Duration::from_millis(100));
         match error {
             Some(e @ KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
                 return Err(Error::Runtime(format!(
@@ -1084,6 +1092,7 @@ fn processing_loop<A: Aggregate>(
             rewind(consumer, &starts(kept))?;
             continue;
         }
+        isolate = isolate.saturating_sub(1);
         match run_transaction(shared, consumer, producer, &batch, &set_aside) {
             Ok(settled) => {
                 replacements = 0;
@@ -1101,7 +1110,32 @@ fn processing_loop<A: Aggregate>(
                 abort_and_rewind(producer, consumer, &batch, &reason)?;
                 let entry = set_aside.entry(at).or_insert((0, String::new()));
                 entry.0 += 1;
-                entry.1 = reason;
+                entry.1.clone_from(&reason);
+                if entry.0 > MAX_REFUSALS {
+                    // Even the minimal dead letter was refused: the dead-letter topic cannot
+                    // take it (its max.message.bytes, or compaction). Halt this partition
+                    // with the reason rather than loop; the others go on.
+                    let why = format!(
+                        "even the minimal dead letter of the command at offset {} was refused \
+                         ({reason}): check the dead-letter topic's max.message.bytes and \
+                         cleanup.policy, then restart",
+                        at.1
+                    );
+                    tracing::error!(partition = at.0, %why, "partition halted");
+                    lock(&shared.halted).insert(at.0, why.clone());
+                    lock(&shared.status.inner.halted).push((at.0, why));
+                    lock(&shared.status.inner.ready).retain(|p| *p != at.0);
+                    set_aside.remove(&at);
+                }
+            }
+            Err(TxError::Refused {
+                reason,
+                input: None,
+            }) => {
+                tracing::warn!(%reason, commands = batch.len(),
+                    "the broker refused a record of this transaction; running its commands one per transaction to find which");
+                abort_and_rewind(producer, consumer, &batch, &reason)?;
+                isolate = batch.len();
             }
             Err(TxError::Abortable(reason) | TxError::Refused { reason, .. }) => {
                 tracing::warn!(%reason, "transaction aborted; rewinding to the last committed commands");
@@ -1205,22 +1239,16 @@ fn run_transaction<A: Aggregate>(
             send(producer, pending).map_err(|e| e.for_input(origin(&event_origin, k)))
         })
         .collect::<Result<_, _>>()?;
-    let mut offsets = Vec::with_capacity(deliveries.len());
-    for (k, delivery) in deliveries.into_iter().enumerate() {
-        let (partition, offset) = shared
-            .handle
-            .block_on(delivery)
-            .map_err(|_| TxError::Abortable("event delivery cancelled".into()))?
-            .map(|d| (d.partition, d.offset))
-            .map_err(|(e, _)| classify("produce event", &e).for_input(origin(&event_origin, k)))?;
-        offsets.push((partition, offset));
-    }
+    // The command every record comes from, if one (a refusal names it only then).
+    let sole = sole_input(event_origin.iter().chain(&reply_origin).chain(&dead_origin));
+    let offsets = await_deliveries(&shared.handle, deliveries, sole, "produce event")?;
     for (i, (partition, offset)) in offsets.iter().enumerate() {
         events[i].1.partition = *partition;
         events[i].1.offset = *offset;
     }
-    // (delivery, the command it answers or dead-letters)
+    // Replies and dead letters, with the command each answers or dead-letters.
     let mut reply_deliveries = Vec::new();
+
     for (k, reply) in replies.iter_mut().enumerate() {
         let outcome = match reply.outcome.take() {
             Some(outcome) => outcome,
@@ -1228,11 +1256,15 @@ fn run_transaction<A: Aggregate>(
                 events: reply.events.iter().map(|&i| events[i].1.clone()).collect(),
             },
         };
-        // Remember the outcome with its final offsets (duplicates get exactly this).
-        if let Some(entry) = overlay.get_mut(&reply.aggregate)
+        // Remember the outcome of a command accepted now with its final offsets (duplicates
+        // get exactly this). Only from such a reply: a duplicate's answer, or a rejection
+        // (remembered when decided), must not write over it.
+        if !reply.events.is_empty()
+            && let Some(entry) = overlay.get_mut(&reply.aggregate)
             && let Some(remembered) = entry
                 .recent
                 .iter_mut()
+                .rev()
                 .find(|(id, _)| *id == reply.meta.causation_id)
         {
             remembered.1 = Remembered::from(outcome.clone());
@@ -1250,26 +1282,14 @@ fn run_transaction<A: Aggregate>(
             headers: reply.meta.to_headers(),
         };
         let input = origin(&reply_origin, k);
-        reply_deliveries.push((
-            send(producer, &pending).map_err(|e| e.for_input(input))?,
-            input,
-        ));
+        reply_deliveries.push(send(producer, &pending).map_err(|e| e.for_input(input))?);
     }
     for (k, letter) in dead.iter().enumerate() {
         let input = origin(&dead_origin, k);
-        reply_deliveries.push((
-            send(producer, letter).map_err(|e| e.for_input(input))?,
-            input,
-        ));
+        reply_deliveries.push(send(producer, letter).map_err(|e| e.for_input(input))?);
     }
     failpoint::hit("command.after_produce");
-    for (delivery, input) in reply_deliveries {
-        shared
-            .handle
-            .block_on(delivery)
-            .map_err(|_| TxError::Abortable("reply delivery cancelled".into()))?
-            .map_err(|(e, _)| classify("produce reply", &e).for_input(input))?;
-    }
+    await_deliveries(&shared.handle, reply_deliveries, sole, "produce reply")?;
     let mut tpl = TopicPartitionList::new();
     for (p, next) in &next_offsets {
         let _ = tpl.add_partition_offset(&shared.commands_topic, *p, Offset::Offset(*next));
@@ -1448,6 +1468,15 @@ fn decide_one<A: Aggregate>(
     let entry = overlay
         .entry(key.clone())
         .or_insert_with(|| committed.get(&key).cloned().unwrap_or_default());
+    if let Some((_, reason)) = set_aside
+        && entry.recent.iter().any(|(id, _)| *id == meta.id)
+    {
+        // A retry whose answer (the first outcome) was refused: that outcome stands, so
+        // nothing is remembered over it; the retry goes to the dead letters unanswered.
+        let reason = format!("the answer to this retried command was refused by Kafka: {reason}");
+        dead.push(dead_letter(shared, record, &reason, now));
+        return;
+    }
     if let Some((_, reason)) = set_aside {
         // An event or the reply it made was refused for its content (too large, invalid):
         // deciding it again would make the same. Rejected, remembered (a retry gets this

@@ -41,8 +41,9 @@ pub mod dlq_headers {
 const MAX_ERROR_BYTES: usize = 4096;
 /// How much of a payload a dead letter cut to fit keeps.
 const CUT_PAYLOAD_BYTES: usize = 64 * 1024;
-/// How much of a key a minimal dead letter keeps.
+/// How much of a key and of a payload a minimal dead letter keeps.
 const CUT_KEY_BYTES: usize = 1024;
+const MINIMAL_PAYLOAD_BYTES: usize = 4 * 1024;
 
 /// How much of the original record a dead letter keeps. A dead letter is the original plus a
 /// few headers, so one made from a record near the size limit can itself be refused as too
@@ -53,7 +54,7 @@ pub(crate) enum Keep {
     All,
     /// The original key and headers, the first 64 KiB of the payload, its length and hash.
     CutPayload,
-    /// The first 1 KiB of the key and 64 KiB of the payload, its length and hash; no original
+    /// The first 1 KiB of the key and 4 KiB of the payload, its length and hash; no original
     /// headers.
     Minimal,
 }
@@ -112,7 +113,12 @@ pub(crate) fn dead_letter_parts(
                     value: Some(value),
                 });
             }
-            payload = Some(whole.get(..CUT_PAYLOAD_BYTES).unwrap_or(whole).to_vec());
+            let keep_bytes = if keep == Keep::Minimal {
+                MINIMAL_PAYLOAD_BYTES
+            } else {
+                CUT_PAYLOAD_BYTES
+            };
+            payload = Some(whole.get(..keep_bytes).unwrap_or(whole).to_vec());
         }
         if keep == Keep::Minimal {
             key = record

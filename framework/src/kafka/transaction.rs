@@ -64,7 +64,8 @@ impl TxError {
 }
 
 /// Whether the broker or the client refused a record for what it is (never for where or when
-/// it was sent).
+/// it was sent: an unknown partition may be the producer's stale metadata, a CRC failure a
+/// corruption on the way, and both are retried as abortable).
 fn refused_for_content(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
@@ -72,12 +73,60 @@ fn refused_for_content(e: &KafkaError) -> bool {
             RDKafkaErrorCode::MessageSizeTooLarge
                 | RDKafkaErrorCode::InvalidMessageSize
                 | RDKafkaErrorCode::MessageBatchTooLarge
-                | RDKafkaErrorCode::InvalidMessage
                 | RDKafkaErrorCode::InvalidRecord
                 | RDKafkaErrorCode::BadMessage
-                | RDKafkaErrorCode::UnknownPartition
         )
     )
+}
+
+/// The one input every record of a transaction comes from, if there is just one.
+pub(crate) fn sole_input<'a>(origins: impl IntoIterator<Item = &'a usize>) -> Option<usize> {
+    let mut origins = origins.into_iter();
+    let first = *origins.next()?;
+    origins.all(|o| *o == first).then_some(first)
+}
+
+/// Waits for every delivery of a transaction's records. A refusal wins over any other error:
+/// once the transaction is abortable, librdkafka purges the records queued after the refused
+/// one, and those purges must not hide why. The broker refuses a whole produce request at once
+/// (all its records get the refusal), so a refusal names its input only when every record of
+/// the transaction came from one (`sole`, see [`sole_input`]); otherwise it names none, and
+/// the runtime runs the inputs one per transaction to find it.
+pub(crate) fn await_deliveries(
+    handle: &tokio::runtime::Handle,
+    deliveries: Vec<DeliveryFuture>,
+    sole: Option<usize>,
+    what: &str,
+) -> Result<Vec<(i32, i64)>, TxError> {
+    let mut landed = Vec::with_capacity(deliveries.len());
+    let mut first: Option<TxError> = None;
+    for delivery in deliveries {
+        let error = match handle.block_on(delivery) {
+            Ok(Ok(delivered)) => {
+                landed.push((delivered.partition, delivered.offset));
+                continue;
+            }
+            Ok(Err((e, _))) => classify(what, &e),
+            Err(_) => TxError::Abortable(format!("{what}: delivery cancelled")),
+        };
+        let error = match error {
+            TxError::Refused { reason, .. } => TxError::Refused {
+                reason,
+                input: sole,
+            },
+            other => other,
+        };
+        first = match first {
+            Some(refused @ TxError::Refused { .. }) => Some(refused),
+            Some(_) if matches!(error, TxError::Refused { .. }) => Some(error),
+            Some(earlier) => Some(earlier),
+            None => Some(error),
+        };
+    }
+    match first {
+        Some(error) => Err(error),
+        None => Ok(landed),
+    }
 }
 
 /// Sorts a transactional error (ARCHITECTURE.md, "Command processing").
@@ -107,10 +156,15 @@ pub(crate) fn classify(op: &str, e: &KafkaError) -> TxError {
             Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => {
                 TxError::Fenced(text)
             }
+            // A produce() after the transaction became abortable fails with State; unknown
+            // partitions and CRC failures may pass (stale metadata, a corruption on the way).
             Some(
                 RDKafkaErrorCode::PurgeQueue
                 | RDKafkaErrorCode::PurgeInflight
-                | RDKafkaErrorCode::InvalidTransactionalState,
+                | RDKafkaErrorCode::InvalidTransactionalState
+                | RDKafkaErrorCode::State
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::InvalidMessage,
             ) => TxError::Abortable(text),
             _ => TxError::Fatal(text),
         },

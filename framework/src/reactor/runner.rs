@@ -41,8 +41,8 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::kafka::consumer::{forward_log, panic_message};
 use crate::kafka::transaction::{
-    TxError, TxRecord, abort_and_rewind, check_consumer, classify, classify_commit, collect_batch,
-    rewind, send, starts,
+    TxError, TxRecord, abort_and_rewind, await_deliveries, check_consumer, classify,
+    classify_commit, collect_batch, rewind, send, sole_input, starts,
 };
 use crate::message::{EventSet, Metadata, Origin, Received};
 use crate::shutdown::Shutdown;
@@ -434,6 +434,10 @@ type Position = (String, i32, i64);
 /// batch runs again, its dead letter cut further at each refusal.
 type SetAside = HashMap<Position, (u32, String)>;
 
+/// Refusals of one input's records before its partition waits with back-off: its outputs,
+/// its dead letter whole, cut, and minimal.
+const MAX_REFUSALS: u32 = 3;
+
 fn position(record: &Record) -> Position {
     (
         record.topic().to_owned(),
@@ -460,6 +464,9 @@ fn reacting_loop<R: Reactor>(
     let mut backoff = Duration::ZERO;
     let mut holds = Holds::default();
     let mut set_aside = SetAside::new();
+    // Transactions still to run with a single input: the broker refused a request of a
+    // transaction that held several, and only one at a time says which input it was.
+    let mut isolate = 0usize;
     while !shared.shutdown.is_triggered() {
         if !backoff.is_zero() {
             shared.handle.block_on(async {
@@ -471,7 +478,8 @@ fn reacting_loop<R: Reactor>(
         }
         holds.release_due(consumer, &shared.status);
         let before = shared.rebalances.load(Ordering::Acquire);
-        let (batch, error) = collect_batch(consumer, max_batch, Duration::from_millis(100));
+        let size = if isolate > 0 { 1 } else { max_batch };
+        let (batch, error) = collect_batch(consumer, size, Duration::from_millis(100));
         if let Some(e) = error {
             tracing::warn!(reactor = R::NAME, error = %e, "consumer error");
         }
@@ -504,6 +512,7 @@ fn reacting_loop<R: Reactor>(
             rewind(consumer, &starts(kept))?;
             continue;
         }
+        isolate = isolate.saturating_sub(1);
         match run_transaction(shared, consumer, producer, &batch, &set_aside) {
             Ok(ended) => {
                 backoff = Duration::ZERO;
@@ -536,9 +545,29 @@ fn reacting_loop<R: Reactor>(
                 tracing::warn!(reactor = R::NAME, topic = %at.0, partition = at.1, offset = at.2, %reason,
                     "an output was refused for its content; its input will be dead-lettered");
                 abort_and_rewind(producer, consumer, &batch, &reason)?;
-                let entry = set_aside.entry(at).or_insert((0, String::new()));
+                let entry = set_aside.entry(at.clone()).or_insert((0, String::new()));
                 entry.0 += 1;
-                entry.1 = reason;
+                entry.1.clone_from(&reason);
+                if entry.0 > MAX_REFUSALS {
+                    // Even the minimal dead letter was refused: the dead-letter topic cannot
+                    // take it (its max.message.bytes, or compaction). This partition waits and
+                    // tries again with back-off (status: retrying, with the reason); the
+                    // others go on.
+                    let why = format!(
+                        "even the minimal dead letter was refused ({reason}): check the \
+                         dead-letter topic's max.message.bytes and cleanup.policy"
+                    );
+                    holds.hold(consumer, &shared.status, (at.0, at.1), at.2, why);
+                }
+            }
+            Err(TxError::Refused {
+                reason,
+                input: None,
+            }) => {
+                tracing::warn!(reactor = R::NAME, %reason, events = batch.len(),
+                    "the broker refused a record of this transaction; running its events one per transaction to find which");
+                abort_and_rewind(producer, consumer, &batch, &reason)?;
+                isolate = batch.len();
             }
             Err(TxError::Abortable(reason) | TxError::Refused { reason, .. }) => {
                 tracing::warn!(reactor = R::NAME, %reason, "transaction aborted; rewinding");
@@ -741,13 +770,12 @@ fn run_transaction<R: Reactor>(
         .map(|(k, r)| send(producer, r).map_err(|e| e.for_input(origin(k))))
         .collect::<Result<_, _>>()?;
     failpoint::hit("reactor.after_produce");
-    for (k, delivery) in deliveries.into_iter().enumerate() {
-        shared
-            .handle
-            .block_on(delivery)
-            .map_err(|_| TxError::Abortable("output delivery cancelled".into()))?
-            .map_err(|(e, _)| classify("produce output", &e).for_input(origin(k)))?;
-    }
+    await_deliveries(
+        &shared.handle,
+        deliveries,
+        sole_input(&origins),
+        "produce output",
+    )?;
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in &next {
         let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));

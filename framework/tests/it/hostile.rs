@@ -761,8 +761,8 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_cut_rather_than_blocki
     );
     assert_eq!(
         letters[0].payload(),
-        Some(&sent.payload[..]),
-        "a payload under 64 KiB is whole"
+        Some(&sent.payload[..4096]),
+        "the payload's first 4 KiB"
     );
     assert!(!h.contains_key("ce_subject"), "no original headers");
     let outputs = common::read_all(
@@ -843,4 +843,61 @@ async fn a_handler_dead_letter_too_large_for_its_topic_is_written_cut() {
         Some(&big_key.as_bytes()[..1024]),
         "the key's first KiB"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_refusal_in_a_batch_of_several_inputs_dead_letters_only_the_culprit() {
+    let config = common::kafka("hostile-blame");
+    // The broker refuses outputs over 100 kB (the client would send up to 1 MB): the refusal
+    // comes back for the whole produce request, not for the one record, so the reactor must
+    // find the culprit among the batch's inputs rather than blame the first.
+    let mut outputs_topic = TopicSpec::events("announcement", 1, 1).expect("spec");
+    outputs_topic
+        .configs
+        .insert("max.message.bytes".into(), "100000".into());
+    ensure(
+        &config,
+        vec![
+            TopicSpec::events("counter", 1, 1).expect("spec"),
+            outputs_topic,
+            TopicSpec::dead_letters("announcer", 1).expect("spec"),
+            TopicSpec::redrive("announcer", 1).expect("spec"),
+        ],
+    )
+    .await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    for (key, len) in [("a", 10), ("b", 10), ("big", 150_000), ("c", 10), ("d", 10)] {
+        publisher.publish(&bump(key, len)).await.expect("publish");
+    }
+    let shutdown = Shutdown::new();
+    let runner = ReactorRunner::new(BigReactor, "drill", 0).max_batch(100);
+    let status = runner.status();
+    let task = tokio::spawn({
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        async move { runner.run(&config, shutdown).await }
+    });
+    common::eventually("four outputs and one dead letter", WAIT, || {
+        status.reacted() >= 4 && status.dead_lettered() >= 1
+    })
+    .await;
+    shutdown.trigger();
+    task.await
+        .expect("join")
+        .expect("the reactor ran to its shutdown");
+    let outputs = common::read_all(
+        &config,
+        &config.topic_name("announcement.events"),
+        4,
+        WAIT,
+        true,
+    );
+    let keys: Vec<&[u8]> = outputs.iter().filter_map(|r| r.key()).collect();
+    assert_eq!(
+        keys,
+        vec![&b"a"[..], &b"b"[..], &b"c"[..], &b"d"[..]],
+        "every other input's output, once, in order"
+    );
+    let letters = common::read_all(&config, &config.topic_name("announcer.dlq"), 1, WAIT, true);
+    assert_eq!(letters.len(), 1, "only the culprit is dead-lettered");
+    assert_eq!(letters[0].key(), Some(&b"big"[..]));
 }
