@@ -1490,8 +1490,20 @@ fn decide_one<A: Aggregate>(
         replies.push(reply_to(Some(Outcome::Rejected { rejection }), Vec::new()));
         return;
     }
-    if let Some((_, first)) = entry.recent.iter().find(|(id, _)| *id == meta.id) {
+    if let Some((_, first)) = entry.recent.iter().rev().find(|(id, _)| *id == meta.id) {
         // A retry: answer with the first outcome (even past its deadline), decide nothing.
+        // When the first copy was accepted in this very batch, its events' offsets are known
+        // only once they are written: answer with the same events, like the first copy.
+        let key = (p, meta.subject.clone());
+        if let Some(original) = replies
+            .iter()
+            .rev()
+            .find(|r| r.outcome.is_none() && r.meta.causation_id == meta.id && r.aggregate == key)
+        {
+            let events = original.events.clone();
+            replies.push(reply_to(None, events));
+            return;
+        }
         replies.push(reply_to(
             Some(first.outcome(&shared.events_topic, p)),
             Vec::new(),

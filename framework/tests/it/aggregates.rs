@@ -214,6 +214,49 @@ async fn commands_are_decided_once_replied_with_offsets_and_duplicates_get_the_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_in_the_same_batch_keeps_the_first_outcome_with_its_offsets() {
+    let config = common::kafka("agg-same-batch");
+    bank_topics(&config).await;
+    let shutdown = Shutdown::new();
+    let (task, status) = start(&config, 0, &shutdown);
+    wait_ready(&status, PARTITIONS as usize).await;
+    let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+    let wait = Duration::from_secs(30);
+    assert!(accepted(
+        &bus.send_and_wait(&open("bo"), SendOptions::default(), wait)
+            .await
+            .expect("open")
+    ));
+    // The same command id twice, back to back: both copies usually land in one batch.
+    let dep = SendOptions {
+        id: Some(uuid::Uuid::now_v7()),
+        ..SendOptions::default()
+    };
+    let command = deposit("bo", 7);
+    let (a, b) = tokio::join!(
+        bus.send(&command, dep.clone()),
+        bus.send(&command, dep.clone())
+    );
+    a.expect("first copy");
+    b.expect("second copy");
+    // A retry afterwards: the first outcome, with its event's offset (read-your-writes).
+    let reply = bus.send_and_wait(&command, dep, wait).await.expect("reply");
+    assert!(accepted(&reply), "{reply:?}");
+    let offsets = reply.offsets();
+    assert_eq!(
+        offsets.len(),
+        1,
+        "one event, named with its offset: {reply:?}"
+    );
+    assert!(offsets[0].2 >= 0, "a real offset: {offsets:?}");
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+    let log = committed_events(&config, 2, true);
+    assert_eq!(log.len(), 2, "opened, deposited once");
+    assert_eq!(check_log(&log)["bo"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_processor_restores_state_from_the_log_before_handling_commands() {
     let config = common::kafka("agg-restore");
     bank_topics(&config).await;
