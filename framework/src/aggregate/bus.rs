@@ -18,6 +18,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::processor::lock;
 use super::reply::{Outcome, REPLY_TYPE, Reply};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -267,12 +268,6 @@ impl CommandBus {
             .topic_name(&format!("{}.commands", name.entity()));
         Ok(Outgoing::new(topic, meta, payload))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Whether the reply says the command expired before it was decided.

@@ -187,7 +187,7 @@ impl ProcessorStatus {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -1367,13 +1367,9 @@ fn decide_one<A: Aggregate>(
     if let Some((refusals @ 2.., reason)) = set_aside {
         // Its rejection reply or its dead letter was refused too: only a dead letter now,
         // cut further each time.
-        let keep = if *refusals == 2 {
-            Keep::All
-        } else if *refusals == 3 {
-            Keep::CutPayload
-        } else {
-            Keep::Minimal
-        };
+        // The first refusal was of its events or reply, the second of its rejection; later
+        // ones of its dead letters.
+        let keep = Keep::after(refusals - 2);
         let reason = format!("a record of this command was refused by Kafka: {reason}");
         dead.push(dead_letter_kept(shared, record, &reason, now, keep));
         return;

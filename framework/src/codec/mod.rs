@@ -32,9 +32,14 @@ enum Format {
     Avro,
 }
 
+/// The media type of a content type, without its parameters (`application/json; charset=utf-8`
+/// is `application/json`).
+pub(crate) fn media_type(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or_default().trim()
+}
+
 fn format_of(content_type: &str) -> Option<Format> {
-    // `application/json; charset=utf-8` is JSON too.
-    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    let media_type = media_type(content_type);
     let lower = media_type.to_ascii_lowercase();
     // `application/vnd.acme.order+json` and `text/json`, as other producers send, are JSON.
     if lower == JSON || lower == "text/json" || (lower.ends_with("+json") && lower.contains('/')) {

@@ -60,12 +60,13 @@ pub(crate) enum Keep {
 }
 
 impl Keep {
-    /// The next, smaller form after one was refused.
-    pub(crate) fn smaller(self) -> Option<Keep> {
-        match self {
-            Keep::All => Some(Keep::CutPayload),
-            Keep::CutPayload => Some(Keep::Minimal),
-            Keep::Minimal => None,
+    /// The form to write after `refused` dead letters of the same record were refused as too
+    /// large: whole, then cut, then minimal.
+    pub(crate) fn after(refused: u32) -> Keep {
+        match refused {
+            0 => Keep::All,
+            1 => Keep::CutPayload,
+            _ => Keep::Minimal,
         }
     }
 }
@@ -231,8 +232,9 @@ impl DeadLetterWriter {
         error: &str,
         time: DateTime<Utc>,
     ) -> Result<(i32, i64), PublishError> {
-        let mut keep = Keep::All;
+        let mut refused = 0;
         loop {
+            let keep = Keep::after(refused);
             let (headers, key, payload) = dead_letter_parts(record, keep, error, time, &self.group);
             let mut out: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&self.topic).headers(headers);
@@ -244,9 +246,9 @@ impl DeadLetterWriter {
             }
             match self.producer.send(out, Duration::from_secs(30)).await {
                 Ok(at) => return Ok(at),
-                Err((PublishErrorKind::TooLarge, reason)) if keep.smaller().is_some() => {
+                Err((PublishErrorKind::TooLarge, reason)) if keep != Keep::Minimal => {
                     tracing::warn!(topic = %self.topic, %reason, ?keep, "dead letter too large; writing it cut");
-                    keep = keep.smaller().unwrap_or(Keep::Minimal);
+                    refused += 1;
                 }
                 Err((kind, reason)) => {
                     return Err(PublishError {

@@ -371,30 +371,22 @@ impl Opened<'_> {
 
 /// Whether a content type is a structured-mode CloudEvent.
 fn is_structured(content_type: &str) -> bool {
-    let media = content_type.split(';').next().unwrap_or_default().trim();
-    media.len() >= STRUCTURED_PREFIX.len()
-        && media
-            .get(..STRUCTURED_PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(STRUCTURED_PREFIX))
+    crate::codec::media_type(content_type)
+        .get(..STRUCTURED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(STRUCTURED_PREFIX))
 }
 
 const STRUCTURED_PREFIX: &str = "application/cloudevents";
 
-/// Bytes for an error message: printable ASCII as is, everything else as `\xNN`.
+/// Bytes for an error message: printable ASCII as is, everything else as `\xNN`, cut at 64.
 pub(crate) fn escape_bytes(bytes: &[u8]) -> String {
     const MAX: usize = 64;
-    let mut out = String::new();
-    for &b in bytes.iter().take(MAX) {
-        if b.is_ascii_graphic() || b == b' ' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
+    let shown = bytes.get(..MAX).unwrap_or(bytes).escape_ascii().to_string();
     if bytes.len() > MAX {
-        out.push_str("...");
+        shown + "..."
+    } else {
+        shown
     }
-    out
 }
 
 /// Header values found while scanning; the scan is one pass over the headers.

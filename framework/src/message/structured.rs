@@ -39,8 +39,7 @@ pub(super) fn open<'r, R: WireRecord + ?Sized>(
         content_type: content_type.to_owned(),
         reason,
     };
-    let media = content_type.split(';').next().unwrap_or_default().trim();
-    if !media.eq_ignore_ascii_case(JSON_FORMAT) {
+    if !crate::codec::media_type(content_type).eq_ignore_ascii_case(JSON_FORMAT) {
         return Err(bad(format!(
             "only the JSON event format ({JSON_FORMAT}) is read"
         )));

@@ -721,11 +721,8 @@ fn run_transaction<R: Reactor>(
         let at = position(record);
         if let Some((refusals, reason)) = set_aside.get(&at) {
             // Its output, or then its dead letter, was refused: a smaller dead letter each time.
-            let keep = match refusals {
-                0 | 1 => Keep::All,
-                2 => Keep::CutPayload,
-                _ => Keep::Minimal,
-            };
+            // The first refusal was of its outputs; later ones of its dead letters.
+            let keep = Keep::after(refusals.saturating_sub(1));
             let reason = format!("an output of this event was refused by Kafka: {reason}");
             staged.push(dead_letter(shared, record, &reason, keep));
             origins.push(i);

@@ -87,6 +87,23 @@ pub async fn create_dlq(config: &KafkaConfig, group: &str) -> String {
     name
 }
 
+/// Creates the topics of `specs`, their names put in the config's namespace.
+#[allow(dead_code)]
+pub async fn ensure_topics(config: &KafkaConfig, specs: Vec<TopicSpec>) {
+    let specs: Vec<TopicSpec> = specs
+        .into_iter()
+        .map(|spec| TopicSpec {
+            name: config.topic_name(&spec.name),
+            ..spec
+        })
+        .collect();
+    TopicAdmin::new(config)
+        .expect("admin")
+        .ensure(&specs)
+        .await
+        .expect("topics");
+}
+
 /// Reads a whole topic with a plain rdkafka consumer (no choreo code on the read path): waits
 /// until `expected` records arrived (they may still be on their way) or `timeout` passed,
 /// then reads on to the end of the log as it is at that moment, so a checker also sees

@@ -26,19 +26,21 @@ use crate::common;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn ensure(config: &KafkaConfig, specs: Vec<TopicSpec>) {
-    let specs: Vec<TopicSpec> = specs
-        .into_iter()
-        .map(|spec| TopicSpec {
-            name: config.topic_name(&spec.name),
-            ..spec
-        })
-        .collect();
-    TopicAdmin::new(config)
-        .expect("admin")
-        .ensure(&specs)
-        .await
-        .expect("topics");
+/// Runs `reactor` until `shutdown`.
+fn start_reactor<R: Reactor>(
+    config: &KafkaConfig,
+    runner: ReactorRunner<R>,
+    shutdown: &Shutdown,
+) -> (
+    tokio::task::JoinHandle<choreo::Result<()>>,
+    choreo::reactor::ReactorStatus,
+) {
+    let status = runner.status();
+    let (config, shutdown) = (config.clone(), shutdown.clone());
+    (
+        tokio::spawn(async move { runner.run(&config, shutdown).await }),
+        status,
+    )
 }
 
 fn raw_producer(config: &KafkaConfig) -> FutureProducer {
@@ -105,7 +107,7 @@ fn pairs<'a>(list: &'a [(&'a str, &'a str)]) -> OwnedHeaders {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_records_never_stop_a_projection_or_a_reactor() {
     let config = common::kafka("hostile-consumers");
-    ensure(
+    common::ensure_topics(
         &config,
         vec![
             TopicSpec::events("counter", 1, 1).expect("spec"),
@@ -424,7 +426,7 @@ impl Reactor for BigReactor {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_the_broker_refuses_dead_letters_its_input_and_later_events_go_on() {
     let config = common::kafka("hostile-output");
-    ensure(
+    common::ensure_topics(
         &config,
         vec![
             TopicSpec::events("counter", 1, 1).expect("spec"),
@@ -440,11 +442,7 @@ async fn an_output_the_broker_refuses_dead_letters_its_input_and_later_events_go
     }
     let shutdown = Shutdown::new();
     let runner = ReactorRunner::new(BigReactor, "drill", 0);
-    let status = runner.status();
-    let task = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { runner.run(&config, shutdown).await }
-    });
+    let (task, status) = start_reactor(&config, runner, &shutdown);
     common::eventually(
         "the small events reacted to, the huge one set aside",
         WAIT,
@@ -599,7 +597,7 @@ fn rejected(reply: &choreo::aggregate::Reply) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_events_cannot_all_be_written_is_rejected_and_leaves_no_trace() {
     let config = common::kafka("hostile-decide");
-    ensure(
+    common::ensure_topics(
         &config,
         vec![
             TopicSpec::commands("doc", 1, 1).expect("spec"),
@@ -703,7 +701,7 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_cut_rather_than_blocki
             .insert("max.message.bytes".into(), "100000".into());
         spec
     };
-    ensure(
+    common::ensure_topics(
         &config,
         vec![
             TopicSpec::events("counter", 1, 1).expect("spec"),
@@ -723,11 +721,7 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_cut_rather_than_blocki
 
     let shutdown = Shutdown::new();
     let runner = ReactorRunner::new(BigReactor, "drill", 0);
-    let status = runner.status();
-    let task = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { runner.run(&config, shutdown).await }
-    });
+    let (task, status) = start_reactor(&config, runner, &shutdown);
     common::eventually(
         "the next event reacted to, the big one dead-lettered",
         WAIT,
@@ -855,7 +849,7 @@ async fn a_broker_refusal_in_a_batch_of_several_inputs_dead_letters_only_the_cul
     outputs_topic
         .configs
         .insert("max.message.bytes".into(), "100000".into());
-    ensure(
+    common::ensure_topics(
         &config,
         vec![
             TopicSpec::events("counter", 1, 1).expect("spec"),
@@ -871,11 +865,7 @@ async fn a_broker_refusal_in_a_batch_of_several_inputs_dead_letters_only_the_cul
     }
     let shutdown = Shutdown::new();
     let runner = ReactorRunner::new(BigReactor, "drill", 0).max_batch(100);
-    let status = runner.status();
-    let task = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { runner.run(&config, shutdown).await }
-    });
+    let (task, status) = start_reactor(&config, runner, &shutdown);
     common::eventually("four outputs and one dead letter", WAIT, || {
         status.reacted() >= 4 && status.dead_lettered() >= 1
     })

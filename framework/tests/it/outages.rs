@@ -64,6 +64,9 @@ impl Outage {
 
 /// How long the outages below last: only long enough for the runners' retries to meet a
 /// refused database (what they do meanwhile is not timed; the checks wait on conditions).
+/// How long an outage refuses connections. Not a wait for anything: the gates order the
+/// runtime into the outage (a held batch is released only once it began), and the tests then
+/// wait on conditions (caught up, the rebuild's report).
 const DOWN: Duration = Duration::from_secs(3);
 
 fn database_of(url: &str) -> String {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use choreo::kafka::{TopicAdmin, TopicSpec};
+use choreo::kafka::TopicSpec;
 use choreo::reactor::ReactorRunner;
 use choreo::testing::CounterBumped;
 use choreo::testing::echo::EchoReactor;
@@ -22,23 +22,16 @@ const PARTITIONS: i32 = 3;
 
 /// `counter.events` (input), `echo.events` (output), `echo.dlq`, in the test's namespace.
 async fn echo_topics(config: &KafkaConfig) {
-    let specs: Vec<TopicSpec> = [
-        TopicSpec::events("counter", PARTITIONS, 1).expect("spec"),
-        TopicSpec::events("echo", PARTITIONS, 1).expect("spec"),
-        TopicSpec::dead_letters("echo", 1).expect("spec"),
-        TopicSpec::redrive("echo", 1).expect("spec"),
-    ]
-    .into_iter()
-    .map(|spec| TopicSpec {
-        name: config.topic_name(&spec.name),
-        ..spec
-    })
-    .collect();
-    TopicAdmin::new(config)
-        .expect("admin")
-        .ensure(&specs)
-        .await
-        .expect("topics");
+    common::ensure_topics(
+        config,
+        vec![
+            TopicSpec::events("counter", PARTITIONS, 1).expect("spec"),
+            TopicSpec::events("echo", PARTITIONS, 1).expect("spec"),
+            TopicSpec::dead_letters("echo", 1).expect("spec"),
+            TopicSpec::redrive("echo", 1).expect("spec"),
+        ],
+    )
+    .await;
 }
 
 /// Publishes the events; returns their ids.
