@@ -5,8 +5,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 
-/// The framework's migrations (`migrations/` at the workspace top), embedded at build time.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// The framework's migrations (the `choreo-migrations` crate, `migrations/` at the workspace
+/// top), embedded at build time.
+pub use choreo_migrations::MIGRATOR;
 
 /// Opens a pool and checks that the database answers.
 pub async fn connect(config: &PostgresConfig) -> Result<PgPool> {
@@ -30,8 +31,9 @@ pub async fn connect(config: &PostgresConfig) -> Result<PgPool> {
     Ok(pool)
 }
 
-/// Connects and applies choreo's migrations (idempotent; concurrent callers wait on sqlx's
-/// advisory lock).
+/// Connects and applies choreo's migrations (idempotent; concurrent callers wait on advisory
+/// locks). Their bookkeeping is `choreo_meta._sqlx_migrations`, apart from the application's
+/// own `_sqlx_migrations`, so both `sqlx migrate` runs work in one database.
 pub async fn connect_and_migrate(config: &PostgresConfig) -> Result<PgPool> {
     let pool = connect(config).await?;
     migrate(&pool).await?;
@@ -44,9 +46,9 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
         op: "acquire",
         source: e,
     })?;
-    // `run_direct` on a connection: `Migrator::run(&pool)` trips a higher-ranked lifetime
-    // error (its future is not provably `Send`) once it sits inside a spawned task.
-    MIGRATOR.run_direct(&mut *conn).await?;
+    // On a connection: `Migrator::run(&pool)` trips a higher-ranked lifetime error (its
+    // future is not provably `Send`) once it sits inside a spawned task.
+    choreo_migrations::run(&mut conn).await?;
     Ok(())
 }
 

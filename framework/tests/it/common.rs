@@ -277,9 +277,20 @@ pub fn signup(i: usize) -> UserSignedUp {
     }
 }
 
-/// A database of its own for one test (dropped by nobody: names are unique per run).
+/// A database of its own for one test, with choreo's migrations applied (dropped by nobody:
+/// names are unique per run; `scripts/test` drops those of earlier runs).
 #[allow(dead_code)]
 pub async fn fresh_database(test: &str) -> (String, sqlx::PgPool) {
+    let config = empty_database(test).await;
+    let pool = choreo::postgres::connect_and_migrate(&config)
+        .await
+        .expect("migrate fresh database");
+    (config.url_with_secret().to_owned(), pool)
+}
+
+/// A new, empty database of its own for one test.
+#[allow(dead_code)]
+pub async fn empty_database(test: &str) -> PostgresConfig {
     let admin = postgres().await;
     let pool = choreo::postgres::connect(&admin).await.expect("connect");
     let name = unique(test).replace('-', "_");
@@ -294,11 +305,7 @@ pub async fn fresh_database(test: &str) -> (String, sqlx::PgPool) {
         .rsplit_once('/')
         .map(|(b, _)| b.to_owned())
         .expect("database URL has a path");
-    let config = PostgresConfig::new(format!("{base}/{name}")).max_connections(8);
-    let pool = choreo::postgres::connect_and_migrate(&config)
-        .await
-        .expect("migrate fresh database");
-    (config.url_with_secret().to_owned(), pool)
+    PostgresConfig::new(format!("{base}/{name}")).max_connections(8)
 }
 
 /// End offsets (high watermarks) of every partition of `topic`.

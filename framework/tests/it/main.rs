@@ -16,6 +16,7 @@ mod handlers;
 #[cfg(feature = "testing")]
 mod hostile;
 mod interop;
+mod migrations;
 #[cfg(feature = "testing")]
 mod outages;
 #[cfg(feature = "testing")]
