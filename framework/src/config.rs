@@ -47,18 +47,19 @@ impl KafkaConfig {
         {
             config = config.namespace(namespace.trim());
         }
+        config.env_properties()
+    }
+
+    /// Adds the raw properties of `CHOREO_KAFKA_PROPERTIES`, if set.
+    pub(crate) fn env_properties(mut self) -> Result<Self> {
         if let Ok(raw) = std::env::var("CHOREO_KAFKA_PROPERTIES") {
             for pair in raw.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-                let (key, value) = pair.split_once('=').ok_or_else(|| {
-                    Error::Config(format!(
-                        "CHOREO_KAFKA_PROPERTIES entry {:?} is not key=value",
-                        pair.split('=').next().unwrap_or_default()
-                    ))
-                })?;
-                config = config.property(key.trim(), value.trim());
+                let (key, value) = parse_property(pair)
+                    .map_err(|e| Error::Config(format!("CHOREO_KAFKA_PROPERTIES entry {e}")))?;
+                self = self.property(key, value);
             }
         }
-        Ok(config)
+        Ok(self)
     }
 
     /// Prefixes every topic name choreo derives from a message name (`user.events` becomes
@@ -108,14 +109,15 @@ impl KafkaConfig {
         self.connect_timeout
     }
 
-    /// A librdkafka config with the brokers, then `defaults` (choreo's settings for this kind
-    /// of client), then the user's raw properties, which win.
+    /// A librdkafka config with the brokers, then `defaults` (the settings for this kind of
+    /// client), then the user's raw properties, which win: for a plain rdkafka client that
+    /// must reach the cluster the way choreo's own clients do (TLS, SASL, tuning).
     ///
     /// With `group.protocol=consumer` (KIP-848) among the raw properties, choreo's classic
     /// group settings (`session.timeout.ms`, `heartbeat.interval.ms`,
     /// `partition.assignment.strategy`) are left out: the broker owns them under that
     /// protocol, and librdkafka rejects them.
-    pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+    pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         if let Some(id) = &self.client_id {
@@ -172,8 +174,22 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
+/// `key=value` → (key, value), trimmed; the error names only the key (the value may be a
+/// secret).
+pub(crate) fn parse_property(pair: &str) -> std::result::Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "{:?} is not key=value",
+            pair.split('=').next().unwrap_or_default()
+        )),
+    }
+}
+
 /// librdkafka keys whose values are secrets (passwords, private keys, tokens, JAAS-like configs).
-fn is_secret_key(key: &str) -> bool {
+pub(crate) fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     [
         "password",

@@ -29,7 +29,8 @@
 //! - three wings that do not know each other: [`aggregate`] (command processing, the command
 //!   bus, snapshots), [`projection`] (read models, rebuilds), [`reactor`] (effects and
 //!   outputs in Kafka transactions, the inbox); and [`handler`] (plain event handlers).
-//! - [`service`]: the admin commands every service gets (`projections rebuild`, ...).
+//! - `service`, `args` (feature `cli`, on by default): the admin commands every service gets
+//!   (`projections rebuild`, ...) and the settings as clap arguments (`--brokers`, ...).
 //! - [`postgres`], [`shutdown`], [`failpoint`]: the database, the shutdown signal, fault
 //!   drills.
 //!
@@ -45,6 +46,8 @@
 //! | Everything | nothing silently dropped: undecodable or rejected records go to `{group}.dlq` |
 
 pub mod aggregate;
+#[cfg(feature = "cli")]
+pub mod args;
 pub mod codec;
 pub mod config;
 pub mod error;
@@ -53,6 +56,7 @@ pub mod handler;
 pub mod kafka;
 pub mod message;
 pub mod postgres;
+#[cfg(feature = "cli")]
 pub mod service;
 pub mod shutdown;
 

@@ -9,9 +9,10 @@
 
 use std::time::Duration;
 
+use choreo::Shutdown;
+use choreo::args::{KafkaArgs, PostgresArgs};
 use choreo::kafka::TopicSpec;
 use choreo::reactor::{Inbox, Reactor, ReactorRunner};
-use choreo::{KafkaConfig, PostgresConfig, Shutdown};
 use clap::{Parser, Subcommand};
 
 use signup::contract::{self, EMAIL_PARTITIONS, groups};
@@ -24,6 +25,10 @@ const SERVICE: &str = "email-service";
     about = "The email service of the signup example: welcome emails, exactly once as far as anyone can tell"
 )]
 struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    postgres: PostgresArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -46,7 +51,8 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     signup::init_tracing();
     let cli = Cli::parse();
-    let kafka = KafkaConfig::from_env()?;
+    let kafka = cli.kafka.config()?;
+    let postgres = cli.postgres.config();
     match cli.command {
         Cmd::Setup => {
             let rf = contract::replication();
@@ -62,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Run { ordinal } => {
             let shutdown = Shutdown::on_signals();
-            let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;
+            let pool = choreo::postgres::connect_and_migrate(&postgres).await?;
             let sink = MailSink::from_env()?;
             println!(
                 "email-service[{ordinal}] sending to {} (reactor {})",

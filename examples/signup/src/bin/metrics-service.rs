@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use choreo::args::{KafkaArgs, PostgresArgs};
 use choreo::kafka::TopicSpec;
 use choreo::service::{ProjectionAdmin, ProjectionCommand};
 use choreo::{KafkaConfig, PostgresConfig, Shutdown};
@@ -28,6 +29,10 @@ use signup::metrics::{self, SignupMetrics};
 #[derive(Parser)]
 #[command(about = "The metrics service of the signup example: signups per day and per domain")]
 struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    postgres: PostgresArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -53,7 +58,8 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     signup::init_tracing();
     let cli = Cli::parse();
-    let kafka = KafkaConfig::from_env()?;
+    let kafka = cli.kafka.config()?;
+    let postgres = cli.postgres.config();
     match cli.command {
         Cmd::Setup => {
             let rf = contract::replication();
@@ -63,9 +69,9 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Cmd::Run { listen } => run(&kafka, listen).await,
+        Cmd::Run { listen } => run(&kafka, &postgres, listen).await,
         Cmd::Show => {
-            let pool = choreo::postgres::connect(&PostgresConfig::from_env()?).await?;
+            let pool = choreo::postgres::connect(&postgres).await?;
             let view = metrics::read(&pool).await?;
             println!("signups: {}", view.total);
             for (day, n) in &view.per_day {
@@ -77,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Projections(command) => {
-            let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;
+            let pool = choreo::postgres::connect_and_migrate(&postgres).await?;
             ProjectionAdmin::new()
                 .register(Arc::new(SignupMetrics))
                 .run(command, &kafka, &pool)
@@ -87,9 +93,13 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run(kafka: &KafkaConfig, listen: SocketAddr) -> anyhow::Result<()> {
+async fn run(
+    kafka: &KafkaConfig,
+    postgres: &PostgresConfig,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
-    let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;
+    let pool = choreo::postgres::connect_and_migrate(postgres).await?;
     let router = Router::new()
         .route("/v1/metrics/signups", get(signups))
         .with_state(pool.clone());

@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use choreo::aggregate::{CommandBus, CommandProcessor, Outcome, ProcessorStatus, SendOptions};
+use choreo::args::{KafkaArgs, PostgresArgs};
 use choreo::kafka::TopicSpec;
 use choreo::projection::{live_schema, projection_id, wait_for};
 use choreo::service::{ProjectionAdmin, ProjectionCommand};
@@ -39,6 +40,10 @@ const SERVICE: &str = "user-service";
 #[derive(Parser)]
 #[command(about = "The user service of the signup example: POST /v1/users, GET /v1/users/{id}")]
 struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    postgres: PostgresArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -65,12 +70,13 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     signup::init_tracing();
     let cli = Cli::parse();
-    let kafka = KafkaConfig::from_env()?;
+    let kafka = cli.kafka.config()?;
+    let postgres = cli.postgres.config();
     match cli.command {
         Cmd::Setup => setup(&kafka).await,
-        Cmd::Run { ordinal, listen } => run(&kafka, ordinal, listen).await,
+        Cmd::Run { ordinal, listen } => run(&kafka, &postgres, ordinal, listen).await,
         Cmd::Projections(command) => {
-            let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;
+            let pool = choreo::postgres::connect_and_migrate(&postgres).await?;
             ProjectionAdmin::new()
                 .register(Arc::new(UsersView))
                 .run(command, &kafka, &pool)
@@ -103,9 +109,14 @@ struct App {
     processor: ProcessorStatus,
 }
 
-async fn run(kafka: &KafkaConfig, ordinal: u32, listen: SocketAddr) -> anyhow::Result<()> {
+async fn run(
+    kafka: &KafkaConfig,
+    postgres: &PostgresConfig,
+    ordinal: u32,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
-    let pool = choreo::postgres::connect_and_migrate(&PostgresConfig::from_env()?).await?;
+    let pool = choreo::postgres::connect_and_migrate(postgres).await?;
     let processor =
         CommandProcessor::<Registration>::new(SERVICE, "user", ordinal, USER_PARTITIONS);
     let processor_status = processor.status();

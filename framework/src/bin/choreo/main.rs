@@ -19,9 +19,6 @@ use clap::{Parser, Subcommand};
 
 use crate::connect::Services;
 
-/// Where `--help` lists the settings every command shares.
-const SERVICES: &str = "Services (every command)";
-
 /// Operate a choreo installation: topics, tail, projection status, dead letters.
 ///
 /// Settings come from flags or the environment (`CHOREO_KAFKA_PROPERTIES` adds raw librdkafka
@@ -30,37 +27,11 @@ const SERVICES: &str = "Services (every command)";
 #[derive(Debug, Parser)]
 #[command(name = "choreo", version)]
 struct Cli {
-    /// Kafka bootstrap servers, host:port[,host:port] [default: 127.0.0.1:9092]
-    #[arg(
-        long,
-        global = true,
-        env = "CHOREO_KAFKA_BROKERS",
-        value_name = "HOSTS",
-        help_heading = SERVICES
-    )]
-    brokers: Option<String>,
+    #[command(flatten)]
+    kafka: choreo::args::KafkaArgs,
 
-    /// PostgreSQL URL [default: postgres://choreo:choreo@127.0.0.1:5432/choreo]
-    #[arg(
-        long,
-        global = true,
-        env = "CHOREO_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true,
-        help_heading = SERVICES
-    )]
-    database_url: Option<String>,
-
-    /// Prefix of derived topic names (`{namespace}.user.events`); group names already
-    /// include it
-    #[arg(
-        long,
-        global = true,
-        env = "CHOREO_TOPIC_NAMESPACE",
-        value_name = "NAME",
-        help_heading = SERVICES
-    )]
-    namespace: Option<String>,
+    #[command(flatten)]
+    postgres: choreo::args::PostgresArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -107,7 +78,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let services = Services::new(cli.brokers, cli.database_url, cli.namespace)?;
+    let services = Services::new(&cli.kafka, &cli.postgres)?;
     // A small runtime: the CLI does one thing at a time, and the builds run on 2-core machines.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
