@@ -37,7 +37,7 @@ const POSTGRES: &str = "PostgreSQL";
 /// How to reach Kafka: `--brokers`, `--namespace`, `--kafka-property KEY=VALUE`.
 #[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
-    /// Bootstrap servers, host:port[,host:port].
+    /// Bootstrap servers: host:port, comma-separated.
     #[arg(long, global = true, env = "CHOREO_KAFKA_BROKERS", value_name = "HOSTS",
           default_value = DEFAULT_BROKERS, help_heading = KAFKA)]
     pub brokers: String,
@@ -90,7 +90,7 @@ impl fmt::Debug for KafkaArgs {
 /// How to reach PostgreSQL: `--database-url`, `--database-max-connections`.
 #[derive(Clone, clap::Args)]
 pub struct PostgresArgs {
-    /// PostgreSQL URL [default: the database of scripts/dev-services].
+    /// PostgreSQL URL (default: the database of scripts/dev-services).
     #[arg(long, global = true, env = "CHOREO_DATABASE_URL", value_name = "URL",
           default_value = DEFAULT_DATABASE_URL, hide_default_value = true,
           hide_env_values = true, help_heading = POSTGRES)]

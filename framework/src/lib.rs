@@ -51,6 +51,7 @@ pub mod args;
 pub mod codec;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
 pub mod failpoint;
 pub mod handler;
 pub mod kafka;
