@@ -12,7 +12,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 use super::consumer::Record;
-use super::publisher::{PRODUCER_DEFAULTS, PublishError, PublishErrorKind};
+use super::errors::{PublishError, PublishErrorKind};
+use super::publisher::PRODUCER_DEFAULTS;
 use super::raw_headers;
 use super::record::RecordHeaders;
 use super::renewing::RenewingProducer;

@@ -4,6 +4,7 @@
 mod client;
 pub mod consumer;
 mod dlq;
+pub(crate) mod errors;
 mod publisher;
 mod raw_headers;
 mod record;
@@ -18,6 +19,7 @@ pub use consumer::{
 };
 pub use dlq::{DeadLetter, DeadLetterWriter, dlq_headers};
 pub(crate) use dlq::{Keep, dead_letter_parts};
-pub use publisher::{Delivered, Outgoing, PublishError, PublishErrorKind, Publisher};
+pub use errors::{PublishError, PublishErrorKind};
+pub use publisher::{Delivered, Outgoing, Publisher};
 pub use record::{AsBorrowedHeaders, RecordHeaders};
 pub use topics::{TopicAdmin, TopicKind, TopicSpec, TopicState};

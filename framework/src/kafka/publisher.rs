@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
-use rdkafka::error::KafkaError;
+
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode as Code;
+
 use uuid::Uuid;
 
 use crate::codec;
@@ -19,6 +19,7 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::message::{Causation, Event, Metadata};
 
+use super::errors::{PublishError, PublishErrorKind};
 use super::renewing::RenewingProducer;
 
 /// librdkafka's default `message.max.bytes`.
@@ -33,38 +34,6 @@ pub(crate) const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("partitioner", "murmur2_random"),
     ("linger.ms", "5"),
 ];
-
-/// Why a publish failed, and whether trying again can help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PublishErrorKind {
-    /// Try again with the same [`Outgoing`] (same id): a timeout, a full queue, a leader move,
-    /// or a fatal producer error after which the producer was replaced.
-    Retriable,
-    /// The record cannot succeed (a missing topic, an authorization failure), or a producer
-    /// with a fatal error could not be replaced.
-    Fatal,
-    /// The record is bigger than `message.max.bytes`.
-    TooLarge,
-    /// The payload could not be encoded.
-    Encode,
-}
-
-/// A failed publish.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("publishing {message_id} to {topic} failed ({kind:?}): {reason}")]
-pub struct PublishError {
-    pub kind: PublishErrorKind,
-    pub topic: String,
-    pub message_id: Uuid,
-    pub reason: String,
-}
-
-impl PublishError {
-    /// Whether sending the same [`Outgoing`] again may succeed.
-    pub fn is_retriable(&self) -> bool {
-        self.kind == PublishErrorKind::Retriable
-    }
-}
 
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,34 +413,6 @@ impl Publisher {
 fn registration_error_kind(error: &Error) -> PublishErrorKind {
     match error {
         Error::Config(_) => PublishErrorKind::Fatal,
-        _ => PublishErrorKind::Retriable,
-    }
-}
-
-/// Sorts a produce error into retriable, fatal and too large.
-pub(crate) fn classify(error: &KafkaError) -> PublishErrorKind {
-    match error.rdkafka_error_code() {
-        Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::MessageBatchTooLarge) => {
-            PublishErrorKind::TooLarge
-        }
-        Some(
-            Code::UnknownTopicOrPartition
-            | Code::UnknownTopic
-            | Code::UnknownPartition
-            | Code::InvalidTopic
-            | Code::TopicAuthorizationFailed
-            | Code::ClusterAuthorizationFailed
-            | Code::TransactionalIdAuthorizationFailed
-            | Code::InvalidRecord
-            | Code::InvalidRequiredAcks
-            | Code::Fatal
-            | Code::Fenced
-            | Code::ProducerFenced
-            | Code::OutOfOrderSequenceNumber
-            | Code::UnsupportedVersion
-            | Code::PurgeQueue
-            | Code::PurgeInflight,
-        ) => PublishErrorKind::Fatal,
         _ => PublishErrorKind::Retriable,
     }
 }

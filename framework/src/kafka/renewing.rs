@@ -21,7 +21,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::publisher::{PublishErrorKind, classify};
+use super::errors::{PublishErrorKind, publish_kind};
 use crate::error::{Error, Result};
 use crate::failpoint;
 
@@ -99,7 +99,7 @@ impl RenewingProducer {
                 Ok(delivery) => return Ok((delivery.partition, delivery.offset)),
                 Err((e, _)) => match producer.client().fatal_error() {
                     Some((code, fatal)) => format!("{e} (fatal: {code:?}: {fatal})"),
-                    None => return Err((classify(&e), e.to_string())),
+                    None => return Err((publish_kind(&e), e.to_string())),
                 },
             }
         };

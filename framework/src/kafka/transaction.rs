@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::Offset;
 
+pub(crate) use super::errors::{TxError, classify, classify_commit};
 use super::record::Record;
 use crate::error::{Error, Result};
 
@@ -28,55 +29,6 @@ pub(crate) struct TxRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: OwnedHeaders,
-}
-
-/// What to do after a transactional operation failed.
-#[derive(Debug)]
-pub(crate) enum TxError {
-    /// Abort the transaction and rewind the consumer to the batch start.
-    Abortable(String),
-    /// Another instance took our transactional id: stop and never recreate.
-    Fenced(String),
-    /// Unknown outcome (a timed-out commit may still land): stop; a restart fences the old
-    /// producer.
-    Fatal(String),
-    /// One record was refused for its content (too large, invalid, a partition that does not
-    /// exist): sending it again cannot succeed. `input` is the index, in the batch, of the
-    /// record that made it, once the runtime knows; the runtime aborts, sets that input aside
-    /// (a rejection or a dead letter instead) and runs the batch again.
-    Refused {
-        reason: String,
-        input: Option<usize>,
-    },
-}
-
-impl TxError {
-    /// Names the input whose output was refused.
-    pub(crate) fn for_input(self, index: usize) -> Self {
-        match self {
-            TxError::Refused { reason, .. } => TxError::Refused {
-                reason,
-                input: Some(index),
-            },
-            other => other,
-        }
-    }
-}
-
-/// Whether the broker or the client refused a record for what it is (never for where or when
-/// it was sent: an unknown partition may be the producer's stale metadata, a CRC failure a
-/// corruption on the way, and both are retried as abortable).
-fn refused_for_content(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::MessageBatchTooLarge
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::BadMessage
-        )
-    )
 }
 
 /// The one input every record of a transaction comes from, if there is just one.
@@ -126,58 +78,6 @@ pub(crate) fn await_deliveries(
     match first {
         Some(error) => Err(error),
         None => Ok(landed),
-    }
-}
-
-/// Sorts a transactional error (ARCHITECTURE.md, "Command processing").
-pub(crate) fn classify(op: &str, e: &KafkaError) -> TxError {
-    let text = format!("{op}: {e}");
-    if !matches!(e, KafkaError::Transaction(_)) && refused_for_content(e) {
-        return TxError::Refused {
-            reason: text,
-            input: None,
-        };
-    }
-    match e {
-        KafkaError::Transaction(rd) if rd.is_fatal() => {
-            if matches!(
-                rd.code(),
-                RDKafkaErrorCode::Fenced
-                    | RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-            ) {
-                TxError::Fenced(text)
-            } else {
-                TxError::Fatal(text)
-            }
-        }
-        KafkaError::Transaction(rd) if rd.txn_requires_abort() => TxError::Abortable(text),
-        _ => match e.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => {
-                TxError::Fenced(text)
-            }
-            // A produce() after the transaction became abortable fails with State; unknown
-            // partitions and CRC failures may pass (stale metadata, a corruption on the way).
-            Some(
-                RDKafkaErrorCode::PurgeQueue
-                | RDKafkaErrorCode::PurgeInflight
-                | RDKafkaErrorCode::InvalidTransactionalState
-                | RDKafkaErrorCode::State
-                | RDKafkaErrorCode::UnknownPartition
-                | RDKafkaErrorCode::InvalidMessage,
-            ) => TxError::Abortable(text),
-            _ => TxError::Fatal(text),
-        },
-    }
-}
-
-/// Classifies a failed `commit_transaction`: librdkafka reports a failed flush inside the
-/// commit as `Flush`, which carries no flag saying what it means, so it counts as unknown
-/// (the commit may still land).
-pub(crate) fn classify_commit(e: &KafkaError) -> TxError {
-    match classify("commit_transaction", e) {
-        TxError::Abortable(t) if matches!(e, KafkaError::Flush(_)) => TxError::Fatal(t),
-        other => other,
     }
 }
 
