@@ -1,4 +1,5 @@
-//! Client-level helpers: reachability checks and the Java clients' partitioner.
+//! Client-level helpers: the settings choreo gives its producers, reachability checks and
+//! the Java clients' partitioner.
 
 use std::time::Duration;
 
@@ -7,6 +8,16 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+
+/// Producer settings choreo insists on; the user's raw properties can still override them.
+pub(crate) const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    // librdkafka defaults idempotence off; on, retries cannot duplicate or reorder.
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    // The Java clients' partitioner, so every client puts a key on the same partition.
+    ("partitioner", "murmur2_random"),
+    ("linger.ms", "5"),
+];
 
 /// Fails with [`Error::KafkaUnreachable`] unless the cluster answers a metadata request.
 pub fn check_reachable(config: &KafkaConfig) -> Result<()> {

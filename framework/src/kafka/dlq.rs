@@ -11,9 +11,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
+use super::client::PRODUCER_DEFAULTS;
 use super::consumer::Record;
 use super::errors::{PublishError, PublishErrorKind};
-use super::publisher::PRODUCER_DEFAULTS;
 use super::raw_headers;
 use super::record::RecordHeaders;
 use super::renewing::RenewingProducer;

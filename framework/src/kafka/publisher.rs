@@ -19,21 +19,12 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::message::{Causation, Event, Metadata};
 
+use super::client::PRODUCER_DEFAULTS;
 use super::errors::{PublishError, PublishErrorKind};
 use super::renewing::RenewingProducer;
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
-
-/// Producer settings choreo insists on; the user's raw properties can still override them.
-pub(crate) const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
-    // librdkafka defaults idempotence off; on, retries cannot duplicate or reorder.
-    ("enable.idempotence", "true"),
-    ("acks", "all"),
-    // The Java clients' partitioner, so every client puts a key on the same partition.
-    ("partitioner", "murmur2_random"),
-    ("linger.ms", "5"),
-];
 
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -173,8 +173,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_sends_that_saw_one_fatal_producer_replace_it_once() {
         // Nothing listens on port 1: creating and flushing an idle producer needs no broker.
-        let client = KafkaConfig::new("127.0.0.1:1")
-            .client_config(super::super::publisher::PRODUCER_DEFAULTS);
+        let client =
+            KafkaConfig::new("127.0.0.1:1").client_config(crate::kafka::client::PRODUCER_DEFAULTS);
         let producer = Arc::new(RenewingProducer::new(client, "unit").expect("build"));
         let fatal = producer.current();
         let attempts: Vec<_> = (0..4)
