@@ -2,7 +2,6 @@
 
 mod envelope;
 mod name;
-mod structured;
 
 pub(crate) use envelope::core_headers;
 pub use envelope::{

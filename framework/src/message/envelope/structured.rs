@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::envelope::{Attributes, Names, Opened, WireRecord};
-use super::{EnvelopeError, Metadata};
+use super::attributes::{Attributes, Names};
+use super::{EnvelopeError, Metadata, Opened, WireRecord};
 
 /// The one event format choreo reads in structured mode.
 const JSON_FORMAT: &str = "application/cloudevents+json";
@@ -113,5 +113,77 @@ fn data(
         (Some(value), None) => serde_json::to_vec(value)
             .map(Some)
             .map_err(|e| format!("data cannot be written as JSON: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn event(json: &str) -> serde_json::Map<String, Value> {
+        serde_json::from_str(json).expect("object")
+    }
+
+    fn meta(content_type: &str) -> Metadata {
+        let mut meta = Metadata::new(Uuid::now_v7(), "t", "s", "k", Utc::now(), None);
+        meta.content_type = content_type.to_owned();
+        meta
+    }
+
+    #[test]
+    fn data_is_json_text_or_decoded_base64() {
+        let json = meta("application/json");
+        let text = meta("text/plain");
+        assert_eq!(
+            data(&event(r#"{"data":{"a":[1,2]}}"#), &json),
+            Ok(Some(br#"{"a":[1,2]}"#.to_vec()))
+        );
+        assert_eq!(
+            data(&event(r#"{"data":"hi"}"#), &json),
+            Ok(Some(br#""hi""#.to_vec())),
+            "a JSON string stays JSON"
+        );
+        assert_eq!(
+            data(&event(r#"{"data":"hi"}"#), &text),
+            Ok(Some(b"hi".to_vec()))
+        );
+        assert_eq!(
+            data(&event(r#"{"data_base64":"AP8="}"#), &json),
+            Ok(Some(vec![0, 255]))
+        );
+        assert_eq!(data(&event(r#"{"data":null}"#), &json), Ok(None));
+        assert_eq!(data(&event("{}"), &json), Ok(None));
+        let err = data(&event(r#"{"data_base64":1}"#), &json).expect_err("number");
+        assert!(err.contains("not a string"), "{err}");
+    }
+
+    #[test]
+    fn only_the_json_event_format_is_read() {
+        struct Raw(Vec<u8>);
+        impl WireRecord for Raw {
+            fn key(&self) -> Option<&[u8]> {
+                Some(b"k")
+            }
+            fn value(&self) -> Option<&[u8]> {
+                Some(&self.0)
+            }
+            fn timestamp_millis(&self) -> Option<i64> {
+                Some(0)
+            }
+            fn raw_headers(&self) -> impl Iterator<Item = crate::message::RawHeader<'_>> {
+                std::iter::empty()
+            }
+        }
+        let record = Raw(br#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#.to_vec());
+        assert!(open(&record, "application/cloudevents+json; charset=utf-8").is_ok());
+        let err = open(&record, "application/cloudevents+avro").expect_err("avro");
+        assert!(
+            matches!(&err, EnvelopeError::Structured { content_type, reason }
+                if content_type == "application/cloudevents+avro" && reason.contains(JSON_FORMAT)),
+            "{err}"
+        );
     }
 }

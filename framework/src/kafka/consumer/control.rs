@@ -1,0 +1,88 @@
+//! What a partition worker is handed: whether its partition is being taken away, and a
+//! stop-aware back-off.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Handed to a [`PartitionWorker`](super::PartitionWorker): is the partition being taken away, and a stop-aware
+/// back-off.
+#[derive(Debug, Clone)]
+pub struct PartitionControl {
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) topic: Arc<str>,
+    pub(super) partition: i32,
+}
+
+impl PartitionControl {
+    /// True once the partition is being revoked or the runtime shuts down.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Sleeps an exponential back-off for retry `attempt` (100 ms doubling to 30 s); returns
+    /// false, early, when the partition is stopping.
+    pub async fn backoff(&self, attempt: u32) -> bool {
+        let delay = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(9)))
+            .min(Duration::from_secs(30));
+        let deadline = tokio::time::Instant::now() + delay;
+        while tokio::time::Instant::now() < deadline {
+            if self.stopping() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50).min(delay)).await;
+        }
+        !self.stopping()
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn control() -> PartitionControl {
+        PartitionControl {
+            stop: Arc::new(AtomicBool::new(false)),
+            topic: Arc::from("t"),
+            partition: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn backoff_sleeps_and_says_go_on_unless_stopping() {
+        let control = control();
+        assert_eq!((control.topic(), control.partition()), ("t", 3));
+        let started = Instant::now();
+        assert!(control.backoff(0).await);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(!control.stopping());
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_a_long_backoff_early() {
+        let control = control();
+        let revoke = control.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            revoke.stop.store(true, Ordering::Release);
+        });
+        let started = Instant::now();
+        // Attempt 20 is capped at 30 s.
+        assert!(!control.backoff(20).await);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(control.stopping());
+        let started = Instant::now();
+        assert!(!control.backoff(0).await);
+        assert!(started.elapsed() < Duration::from_millis(100), "at once");
+    }
+}

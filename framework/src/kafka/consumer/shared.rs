@@ -1,0 +1,90 @@
+//! The state the poll thread, the rebalance callbacks and the partition tasks share.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+
+use super::worker::{Report, WorkerHandle};
+use super::{ConsumerSettings, PartitionLogic};
+use crate::shutdown::Shutdown;
+
+/// A partition: topic and number.
+pub(super) type Tp = (Arc<str>, i32);
+
+/// The partition tasks and what the run leaves behind, under one lock.
+pub(super) struct State {
+    pub(super) workers: HashMap<Tp, WorkerHandle>,
+    /// Last offset stored per partition (what a revoke commits).
+    pub(super) stored: HashMap<Tp, i64>,
+    pub(super) halted: Vec<(String, i32, String)>,
+    pub(super) fatal: Option<String>,
+}
+
+/// What the poll thread, the rebalance callbacks and the partition tasks share.
+pub(super) struct Shared<L: PartitionLogic> {
+    pub(super) logic: Arc<L>,
+    pub(super) settings: ConsumerSettings,
+    pub(super) handle: Handle,
+    state: Mutex<State>,
+    pub(super) reports_tx: std_mpsc::Sender<Report>,
+    pub(super) reports_rx: Mutex<std_mpsc::Receiver<Report>>,
+    pub(super) generation: AtomicU64,
+    shutdown: Shutdown,
+    /// Set when the `run` future is dropped: stop without touching the caller's signal.
+    pub(super) abandoned: AtomicBool,
+    /// How long an assignment retries the logic's start offsets inside the rebalance
+    /// callback before it leaves them to a background lookup.
+    pub(super) start_offsets_budget: Duration,
+}
+
+impl<L: PartitionLogic> Shared<L> {
+    /// Shared state for a run that has not started: no partitions, generation 0. Needs a
+    /// Tokio runtime (its handle runs the partition tasks).
+    pub(super) fn new(
+        logic: Arc<L>,
+        settings: ConsumerSettings,
+        shutdown: Shutdown,
+        start_offsets_budget: Duration,
+    ) -> Self {
+        let (reports_tx, reports_rx) = std_mpsc::channel();
+        Self {
+            start_offsets_budget,
+            logic,
+            settings,
+            handle: Handle::current(),
+            state: Mutex::new(State {
+                workers: HashMap::new(),
+                stored: HashMap::new(),
+                halted: Vec::new(),
+                fatal: None,
+            }),
+            reports_tx,
+            reports_rx: Mutex::new(reports_rx),
+            generation: AtomicU64::new(0),
+            shutdown,
+            abandoned: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way that matters
+        // more than stopping; keep going with the data.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        self.shutdown.is_triggered() || self.abandoned.load(Ordering::Acquire)
+    }
+
+    pub(super) fn fail(&self, reason: String) {
+        tracing::error!(group = %self.settings.group_id, %reason, "consumer runtime stopping");
+        self.state().fatal.get_or_insert(reason);
+        self.shutdown.trigger();
+    }
+}

@@ -1,0 +1,34 @@
+//! A message with its payload, and where a consumed one came from.
+
+use std::fmt;
+
+use super::Metadata;
+
+/// Attributes plus a payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope<T> {
+    pub meta: Metadata,
+    pub payload: T,
+}
+
+/// Where a consumed record came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// A decoded message as a handler receives it.
+#[derive(Debug, Clone)]
+pub struct Received<T> {
+    pub meta: Metadata,
+    pub payload: T,
+    pub origin: Origin,
+}
