@@ -40,12 +40,13 @@ use tracing::Instrument;
 use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::event::{Event, EventSet};
 use crate::kafka::consumer::panic_message;
 use crate::kafka::{
     Batch, ConsumerRuntime, ConsumerSettings, DeadLetterWriter, PartitionControl, PartitionLogic,
     PartitionWorker, Record, RunSummary, StartOffset, WorkerOutcome,
 };
-use crate::message::{EnvelopeError, Event, EventSet, Metadata, Origin, Received};
+use crate::message::{EnvelopeError, Metadata, Origin, Received};
 use crate::shutdown::Shutdown;
 
 /// How a handler failed.

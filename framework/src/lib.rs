@@ -51,6 +51,7 @@ pub mod args;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod event;
 #[doc(hidden)]
 pub mod failpoint;
 pub mod handler;
@@ -63,11 +64,10 @@ pub mod shutdown;
 
 pub use config::{KafkaConfig, PostgresConfig};
 pub use error::{Error, Result};
+pub use event::{Command, Event, EventSet};
 pub use handler::{EventHandlers, HandlerError, UnknownTypes};
 pub use kafka::{Delivered, Publisher, TopicAdmin, TopicSpec};
-pub use message::{
-    Causation, Command, Envelope, Event, EventSet, Metadata, Origin, Received, Tense,
-};
+pub use message::{Causation, Envelope, Metadata, Origin, Received, Tense};
 pub use projection::{ApplyError, Projection, ProjectionRunner};
 pub use shutdown::Shutdown;
 pub mod projection;

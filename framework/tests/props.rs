@@ -36,10 +36,12 @@ use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use choreo::codec;
 use choreo::codec::avro::{self, AvroSchema};
-use choreo::codec::{self, Upcasters};
+use choreo::event::CommandSet;
+use choreo::event::{self, Upcasters};
 use choreo::kafka::{Record, RecordHeaders};
-use choreo::message::{CommandSet, EnvelopeError, RawHeader, WireRecord, event_id, headers as h};
+use choreo::message::{EnvelopeError, RawHeader, WireRecord, event_id, headers as h};
 use choreo::{Causation, Command, Event, EventSet, Metadata};
 use chrono::{DateTime, SecondsFormat, Utc};
 use proptest::collection::{btree_map, vec};
@@ -1241,10 +1243,10 @@ fn avro_payload() -> BoxedStrategy<Vec<u8>> {
         payload
     });
     let encoded = prop_oneof![
-        measured().prop_map(|e| codec::encode_event(&e).expect("encodes").1),
-        measured_old().prop_map(|e| codec::encode_event(&e).expect("encodes").1),
+        measured().prop_map(|e| event::encode_event(&e).expect("encodes").1),
+        measured_old().prop_map(|e| event::encode_event(&e).expect("encodes").1),
         (text(12), any::<i64>()).prop_map(|(subject, count)| {
-            codec::encode_event(&MeasuredV1 { subject, count })
+            event::encode_event(&MeasuredV1 { subject, count })
                 .expect("encodes")
                 .1
         }),
@@ -1378,11 +1380,11 @@ fn decode_everything(meta: &Metadata, payload: Option<&[u8]>) -> TestResult {
     reasoned_result(&codec::decode::<Value>(meta, payload))?;
     reasoned_result(&codec::decode::<Recorded>(meta, payload))?;
     reasoned_result(&codec::decode::<Measured>(meta, payload))?;
-    reasoned_result(&codec::decode_event::<Recorded>(meta, payload))?;
-    reasoned_result(&codec::decode_event::<Measured>(meta, payload))?;
-    reasoned_result(&codec::decode_event::<MeasuredOld>(meta, payload))?;
-    reasoned_result(&codec::decode_event::<MeasuredV1>(meta, payload))?;
-    reasoned_result(&codec::decode_event::<Sampled>(meta, payload))?;
+    reasoned_result(&event::decode_event::<Recorded>(meta, payload))?;
+    reasoned_result(&event::decode_event::<Measured>(meta, payload))?;
+    reasoned_result(&event::decode_event::<MeasuredOld>(meta, payload))?;
+    reasoned_result(&event::decode_event::<MeasuredV1>(meta, payload))?;
+    reasoned_result(&event::decode_event::<Sampled>(meta, payload))?;
     if let Some(bytes) = payload {
         let schemas = schemas();
         let (name, content_type) = (meta.message_type.as_str(), meta.content_type.as_str());
@@ -1567,7 +1569,7 @@ fn events_round_trip_in_binary_mode() {
             let opened = Metadata::open(&wire).map_err(|e| TestCaseError::fail(e.to_string()))?;
             match &event {
                 PropEvent::Recorded(e) => {
-                    let back = codec::decode_event::<Recorded>(&opened.meta, opened.payload())
+                    let back = event::decode_event::<Recorded>(&opened.meta, opened.payload())
                         .map_err(|e| TestCaseError::fail(e.to_string()))?;
                     prop_assert_eq!(&back, e);
                 }
@@ -1630,7 +1632,7 @@ fn older_versions_are_read_as_the_newest() {
         |(old, mut meta)| {
             let (payload, expected) = match &old {
                 Old::Writer(e) => (
-                    codec::encode_event(e),
+                    event::encode_event(e),
                     Measured {
                         subject: e.subject.clone(),
                         count: e.count,
@@ -1645,9 +1647,9 @@ fn older_versions_are_read_as_the_newest() {
                         extra: "none".into(),
                     },
                 ),
-                Old::V1(e) => (codec::encode_event(e), upcast_v1(e.clone())),
+                Old::V1(e) => (event::encode_event(e), upcast_v1(e.clone())),
                 Old::Sampled(e) => (
-                    codec::encode_event(e),
+                    event::encode_event(e),
                     upcast_v1(MeasuredV1 {
                         subject: e.subject.clone(),
                         count: e.samples.len() as i64,

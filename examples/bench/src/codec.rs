@@ -77,9 +77,9 @@ fn round(side: Side, events: &[ReadingRecorded]) -> anyhow::Result<(Duration, Du
             let meta = meta(codec::JSON);
             for e in events {
                 let t = Instant::now();
-                let (_, payload) = codec::encode_event(e)?;
+                let (_, payload) = choreo::event::encode_event(e)?;
                 let t2 = Instant::now();
-                let back: ReadingRecorded = codec::decode_event(&meta, Some(&payload))?;
+                let back: ReadingRecorded = choreo::event::decode_event(&meta, Some(&payload))?;
                 decode += t2.elapsed();
                 encode += t2 - t;
                 bytes += payload.len();
@@ -92,9 +92,9 @@ fn round(side: Side, events: &[ReadingRecorded]) -> anyhow::Result<(Duration, Du
             let avro: Vec<ReadingRecordedAvro> = events.iter().cloned().map(avro_event).collect();
             for e in &avro {
                 let t = Instant::now();
-                let (_, payload) = codec::encode_event(e)?;
+                let (_, payload) = choreo::event::encode_event(e)?;
                 let t2 = Instant::now();
-                let back: ReadingRecordedAvro = codec::decode_event(&meta, Some(&payload))?;
+                let back: ReadingRecordedAvro = choreo::event::decode_event(&meta, Some(&payload))?;
                 decode += t2.elapsed();
                 encode += t2 - t;
                 bytes += payload.len();

@@ -22,8 +22,9 @@ use super::processor::lock;
 use super::reply::{Outcome, REPLY_TYPE, Reply};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::event::CommandSet;
 use crate::kafka::{Outgoing, Publisher};
-use crate::message::{Causation, CommandSet, Kind, MessageName, Metadata, Tense};
+use crate::message::{Causation, Kind, MessageName, Metadata, Tense};
 
 /// Per-send options.
 #[derive(Debug, Clone, Default)]

@@ -19,7 +19,7 @@ pub use snapshot::SnapshotSettings;
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{CommandSet, EventSet};
+use crate::event::{CommandSet, EventSet};
 
 /// A consistency boundary: the state of one entity (one user, one account), rebuilt from its
 /// events.

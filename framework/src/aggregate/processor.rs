@@ -44,6 +44,7 @@ use super::snapshot::{self, SnapshotSettings, StoredAggregate};
 use super::{Aggregate, Rejection};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::event::{CommandSet, EventSet};
 use crate::failpoint;
 use crate::kafka::consumer::{forward_log, panic_message};
 use crate::kafka::partition_for_key;
@@ -51,7 +52,7 @@ use crate::kafka::transaction::{
     TxError, TxRecord, abort_and_rewind, await_deliveries, check_consumer, classify,
     classify_commit, collect_batch, rewind, send, sole_input, starts,
 };
-use crate::message::{CommandSet, EventSet, Metadata, WireRecord};
+use crate::message::{Metadata, WireRecord};
 use crate::shutdown::Shutdown;
 
 /// Producer replacements in a row (no commit between them) before the processor gives up:

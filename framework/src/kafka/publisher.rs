@@ -17,7 +17,8 @@ use uuid::Uuid;
 use crate::codec;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use crate::message::{Causation, Event, Metadata};
+use crate::event::Event;
+use crate::message::{Causation, Metadata};
 
 use super::client::PRODUCER_DEFAULTS;
 use super::errors::{PublishError, PublishErrorKind};
@@ -188,7 +189,7 @@ impl Publisher {
                 .map_err(|e| error(PublishErrorKind::Encode, e.to_string()))?;
             (codec::JSON, payload)
         } else {
-            let encoded = codec::encode_event(event)
+            let encoded = crate::event::encode_event(event)
                 .map_err(|e| error(PublishErrorKind::Encode, e.to_string()))?;
             self.ensure_registered(E::NAME, encoded.1.as_slice(), E::AVRO_SCHEMA)
                 .await
@@ -254,12 +255,13 @@ impl Publisher {
             causation,
         );
         let topic = self.topic_of::<E>().to_string();
-        let (content_type, payload) = codec::encode_event(event).map_err(|e| PublishError {
-            kind: PublishErrorKind::Encode,
-            topic: topic.clone(),
-            message_id: id,
-            reason: e.to_string(),
-        })?;
+        let (content_type, payload) =
+            crate::event::encode_event(event).map_err(|e| PublishError {
+                kind: PublishErrorKind::Encode,
+                topic: topic.clone(),
+                message_id: id,
+                reason: e.to_string(),
+            })?;
         content_type.clone_into(&mut meta.content_type);
         Ok(Outgoing::new(topic, meta, payload))
     }

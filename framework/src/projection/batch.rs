@@ -8,9 +8,10 @@ use sqlx::{Connection, PgConnection, PgPool};
 use super::checkpoint::{self, Slot};
 use super::{ApplyError, Projection};
 use crate::codec::SchemaStore;
+use crate::event::EventSet;
 use crate::failpoint;
 use crate::kafka::{DeadLetterWriter, Record};
-use crate::message::{EventSet, Metadata, Origin, Received};
+use crate::message::{Metadata, Origin, Received};
 
 /// Where a batch goes.
 pub(crate) struct Target<'a> {

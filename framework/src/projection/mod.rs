@@ -26,7 +26,8 @@ use std::future::Future;
 
 use sqlx::PgConnection;
 
-use crate::message::{EventSet, Received};
+use crate::event::EventSet;
+use crate::message::Received;
 
 /// A read model in PostgreSQL.
 ///

@@ -35,9 +35,9 @@ use super::{Projection, live_schema, projection_id};
 use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::event::EventSet;
 use crate::failpoint;
 use crate::kafka::{DeadLetterWriter, Record};
-use crate::message::EventSet;
 use crate::postgres::quote_ident;
 
 /// How to rebuild.

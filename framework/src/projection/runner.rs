@@ -13,11 +13,11 @@ use super::{Projection, live_schema, projection_id};
 use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::event::EventSet;
 use crate::kafka::{
     Batch, ConsumerRuntime, ConsumerSettings, ConsumerStatus, DeadLetterWriter, PartitionControl,
     PartitionLogic, PartitionWorker, RunSummary, StartOffset, WorkerOutcome,
 };
-use crate::message::EventSet;
 use crate::shutdown::Shutdown;
 
 /// Runs a projection's live view in its consumer group until shutdown.

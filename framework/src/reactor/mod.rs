@@ -28,13 +28,14 @@ use rdkafka::message::OwnedHeaders;
 use uuid::Uuid;
 
 use crate::config::KafkaConfig;
+use crate::event::{Command, Event};
 use crate::kafka::transaction::TxRecord;
-use crate::message::{Causation, Command, Event, Metadata, Received};
+use crate::message::{Causation, Metadata, Received};
 
 /// Acts on events: the effect plus outputs staged in [`Outputs`].
 pub trait Reactor: Send + Sync + 'static {
     /// The event types it reacts to; other types in their topics are skipped by declaration.
-    type Events: crate::message::EventSet;
+    type Events: crate::event::EventSet;
 
     /// `[a-z][a-z0-9-]*`: names the consumer group, the transactional ids
     /// (`{name}-{ordinal}`) and the dead letters (`{name}.dlq`).

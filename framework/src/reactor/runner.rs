@@ -38,13 +38,14 @@ use super::{Outputs, ReactError, Reactor};
 use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::event::EventSet;
 use crate::failpoint;
 use crate::kafka::consumer::{forward_log, panic_message};
 use crate::kafka::transaction::{
     TxError, TxRecord, abort_and_rewind, await_deliveries, check_consumer, classify,
     classify_commit, collect_batch, rewind, send, sole_input, starts,
 };
-use crate::message::{EventSet, Metadata, Origin, Received};
+use crate::message::{Metadata, Origin, Received};
 use crate::shutdown::Shutdown;
 
 /// Where a reactor whose group has no committed offsets starts reading.

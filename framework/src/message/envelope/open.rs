@@ -82,7 +82,7 @@ impl Opened<'_> {
 
 /// Whether a content type is a structured-mode CloudEvent.
 fn is_structured(content_type: &str) -> bool {
-    crate::codec::media_type(content_type)
+    crate::message::media_type(content_type)
         .get(..STRUCTURED_PREFIX.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(STRUCTURED_PREFIX))
 }

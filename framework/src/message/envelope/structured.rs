@@ -39,7 +39,7 @@ pub(super) fn open<'r, R: WireRecord + ?Sized>(
         content_type: content_type.to_owned(),
         reason,
     };
-    if !crate::codec::media_type(content_type).eq_ignore_ascii_case(JSON_FORMAT) {
+    if !crate::message::media_type(content_type).eq_ignore_ascii_case(JSON_FORMAT) {
         return Err(bad(format!(
             "only the JSON event format ({JSON_FORMAT}) is read"
         )));
@@ -107,7 +107,7 @@ fn data(
             .map(Some)
             .map_err(|e| format!("data_base64 is not base64: {e}")),
         (None, Some(_)) => Err("data_base64 is not a string".into()),
-        (Some(Value::String(text)), None) if !crate::codec::is_json(&meta.content_type) => {
+        (Some(Value::String(text)), None) if !crate::message::is_json(&meta.content_type) => {
             Ok(Some(text.clone().into_bytes()))
         }
         (Some(value), None) => serde_json::to_vec(value)

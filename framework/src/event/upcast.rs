@@ -5,7 +5,7 @@
 //! ```
 //! # use serde::{Deserialize, Serialize};
 //! # use choreo::Event;
-//! # use choreo::codec::Upcasters;
+//! # use choreo::event::Upcasters;
 //! #[derive(Serialize, Deserialize)]
 //! struct SignedUpV1 { email: String }
 //! impl Event for SignedUpV1 {
@@ -35,7 +35,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::message::{EnvelopeError, Event, Metadata};
+use crate::message::{EnvelopeError, Metadata};
+
+use super::Event;
 
 type Step<T> =
     Arc<dyn Fn(&Metadata, Option<&[u8]>) -> Result<T, EnvelopeError> + Send + Sync + 'static>;
