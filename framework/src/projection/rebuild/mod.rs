@@ -52,7 +52,8 @@ pub use reset::reset;
 pub struct RebuildOptions {
     /// Discard a shadow left by a killed rebuild instead of resuming it.
     pub fresh: bool,
-    /// Print a progress line (events/s, ETA) to stderr.
+    /// Print a progress line (events/s, ETA) to stderr: redrawn in place on a terminal,
+    /// otherwise a plain line every few seconds and a last one at the end.
     pub progress: bool,
     /// Most records per transaction.
     pub batch_size: usize,
