@@ -134,92 +134,44 @@ struct Live {
     next: i64,
 }
 
+/// A batch decoded before its transaction.
+struct Decoded<'r, E> {
+    /// The records at or past their part's checkpoint, in order; `Poison::index` and
+    /// `event_records` point into it.
+    flat: Vec<&'r Record>,
+    live: Vec<Live>,
+    events: Vec<Received<E>>,
+    /// For each event, the index of its record in `flat`.
+    event_records: Vec<usize>,
+    poison: Vec<Poison>,
+}
+
+/// What decoding a batch found.
+enum Decoding<'r, E> {
+    Ready(Decoded<'r, E>),
+    /// An unknown writer schema even after the store was read again.
+    Halt(String),
+}
+
+/// One transaction over `parts`: decode, compare-and-set each part's checkpoint, apply, record
+/// the poison, commit.
 async fn apply_parts_inner<P: Projection>(
     pool: &PgPool,
     projection: &P,
     target: &Target<'_>,
     parts: &[Part<'_>],
 ) -> Result<PartsOutcome, Transient> {
-    // Decode outside the transaction: it is pure, and poison found here needs no savepoint.
-    let mut flat: Vec<&Record> = Vec::new();
-    let mut live: Vec<Live> = Vec::new();
     let mut nexts: Vec<Option<i64>> = vec![None; parts.len()];
-    let mut events: Vec<Received<P::Events>> = Vec::new();
-    let mut event_records: Vec<usize> = Vec::new();
-    let mut poison: Vec<Poison> = Vec::new();
-    for (part_index, part) in parts.iter().enumerate() {
-        let records: Vec<&Record> = part
-            .records
-            .iter()
-            .filter(|r| r.offset() >= part.expected)
-            .collect();
-        let (Some(first), Some(last)) = (records.first(), records.last()) else {
-            continue;
-        };
-        let (topic, partition) = (first.topic().to_owned(), first.partition());
-        live.push(Live {
-            part: part_index,
-            topic: topic.clone(),
-            partition,
-            expected: part.expected,
-            next: last.offset() + 1,
-        });
-        for record in records {
-            let index = flat.len();
-            flat.push(record);
-            let (meta, payload) = match Metadata::open(record) {
-                Ok(opened) => (opened.meta, opened.payload),
-                Err(e) => {
-                    poison.push(Poison {
-                        index,
-                        reason: format!("undecodable envelope: {e}"),
-                    });
-                    continue;
-                }
-            };
-            let mut decoded = P::Events::decode(&meta, payload.as_deref());
-            if matches!(&decoded, Err(e) if e.halts()) {
-                // An unknown writer schema: a newer writer registers before it writes, so read
-                // the store again and retry once; still unknown halts (never a dead letter).
-                target
-                    .schemas
-                    .refresh_if_older(std::time::Instant::now())
-                    .await
-                    .map_err(|e| Transient(format!("refreshing the schema store: {e}")))?;
-                decoded = P::Events::decode(&meta, payload.as_deref());
-                if let Err(e) = &decoded
-                    && e.halts()
-                {
-                    return Ok(PartsOutcome::Halt(format!(
-                        "{}[{partition}]@{}: {e}",
-                        topic,
-                        record.offset()
-                    )));
-                }
-            }
-            match decoded {
-                Ok(Some(payload)) => {
-                    let origin = Origin {
-                        topic: topic.clone(),
-                        partition,
-                        offset: record.offset(),
-                    };
-                    events.push(Received {
-                        meta,
-                        payload,
-                        origin,
-                    });
-                    event_records.push(index);
-                }
-                // Not one of the declared types: skipped by declaration.
-                Ok(None) => {}
-                Err(e) => poison.push(Poison {
-                    index,
-                    reason: format!("undecodable payload: {e}"),
-                }),
-            }
-        }
-    }
+    let Decoded {
+        flat,
+        mut live,
+        events,
+        event_records,
+        mut poison,
+    } = match decode::<P::Events>(target, parts).await? {
+        Decoding::Ready(decoded) => decoded,
+        Decoding::Halt(reason) => return Ok(PartsOutcome::Halt(reason)),
+    };
     if live.is_empty() {
         return Ok(PartsOutcome::Committed { nexts, poisoned: 0 });
     }
@@ -228,41 +180,21 @@ async fn apply_parts_inner<P: Projection>(
 
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
-    // A paused zombie must not hold the checkpoint row (or the connection) forever.
-    sqlx::query(
-        "SELECT set_config('lock_timeout', '10s', true), \
-                set_config('idle_in_transaction_session_timeout', '60s', true), \
-                set_config('search_path', $1, true)",
-    )
-    .bind(crate::postgres::quote_ident(target.schema))
-    .execute(&mut *tx)
-    .await?;
-    for l in &live {
-        if !checkpoint::compare_and_set(
-            &mut tx,
+    if let Some(moved) = claim_checkpoints(&mut tx, target, &live).await? {
+        tx.rollback().await?;
+        let l = &live[moved];
+        let now = checkpoint::read(
+            &mut conn,
             target.projection,
             target.slot,
             &l.topic,
             l.partition,
-            l.expected,
-            l.next,
         )
-        .await?
-        {
-            tx.rollback().await?;
-            let now = checkpoint::read(
-                &mut conn,
-                target.projection,
-                target.slot,
-                &l.topic,
-                l.partition,
-            )
-            .await?;
-            return Ok(PartsOutcome::Conflict {
-                part: l.part,
-                checkpoint: now,
-            });
-        }
+        .await?;
+        return Ok(PartsOutcome::Conflict {
+            part: l.part,
+            checkpoint: now,
+        });
     }
     failpoint::hit("projection.after_cas");
 
@@ -300,30 +232,169 @@ async fn apply_parts_inner<P: Projection>(
     match tx.commit().await {
         Ok(()) => Ok(PartsOutcome::Committed { nexts, poisoned }),
         Err(commit_error) => {
-            // The connection may have died after the server committed: the checkpoints say.
-            // One transaction: either every part moved to `next` or none did.
             drop(conn);
-            let mut fresh = pool.acquire().await?;
-            let first = &live[0];
-            match checkpoint::read(
-                &mut fresh,
-                target.projection,
-                target.slot,
-                &first.topic,
-                first.partition,
-            )
-            .await?
-            {
-                Some(now) if now == first.next => Ok(PartsOutcome::Committed { nexts, poisoned }),
-                Some(now) if now == first.expected => {
-                    Err(Transient(format!("commit failed: {commit_error}")))
+            resolve_commit(pool, target, &live[0], commit_error, nexts, poisoned).await
+        }
+    }
+}
+
+/// Decodes the records at or past their part's checkpoint. Outside the transaction: it is
+/// pure, and poison found here needs no savepoint.
+async fn decode<'r, E: EventSet>(
+    target: &Target<'_>,
+    parts: &[Part<'r>],
+) -> Result<Decoding<'r, E>, Transient> {
+    let mut flat: Vec<&Record> = Vec::new();
+    let mut live: Vec<Live> = Vec::new();
+    let mut events: Vec<Received<E>> = Vec::new();
+    let mut event_records: Vec<usize> = Vec::new();
+    let mut poison: Vec<Poison> = Vec::new();
+    for (part_index, part) in parts.iter().enumerate() {
+        let records: Vec<&Record> = part
+            .records
+            .iter()
+            .filter(|r| r.offset() >= part.expected)
+            .collect();
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            continue;
+        };
+        let (topic, partition) = (first.topic().to_owned(), first.partition());
+        live.push(Live {
+            part: part_index,
+            topic: topic.clone(),
+            partition,
+            expected: part.expected,
+            next: last.offset() + 1,
+        });
+        for record in records {
+            let index = flat.len();
+            flat.push(record);
+            let (meta, payload) = match Metadata::open(record) {
+                Ok(opened) => (opened.meta, opened.payload),
+                Err(e) => {
+                    poison.push(Poison {
+                        index,
+                        reason: format!("undecodable envelope: {e}"),
+                    });
+                    continue;
                 }
-                now => Ok(PartsOutcome::Conflict {
-                    part: first.part,
-                    checkpoint: now,
+            };
+            let mut decoded = E::decode(&meta, payload.as_deref());
+            if matches!(&decoded, Err(e) if e.halts()) {
+                // An unknown writer schema: a newer writer registers before it writes, so read
+                // the store again and retry once; still unknown halts (never a dead letter).
+                target
+                    .schemas
+                    .refresh_if_older(std::time::Instant::now())
+                    .await
+                    .map_err(|e| Transient(format!("refreshing the schema store: {e}")))?;
+                decoded = E::decode(&meta, payload.as_deref());
+                if let Err(e) = &decoded
+                    && e.halts()
+                {
+                    return Ok(Decoding::Halt(format!(
+                        "{}[{partition}]@{}: {e}",
+                        topic,
+                        record.offset()
+                    )));
+                }
+            }
+            match decoded {
+                Ok(Some(payload)) => {
+                    let origin = Origin {
+                        topic: topic.clone(),
+                        partition,
+                        offset: record.offset(),
+                    };
+                    events.push(Received {
+                        meta,
+                        payload,
+                        origin,
+                    });
+                    event_records.push(index);
+                }
+                // Not one of the declared types: skipped by declaration.
+                Ok(None) => {}
+                Err(e) => poison.push(Poison {
+                    index,
+                    reason: format!("undecodable payload: {e}"),
                 }),
             }
         }
+    }
+    Ok(Decoding::Ready(Decoded {
+        flat,
+        live,
+        events,
+        event_records,
+        poison,
+    }))
+}
+
+/// Sets the transaction's timeouts and search path, then compare-and-sets each live part's
+/// checkpoint from `expected` to `next`, in `live`'s order. `Some(i)`: `live[i]`'s checkpoint
+/// was not at `expected` (the transaction must be rolled back).
+async fn claim_checkpoints(
+    tx: &mut PgConnection,
+    target: &Target<'_>,
+    live: &[Live],
+) -> Result<Option<usize>, Transient> {
+    // A paused zombie must not hold the checkpoint row (or the connection) forever.
+    sqlx::query(
+        "SELECT set_config('lock_timeout', '10s', true), \
+                set_config('idle_in_transaction_session_timeout', '60s', true), \
+                set_config('search_path', $1, true)",
+    )
+    .bind(crate::postgres::quote_ident(target.schema))
+    .execute(&mut *tx)
+    .await?;
+    for (i, l) in live.iter().enumerate() {
+        if !checkpoint::compare_and_set(
+            &mut *tx,
+            target.projection,
+            target.slot,
+            &l.topic,
+            l.partition,
+            l.expected,
+            l.next,
+        )
+        .await?
+        {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
+/// A failed COMMIT: the connection may have died after the server committed, so the
+/// checkpoints say what happened. One transaction: either every part moved to `next` or
+/// none did, so the first one tells.
+async fn resolve_commit(
+    pool: &PgPool,
+    target: &Target<'_>,
+    first: &Live,
+    commit_error: sqlx::Error,
+    nexts: Vec<Option<i64>>,
+    poisoned: usize,
+) -> Result<PartsOutcome, Transient> {
+    let mut fresh = pool.acquire().await?;
+    match checkpoint::read(
+        &mut fresh,
+        target.projection,
+        target.slot,
+        &first.topic,
+        first.partition,
+    )
+    .await?
+    {
+        Some(now) if now == first.next => Ok(PartsOutcome::Committed { nexts, poisoned }),
+        Some(now) if now == first.expected => {
+            Err(Transient(format!("commit failed: {commit_error}")))
+        }
+        now => Ok(PartsOutcome::Conflict {
+            part: first.part,
+            checkpoint: now,
+        }),
     }
 }
 
@@ -432,4 +503,123 @@ async fn record_dead_letter(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeZone;
+    use rdkafka::message::{OwnedMessage, Timestamp};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::config::KafkaConfig;
+    use crate::event::Event;
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Renamed {
+        user: String,
+        name: String,
+    }
+
+    impl Event for Renamed {
+        const NAME: &'static str = "v1.user.renamed";
+        fn subject(&self) -> String {
+            self.user.clone()
+        }
+    }
+
+    /// A record of `message_type` at `offset` of `user.events[0]` with `payload`; without a
+    /// type, a record with no envelope at all.
+    fn record(offset: i64, message_type: Option<&str>, payload: &[u8]) -> Record {
+        let headers = message_type.map(|t| {
+            Metadata::new(
+                Uuid::now_v7(),
+                t,
+                "/user-service",
+                "ada",
+                Utc.timestamp_opt(1_764_000_000, 0).single().expect("time"),
+                None,
+            )
+            .to_headers()
+        });
+        let message = OwnedMessage::new(
+            Some(payload.to_vec()),
+            Some(b"ada".to_vec()),
+            "user.events".into(),
+            Timestamp::CreateTime(1_764_000_000_000),
+            0,
+            offset,
+            headers,
+        );
+        Record::copy(&message, Arc::from("user.events"))
+    }
+
+    #[tokio::test]
+    async fn decoding_keeps_records_from_the_checkpoint_on_and_sorts_events_from_poison() {
+        // Nothing listens on port 1: neither the dead letters nor the store are used here.
+        let kafka = KafkaConfig::new("127.0.0.1:1");
+        let dead_letters = DeadLetterWriter::new(&kafka, "users.v1").expect("writer");
+        let schemas = SchemaStore::new(&kafka);
+        let target = Target {
+            projection: "users.v1",
+            slot: Slot::Live,
+            schema: "users_v1",
+            dead_letters: &dead_letters,
+            schemas: &schemas,
+        };
+        let renamed = br#"{"user":"ada","name":"Ada"}"#;
+        let first = vec![
+            record(3, Some(Renamed::NAME), renamed),
+            record(4, Some(Renamed::NAME), renamed),
+            record(5, Some(Renamed::NAME), renamed),
+            record(6, Some("v1.user.deleted"), b"{}"),
+            record(7, None, b"{}"),
+            record(8, Some(Renamed::NAME), b"not json"),
+        ];
+        let behind = vec![record(8, Some(Renamed::NAME), renamed)];
+        let parts = [
+            Part {
+                expected: 5,
+                records: &first,
+            },
+            Part {
+                expected: 9,
+                records: &behind,
+            },
+        ];
+        let Decoding::Ready(decoded) = decode::<Renamed>(&target, &parts).await.expect("decode")
+        else {
+            panic!("no halt expected");
+        };
+        let flat: Vec<i64> = decoded.flat.iter().map(|r| r.offset()).collect();
+        assert_eq!(flat, [5, 6, 7, 8], "from the checkpoint on");
+        let live: Vec<(usize, i64, i64)> = decoded
+            .live
+            .iter()
+            .map(|l| (l.part, l.expected, l.next))
+            .collect();
+        assert_eq!(
+            live,
+            [(0, 5, 9)],
+            "the part behind its checkpoint has no work"
+        );
+        let events: Vec<(i64, &str)> = decoded
+            .events
+            .iter()
+            .map(|e| (e.origin.offset, e.payload.name.as_str()))
+            .collect();
+        assert_eq!(events, [(5, "Ada")], "another type is skipped");
+        assert_eq!(decoded.event_records, [0]);
+        let poison: Vec<(usize, &str)> = decoded
+            .poison
+            .iter()
+            .map(|p| (p.index, p.reason.split(':').next().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            poison,
+            [(2, "undecodable envelope"), (3, "undecodable payload")]
+        );
+    }
 }

@@ -1,0 +1,129 @@
+//! The rebuild's Kafka side: consumers without a group (partitions assigned directly,
+//! nothing committed), the partitions to read, watermarks, polling.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::Offset;
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::kafka::Record;
+
+/// A consumer for a rebuild: partitions are assigned directly, nothing is committed to Kafka.
+pub(super) fn rebuild_consumer(kafka: &KafkaConfig, id: &str) -> Result<Arc<BaseConsumer>> {
+    Ok(Arc::new(
+        kafka
+            .client_config(&[
+                ("group.id", &format!("{id}.rebuild")),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "false"),
+            ])
+            .create()
+            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?,
+    ))
+}
+
+/// Every partition of `topics`, then of `redrive` if it exists (a missing topic of `topics`
+/// is an error).
+pub(super) async fn partitions(
+    consumer: &Arc<BaseConsumer>,
+    topics: Vec<String>,
+    redrive: String,
+) -> Result<Vec<(String, i32)>> {
+    let c = Arc::clone(consumer);
+    tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>> {
+        let mut out = Vec::new();
+        for topic in topics.iter().chain(std::iter::once(&redrive)) {
+            let metadata = c
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(|e| Error::kafka("fetch metadata", e))?;
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map_or(0, |t| t.partitions().len());
+            if count == 0 && *topic == redrive {
+                continue;
+            }
+            if count == 0 {
+                return Err(Error::TopicMissing(topic.clone()));
+            }
+            out.extend((0..count as i32).map(|p| (topic.clone(), p)));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Runtime(format!("metadata task failed: {e}")))?
+}
+
+pub(super) async fn watermarks(
+    consumer: &Arc<BaseConsumer>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64)> {
+    let c = Arc::clone(consumer);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        c.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+    })
+    .await
+    .map_err(|e| Error::Runtime(format!("watermark task failed: {e}")))?
+    .map_err(|e| Error::kafka("fetch watermarks", e))
+}
+
+/// Polls up to `max` records (waiting at most ~200 ms for the first) off the async threads.
+pub(super) async fn poll_batch(
+    consumer: Arc<BaseConsumer>,
+    max: usize,
+) -> Result<(Arc<BaseConsumer>, Vec<Record>)> {
+    tokio::task::spawn_blocking(move || {
+        let mut out: Vec<Record> = Vec::with_capacity(max.min(10_000));
+        let mut timeout = Duration::from_millis(200);
+        while out.len() < max {
+            match consumer.poll(timeout) {
+                Some(Ok(message)) => {
+                    let topic = match out.last() {
+                        Some(last) if last.topic() == message.topic() => {
+                            Arc::clone(last.topic_arc())
+                        }
+                        _ => Arc::from(message.topic()),
+                    };
+                    out.push(Record::copy(&message, topic));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "rebuild consumer error");
+                    break;
+                }
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        (consumer, out)
+    })
+    .await
+    .map(Ok)
+    .map_err(|e| Error::Runtime(format!("poll task failed: {e}")))?
+}
+
+/// Moves positions forward to the consumer's own (it passes transaction markers).
+pub(super) fn refresh_positions(
+    consumer: &BaseConsumer,
+    positions: &mut HashMap<(String, i32), i64>,
+) {
+    if let Ok(list) = consumer.position() {
+        for element in list.elements() {
+            if let Offset::Offset(o) = element.offset()
+                && let Some(p) =
+                    positions.get_mut(&(element.topic().to_owned(), element.partition()))
+                && o > *p
+            {
+                *p = o;
+            }
+        }
+    }
+}

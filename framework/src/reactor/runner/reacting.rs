@@ -1,0 +1,184 @@
+//! The reacting loop, on the reactor's own thread: collect a batch, run its transaction, and
+//! deal with how it ended (held partitions, set-aside inputs, transaction errors).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, Producer};
+
+use super::holds::Holds;
+use super::rebalance::ReactorContext;
+use super::set_aside::{SetAside, note_refusal, position};
+use super::status::lock;
+use super::transaction::{Ended, run_transaction};
+use super::{Shared, TopicPartition};
+use crate::error::{Error, Result};
+use crate::kafka::Record;
+use crate::kafka::transaction::{
+    TxError, abort_and_rewind, check_consumer, collect_batch, rewind, starts,
+};
+use crate::reactor::Reactor;
+
+pub(super) fn reacting_loop<R: Reactor>(
+    shared: &Arc<Shared<R>>,
+    consumer: &BaseConsumer<ReactorContext<R>>,
+    producer: &FutureProducer,
+    sources: &[String],
+    max_batch: usize,
+) -> Result<()> {
+    // Fences any earlier producer with our transactional id and aborts its open transaction.
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .map_err(|e| Error::kafka("init_transactions", e))?;
+    let topics: Vec<&str> = sources.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| Error::kafka("subscribe", e))?;
+    let mut backoff = Duration::ZERO;
+    let mut holds = Holds::default();
+    let mut set_aside = SetAside::new();
+    // Transactions still to run with a single input: the broker refused a request of a
+    // transaction that held several, and only one at a time says which input it was.
+    let mut isolate = 0usize;
+    while !shared.shutdown.is_triggered() {
+        if !backoff.is_zero() {
+            shared.handle.block_on(async {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shared.shutdown.wait() => {}
+                }
+            });
+        }
+        holds.release_due(consumer, &shared.status);
+        let size = if isolate > 0 { 1 } else { max_batch };
+        let Some(batch) = next_batch(shared, consumer, &mut holds, size)? else {
+            continue;
+        };
+        isolate = isolate.saturating_sub(1);
+        match run_transaction(shared, consumer, producer, &batch, &set_aside) {
+            Ok(ended) => {
+                backoff = Duration::ZERO;
+                settle(shared, consumer, &mut holds, &mut set_aside, &batch, ended)?;
+            }
+            Err(TxError::Refused {
+                reason,
+                input: Some(index),
+            }) if index < batch.len() => {
+                // Sending that output again cannot succeed: the input that made it goes to the
+                // dead letters instead when the batch runs again, at once.
+                let at = position(&batch[index]);
+                tracing::warn!(reactor = R::NAME, topic = %at.0, partition = at.1, offset = at.2, %reason,
+                    "an output was refused for its content; its input will be dead-lettered");
+                abort_and_rewind(producer, consumer, &batch, &reason)?;
+                if let Some(why) = note_refusal(&mut set_aside, &at, &reason) {
+                    holds.hold(consumer, &shared.status, (at.0, at.1), at.2, why);
+                }
+            }
+            Err(TxError::Refused {
+                reason,
+                input: None,
+            }) => {
+                tracing::warn!(reactor = R::NAME, %reason, events = batch.len(),
+                    "the broker refused a record of this transaction; running its events one per transaction to find which");
+                abort_and_rewind(producer, consumer, &batch, &reason)?;
+                isolate = batch.len();
+            }
+            Err(TxError::Abortable(reason) | TxError::Refused { reason, .. }) => {
+                tracing::warn!(reactor = R::NAME, %reason, "transaction aborted; rewinding");
+                abort_and_rewind(producer, consumer, &batch, &reason)?;
+                backoff = (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            }
+            Err(TxError::Fenced(reason)) => {
+                tracing::error!(reactor = R::NAME, %reason, "fenced by a newer instance with the same transactional id; stopping");
+                return Err(Error::Runtime(format!("fenced: {reason}")));
+            }
+            Err(TxError::Fatal(reason)) => {
+                return Err(Error::Runtime(format!(
+                    "transaction failed ({reason}); a timed-out commit may still land, so this reactor stops: \
+                     restart it to fence the old producer"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls up to `size` records and takes out those of held partitions. `None`: nothing to run
+/// this turn (nothing came, or a rebalance ran meanwhile and the batch was rewound).
+fn next_batch<R: Reactor>(
+    shared: &Shared<R>,
+    consumer: &BaseConsumer<ReactorContext<R>>,
+    holds: &mut Holds,
+    size: usize,
+) -> Result<Option<Vec<Record>>> {
+    let before = shared.rebalances.load(Ordering::Acquire);
+    let (batch, error) = collect_batch(consumer, size, Duration::from_millis(100));
+    if let Some(e) = error {
+        tracing::warn!(reactor = R::NAME, error = %e, "consumer error");
+    }
+    if let Some(reason) = lock(&shared.fatal).clone() {
+        return Err(Error::Runtime(reason));
+    }
+    check_consumer(consumer)?;
+    if shared.rebalances.load(Ordering::Acquire) != before {
+        // Partitions revoked meanwhile are no longer ours to hold (their pause was
+        // lifted when they were assigned again, if they were).
+        holds.forget_unassigned(&lock(&shared.assigned_at), &shared.status);
+    }
+    let batch = holds.hold_back(consumer, batch)?;
+    if batch.is_empty() {
+        return Ok(None);
+    }
+    if shared.rebalances.load(Ordering::Acquire) != before {
+        // A rebalance ran while the batch was collected: its records may belong to
+        // partitions we lost. Handle none; rewind the partitions we kept throughout.
+        let kept: Vec<&Record> = {
+            let at = lock(&shared.assigned_at);
+            batch
+                .iter()
+                .filter(|r| {
+                    at.get(&(r.topic().to_owned(), r.partition()))
+                        .is_some_and(|g| *g <= before)
+                })
+                .collect()
+        };
+        rewind(consumer, &starts(kept))?;
+        return Ok(None);
+    }
+    Ok(Some(batch))
+}
+
+/// After a commit: set-aside inputs written off, the partitions not handled rewound (the
+/// rest of the batch when shutting down, held ones to their failed event), held partitions
+/// paused for their back-off.
+fn settle<R: Reactor>(
+    shared: &Shared<R>,
+    consumer: &BaseConsumer<ReactorContext<R>>,
+    holds: &mut Holds,
+    set_aside: &mut SetAside,
+    batch: &[Record],
+    ended: Ended,
+) -> Result<()> {
+    for settled in &ended.settled {
+        set_aside.remove(settled);
+    }
+    let mut back: HashMap<TopicPartition, i64> = HashMap::new();
+    if let Some(at) = ended.stopped_at {
+        // Shutting down: the rest of the batch comes again to the next owner.
+        back = starts(&batch[at..]);
+    }
+    for (tp, (offset, _)) in &ended.held {
+        back.insert(tp.clone(), *offset);
+    }
+    rewind(consumer, &back)?;
+    holds.succeeded(&ended.committed);
+    if !shared.shutdown.is_triggered() {
+        for (tp, (offset, reason)) in ended.held {
+            holds.hold(consumer, &shared.status, tp, offset, reason);
+        }
+    }
+    Ok(())
+}
