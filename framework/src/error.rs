@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use uuid::Uuid;
+
 use crate::message::{EnvelopeError, NameError};
 
 /// `Result` with the crate's [`Error`] as the default error.
@@ -48,7 +50,7 @@ pub enum Error {
 
     /// Publishing failed.
     #[error(transparent)]
-    Publish(#[from] crate::kafka::PublishError),
+    Publish(#[from] PublishError),
 
     /// A Kafka call failed.
     #[error("kafka {op} failed: {source}")]
@@ -90,5 +92,37 @@ pub enum Error {
 impl Error {
     pub(crate) fn kafka(op: &'static str, source: rdkafka::error::KafkaError) -> Self {
         Error::Kafka { op, source }
+    }
+}
+
+/// Why a publish failed, and whether trying again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishErrorKind {
+    /// Try again with the same [`Outgoing`](crate::kafka::Outgoing) (same id): a timeout, a full queue, a leader move,
+    /// or a fatal producer error after which the producer was replaced.
+    Retriable,
+    /// The record cannot succeed (a missing topic, an authorization failure), or a producer
+    /// with a fatal error could not be replaced.
+    Fatal,
+    /// The record is bigger than `message.max.bytes`.
+    TooLarge,
+    /// The payload could not be encoded.
+    Encode,
+}
+
+/// A failed publish.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("publishing {message_id} to {topic} failed ({kind:?}): {reason}")]
+pub struct PublishError {
+    pub kind: PublishErrorKind,
+    pub topic: String,
+    pub message_id: Uuid,
+    pub reason: String,
+}
+
+impl PublishError {
+    /// Whether sending the same [`Outgoing`](crate::kafka::Outgoing) again may succeed.
+    pub fn is_retriable(&self) -> bool {
+        self.kind == PublishErrorKind::Retriable
     }
 }

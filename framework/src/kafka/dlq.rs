@@ -13,12 +13,12 @@ use rdkafka::producer::FutureRecord;
 
 use super::client::PRODUCER_DEFAULTS;
 use super::consumer::Record;
-use super::errors::{PublishError, PublishErrorKind};
 use super::raw_headers;
 use super::record::RecordHeaders;
 use super::renewing::RenewingProducer;
 use crate::config::KafkaConfig;
 use crate::error::Result;
+use crate::error::{PublishError, PublishErrorKind};
 
 /// Header names added to a dead letter.
 pub mod dlq_headers {

@@ -1,42 +1,10 @@
 //! Every classification of a Kafka error in one place: what a failed publish means to its
-//! caller ([`PublishErrorKind`]), and what a failed transactional operation means to a runtime
+//! caller ([`PublishErrorKind`], defined with the crate's errors), and what a failed transactional operation means to a runtime
 //! (`TxError`).
 
+use crate::error::PublishErrorKind;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode as Code;
-use uuid::Uuid;
-
-/// Why a publish failed, and whether trying again can help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PublishErrorKind {
-    /// Try again with the same [`Outgoing`](super::Outgoing) (same id): a timeout, a full queue, a leader move,
-    /// or a fatal producer error after which the producer was replaced.
-    Retriable,
-    /// The record cannot succeed (a missing topic, an authorization failure), or a producer
-    /// with a fatal error could not be replaced.
-    Fatal,
-    /// The record is bigger than `message.max.bytes`.
-    TooLarge,
-    /// The payload could not be encoded.
-    Encode,
-}
-
-/// A failed publish.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("publishing {message_id} to {topic} failed ({kind:?}): {reason}")]
-pub struct PublishError {
-    pub kind: PublishErrorKind,
-    pub topic: String,
-    pub message_id: Uuid,
-    pub reason: String,
-}
-
-impl PublishError {
-    /// Whether sending the same [`Outgoing`](super::Outgoing) again may succeed.
-    pub fn is_retriable(&self) -> bool {
-        self.kind == PublishErrorKind::Retriable
-    }
-}
 
 /// Sorts a produce error into retriable, fatal and too large.
 pub(crate) fn publish_kind(error: &KafkaError) -> PublishErrorKind {

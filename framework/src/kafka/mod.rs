@@ -12,6 +12,7 @@ mod renewing;
 mod topics;
 pub(crate) mod transaction;
 
+pub use crate::error::{PublishError, PublishErrorKind};
 pub use client::{check_reachable, partition_for_key};
 pub use consumer::{
     Batch, ConsumerRuntime, ConsumerSettings, ConsumerStatus, PartitionControl, PartitionLogic,
@@ -19,7 +20,6 @@ pub use consumer::{
 };
 pub use dlq::{DeadLetter, DeadLetterWriter, dlq_headers};
 pub(crate) use dlq::{Keep, dead_letter_parts};
-pub use errors::{PublishError, PublishErrorKind};
 pub use publisher::{Delivered, Outgoing, Publisher};
 pub use record::{AsBorrowedHeaders, RecordHeaders};
 pub use topics::{TopicAdmin, TopicKind, TopicSpec, TopicState};

@@ -21,8 +21,8 @@ use crate::event::Event;
 use crate::message::{Causation, Metadata};
 
 use super::client::PRODUCER_DEFAULTS;
-use super::errors::{PublishError, PublishErrorKind};
 use super::renewing::RenewingProducer;
+use crate::error::{PublishError, PublishErrorKind};
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;

@@ -21,7 +21,8 @@ use rdkafka::ClientConfig;
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::errors::{PublishErrorKind, publish_kind};
+use super::errors::publish_kind;
+use crate::error::PublishErrorKind;
 use crate::error::{Error, Result};
 use crate::failpoint;
 

@@ -2,7 +2,6 @@
 //! a transaction, and handles what a failed transaction needs (a rewind, setting a command
 //! aside, a new producer, or stopping).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 
 use super::rebalance::ProcessorContext;
 use super::restore::restore_owned;
-use super::transaction::run_transaction;
+use super::transaction::{SetAside, run_transaction};
 use super::{Shared, lock};
 use crate::aggregate::Aggregate;
 use crate::error::{Error, Result};
@@ -25,12 +24,6 @@ use crate::kafka::transaction::{
 /// Producer replacements in a row (no commit between them) before the processor gives up:
 /// an error that survives a fresh producer and a restore is not going away.
 const MAX_REPLACEMENTS: u32 = 5;
-
-/// Commands whose event, reply or dead letter the broker refused for its content (too large,
-/// invalid), by (partition, offset): how many times, and the last reason. When the batch runs
-/// again such a command is rejected and dead-lettered instead of decided, then only
-/// dead-lettered, then with its payload cut, so one command never blocks its partition.
-pub(super) type SetAside = HashMap<(i32, i64), (u32, String)>;
 
 /// Refusals of one command's records before its partition halts: its events or reply, its
 /// dead letter whole, cut, and minimal.

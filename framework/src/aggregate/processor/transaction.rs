@@ -13,7 +13,6 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::decide::{Outputs, PendingReply, decide_one};
 use super::memory::{Entry, Remembered};
-use super::processing::SetAside;
 use super::rebalance::ProcessorContext;
 use super::snapshotter::take_snapshot;
 use super::{Key, Shared, lock};
@@ -24,6 +23,12 @@ use crate::kafka::Record;
 use crate::kafka::transaction::{
     TxError, TxRecord, await_deliveries, classify, classify_commit, send, sole_input,
 };
+
+/// Commands whose event, reply or dead letter the broker refused for its content (too large,
+/// invalid), by (partition, offset): how many times, and the last reason. When the batch runs
+/// again such a command is rejected and dead-lettered instead of decided, then only
+/// dead-lettered, then with its payload cut, so one command never blocks its partition.
+pub(super) type SetAside = HashMap<(i32, i64), (u32, String)>;
 
 /// Runs `batch` in one transaction; returns the set-aside commands it settled.
 pub(super) fn run_transaction<A: Aggregate>(

@@ -14,9 +14,9 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 
 use super::context::RuntimeContext;
 use super::reports::drain_reports;
+use super::shared::Dispatch;
 use super::shared::{Shared, Tp};
 use super::start_lookup::StartLookup;
-use super::worker::Dispatch;
 use super::{PartitionLogic, Record};
 
 /// The poll thread's loop, until the consumer has left the group (or could not).

@@ -14,9 +14,10 @@ use rdkafka::types::RDKafkaRespErr;
 use super::context::RuntimeContext;
 use super::partition::halt_partition;
 use super::reports::handle_report;
+use super::shared::WorkerHandle;
 use super::shared::{Shared, Tp};
 use super::start_lookup::wait_for_start;
-use super::worker::{WorkerHandle, spawn_worker};
+use super::worker::spawn_worker;
 use super::{PartitionLogic, StartOffset};
 
 impl<L: PartitionLogic> ConsumerContext for RuntimeContext<L> {

@@ -9,8 +9,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::PartitionLogic;
 use super::context::RuntimeContext;
 use super::partition::{halt_partition, seek_one};
+use super::shared::{Report, ReportKind, WorkerHandle};
 use super::shared::{Shared, Tp};
-use super::worker::{Report, ReportKind, WorkerHandle};
 
 /// Applies the reports that have come in, without waiting for more.
 pub(super) fn drain_reports<L: PartitionLogic>(

@@ -1,15 +1,15 @@
 //! The state the poll thread, the rebalance callbacks and the partition tasks share.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 
-use super::worker::{Report, WorkerHandle};
-use super::{ConsumerSettings, PartitionLogic};
+use super::{Batch, ConsumerSettings, PartitionLogic};
 use crate::shutdown::Shutdown;
 
 /// A partition: topic and number.
@@ -87,4 +87,49 @@ impl<L: PartitionLogic> Shared<L> {
         self.state().fatal.get_or_insert(reason);
         self.shutdown.trigger();
     }
+}
+
+/// A partition task's report to the poll thread. It carries the task's assignment
+/// generation, so a report from a task of an earlier assignment of the same partition is
+/// ignored rather than applied to the new one.
+pub(super) struct Report {
+    pub(super) key: Tp,
+    pub(super) generation: u64,
+    pub(super) kind: ReportKind,
+}
+
+/// What a task reports: an offset to store, a seek (to the offset, under a new epoch), a
+/// halt, a fatal error, or that it has exited.
+pub(super) enum ReportKind {
+    Store(i64),
+    Seek(i64, u64),
+    Halt(String),
+    Fatal(String),
+    Exited,
+}
+
+/// Records the poll thread hands a task, with the epoch they were fetched under.
+pub(super) struct Dispatch {
+    pub(super) epoch: u64,
+    pub(super) records: Batch,
+}
+
+/// The poll thread's handle on a partition task.
+pub(super) struct WorkerHandle {
+    /// Taken (closing the queue) when the partition is revoked: the task then exits after
+    /// its batch instead of waiting for records that will not come.
+    pub(super) tx: Option<mpsc::UnboundedSender<Dispatch>>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) queued: Arc<AtomicUsize>,
+    pub(super) task: Option<tokio::task::JoinHandle<()>>,
+    /// Assignment generation when this task was spawned.
+    pub(super) generation: u64,
+    /// Bumped by each seek; records fetched before the seek carry an older epoch.
+    pub(super) epoch: u64,
+    pub(super) paused: bool,
+    pub(super) halted: bool,
+    /// Assigned while its start offset could not be read: paused, nothing dispatched, until a
+    /// background lookup succeeds and seeks it.
+    pub(super) waiting: bool,
+    pub(super) exited: bool,
 }

@@ -152,7 +152,7 @@ impl Attributes<'_> {
             content_type: self
                 .content_type
                 .filter(|c| !c.is_empty())
-                .unwrap_or(crate::codec::JSON)
+                .unwrap_or(crate::message::JSON)
                 .to_owned(),
             traceparent: self.traceparent.map(str::to_owned),
             extensions: self.extensions,
@@ -192,7 +192,7 @@ mod tests {
         assert_eq!((meta.correlation_id, meta.causation_id), (meta.id, meta.id));
         assert_eq!(meta.subject, "order-7", "the key is the subject");
         assert_eq!(meta.time.timestamp_millis(), 1_764_000_000_123);
-        assert_eq!(meta.content_type, crate::codec::JSON);
+        assert_eq!(meta.content_type, crate::message::JSON);
         assert_eq!(meta.sequence, None);
         let empty_type = Attributes {
             content_type: Some(""),
@@ -201,7 +201,7 @@ mod tests {
         let meta = empty_type
             .check(Names::BINARY, Some(b"k"), Some(0))
             .expect("valid");
-        assert_eq!(meta.content_type, crate::codec::JSON);
+        assert_eq!(meta.content_type, crate::message::JSON);
     }
 
     #[test]

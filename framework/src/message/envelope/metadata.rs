@@ -87,7 +87,7 @@ impl Metadata {
             correlation_id: causation.correlation_id,
             causation_id: causation.causation_id,
             sequence: None,
-            content_type: crate::codec::JSON.to_owned(),
+            content_type: crate::message::JSON.to_owned(),
             traceparent: None,
             extensions: BTreeMap::new(),
         }

@@ -225,7 +225,7 @@ mod tests {
         assert_eq!(no_subject.subject, meta.subject);
         let no_type = Metadata::from_record(&sample_wire(&meta, headers::CONTENT_TYPE, &[]))
             .expect("content type");
-        assert_eq!(no_type.content_type, crate::codec::JSON);
+        assert_eq!(no_type.content_type, crate::message::JSON);
         // Only what the spec requires, with an id that is not a UUID.
         let minimal = wire(
             b"order-7",
