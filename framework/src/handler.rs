@@ -37,10 +37,10 @@ use chrono::Utc;
 use futures::FutureExt;
 use tracing::Instrument;
 
-use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSet};
+use crate::kafka::SchemaStore;
 use crate::kafka::consumer::panic_message;
 use crate::kafka::{
     Batch, ConsumerRuntime, ConsumerSettings, DeadLetterWriter, PartitionControl, PartitionLogic,

@@ -3,14 +3,9 @@
 //!
 //! - [`avro`]: the single-object format, the process-wide schema table, compatibility checks.
 //! - `avro_de`: the direct decoder, an Avro datum straight into a serde type (the hot path).
-//! - [`store`]: the schema store, where writers register their schemas before the first write
-//!   and readers look up the schemas of fingerprints they do not know.
 
 pub mod avro;
 mod avro_de;
-pub mod store;
-
-pub use store::{SchemaStore, StoredSchema};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -9,6 +9,7 @@ mod publisher;
 mod raw_headers;
 mod record;
 mod renewing;
+mod schema_store;
 mod topics;
 pub(crate) mod transaction;
 
@@ -22,4 +23,5 @@ pub use dlq::{DeadLetter, DeadLetterWriter, dlq_headers};
 pub(crate) use dlq::{Keep, dead_letter_parts};
 pub use publisher::{Delivered, Outgoing, Publisher};
 pub use record::{AsBorrowedHeaders, RecordHeaders};
+pub use schema_store::{SchemaStore, StoredSchema};
 pub use topics::{TopicAdmin, TopicKind, TopicSpec, TopicState};

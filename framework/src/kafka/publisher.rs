@@ -96,7 +96,7 @@ struct Inner {
     max_message_bytes: usize,
     queue_timeout: Duration,
     /// Where Avro writer schemas are registered before their first record.
-    schemas: codec::SchemaStore,
+    schemas: crate::kafka::SchemaStore,
     /// Namespaced topic per event type: derived once, not per message.
     topics: std::sync::RwLock<std::collections::HashMap<&'static str, Arc<str>>>,
 }
@@ -141,7 +141,7 @@ impl Publisher {
                 config: config.clone(),
                 max_message_bytes,
                 queue_timeout: Duration::from_secs(30),
-                schemas: codec::SchemaStore::new(config),
+                schemas: crate::kafka::SchemaStore::new(config),
                 topics: Default::default(),
             }),
         })

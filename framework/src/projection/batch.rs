@@ -7,9 +7,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use super::checkpoint::{self, Slot};
 use super::{ApplyError, Projection};
-use crate::codec::SchemaStore;
 use crate::event::EventSet;
 use crate::failpoint;
+use crate::kafka::SchemaStore;
 use crate::kafka::{DeadLetterWriter, Record};
 use crate::message::{Metadata, Origin, Received};
 

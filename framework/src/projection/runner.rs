@@ -10,10 +10,10 @@ use sqlx::PgPool;
 use super::batch::{self, Outcome, Target};
 use super::checkpoint::{self, Slot};
 use super::{Projection, live_schema, projection_id};
-use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::EventSet;
+use crate::kafka::SchemaStore;
 use crate::kafka::{
     Batch, ConsumerRuntime, ConsumerSettings, ConsumerStatus, DeadLetterWriter, PartitionControl,
     PartitionLogic, PartitionWorker, RunSummary, StartOffset, WorkerOutcome,

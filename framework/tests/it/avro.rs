@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use choreo::codec::SchemaStore;
 use choreo::codec::avro::{self, AvroSchema};
 use choreo::event::Upcasters;
+use choreo::kafka::SchemaStore;
 use choreo::projection::{RebuildOptions, rebuild};
 use choreo::{
     ApplyError, Event, EventHandlers, HandlerError, KafkaConfig, Projection, ProjectionRunner,

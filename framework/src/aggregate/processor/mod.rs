@@ -209,7 +209,7 @@ impl<A: Aggregate> CommandProcessor<A> {
 /// stored ones before restore reads the log (restore runs on a thread that cannot wait
 /// for the store; an event whose schema is still unknown there halts its partition).
 async fn learn_schemas<A: Aggregate>(kafka: &KafkaConfig) -> Result<()> {
-    let schemas = crate::codec::SchemaStore::new(kafka);
+    let schemas = crate::kafka::SchemaStore::new(kafka);
     for (name, schema) in A::Event::avro_schemas() {
         schemas.register(name, schema).await?;
     }

@@ -4,7 +4,7 @@
 //! directions before anyone deploys a writer with it; `list` shows what is stored.
 
 use anyhow::Context as _;
-use choreo::codec::SchemaStore;
+use choreo::kafka::SchemaStore;
 
 use crate::connect::Services;
 

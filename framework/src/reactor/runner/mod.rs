@@ -36,10 +36,10 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::oneshot;
 
 use super::Reactor;
-use crate::codec::SchemaStore;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::EventSet;
+use crate::kafka::SchemaStore;
 use crate::kafka::consumer::panic_message;
 use crate::shutdown::Shutdown;
 use rebalance::ReactorContext;

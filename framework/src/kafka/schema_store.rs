@@ -22,7 +22,7 @@
 //! a registration is a produce that waits for `acks=all`.
 //!
 //! Readers keep every schema they have seen in a process-wide table (see
-//! [`super::avro`]); the store is read only at start and when a record names a fingerprint
+//! [`crate::codec::avro`]); the store is read only at start and when a record names a fingerprint
 //! nobody here knows. If the refresh does not find it either, the partition halts with
 //! [`crate::message::EnvelopeError::UnknownSchema`]: the writer is usually newer than this
 //! reader and registered its schema somewhere this reader cannot see, and skipping its records
@@ -41,7 +41,7 @@ use rdkafka::types::RDKafkaErrorCode as Code;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::avro::{self, AvroSchema, Incompatibility};
+use crate::codec::avro::{self, AvroSchema, Incompatibility};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 
