@@ -46,6 +46,7 @@ use crate::kafka::{
     Batch, ConsumerRuntime, ConsumerSettings, DeadLetterWriter, PartitionControl, PartitionLogic,
     PartitionWorker, Record, RunSummary, StartOffset, WorkerOutcome,
 };
+use crate::message::topics;
 use crate::message::{EnvelopeError, Metadata, Origin, Received};
 use crate::shutdown::Shutdown;
 
@@ -187,7 +188,7 @@ impl EventHandlers {
         // Older versions go to this handler too, unless they have a handler of their own.
         for old in E::upcasters().names() {
             if let Some(entity) = old.split('.').nth(1) {
-                self.topics.insert(format!("{entity}.events"));
+                self.topics.insert(topics::events(entity));
             }
             if !self.exact.contains(old) {
                 self.routes.insert(old.to_owned(), Arc::clone(&route));
@@ -256,8 +257,8 @@ impl EventHandlers {
         settings.commit_offsets = true;
         settings
             .required_topics
-            .push(format!("{}.dlq", settings.group_id));
-        settings.optional_topics = vec![format!("{}.redrive", settings.group_id)];
+            .push(topics::dead_letters(&settings.group_id));
+        settings.optional_topics = vec![topics::redrive(&settings.group_id)];
         let logic = Arc::new(HandlerLogic {
             routes: Arc::new(self.routes),
             unknown: self.unknown,

@@ -150,19 +150,20 @@ fn tracing_subscriber_init() {
 }
 
 async fn setup(config: &KafkaConfig) -> anyhow::Result<()> {
-    let events = TopicSpec::events("order", PARTITIONS, 1)?;
-    let events = TopicSpec {
-        name: config.topic_name(&events.name),
-        ..events
-    };
-    let dlq = TopicSpec::dead_letters(&config.topic_name(GROUP), 1)?;
-    let projection_dlq = TopicSpec::dead_letters(&config.topic_name("order_totals.v1"), 1)?;
-    let specs = [events, dlq, projection_dlq];
-    let states = TopicAdmin::new(config)?.ensure(&specs).await?;
+    // Base names: the admin puts the namespace in front.
+    let specs = [
+        TopicSpec::events("order", PARTITIONS, 1)?,
+        TopicSpec::dead_letters(GROUP, 1)?,
+        TopicSpec::dead_letters("order_totals.v1", 1)?,
+    ];
+    let admin = TopicAdmin::new(config)?;
+    let states = admin.ensure(&specs).await?;
     for (spec, state) in specs.iter().zip(states) {
         println!(
             "topic {:<32} {} partition(s)  {:?}",
-            spec.name, spec.partitions, state
+            admin.full_name(&spec.name),
+            spec.partitions,
+            state
         );
     }
     Ok(())

@@ -71,14 +71,9 @@ pub mod groups {
 
 /// Creates (or checks) the topics a service owns; prints one line per topic.
 pub async fn ensure_topics(config: &KafkaConfig, specs: Vec<TopicSpec>) -> anyhow::Result<()> {
-    let specs: Vec<TopicSpec> = specs
-        .into_iter()
-        .map(|spec| TopicSpec {
-            name: config.topic_name(&spec.name),
-            ..spec
-        })
-        .collect();
-    let states = TopicAdmin::new(config)?.ensure(&specs).await?;
+    // Base names: the admin puts the namespace in front.
+    let admin = TopicAdmin::new(config)?;
+    let states = admin.ensure(&specs).await?;
     for (spec, state) in specs.iter().zip(states) {
         let state = match state {
             TopicState::Created => "created",
@@ -86,7 +81,8 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: Vec<TopicSpec>) -> anyho
         };
         println!(
             "topic {:<40} {} partition(s)  {state}",
-            spec.name, spec.partitions
+            admin.full_name(&spec.name),
+            spec.partitions
         );
     }
     Ok(())

@@ -24,6 +24,7 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::CommandSet;
 use crate::kafka::{Outgoing, Publisher};
+use crate::message::topics;
 use crate::message::{Causation, Kind, MessageName, Metadata, Tense};
 
 /// Per-send options.
@@ -83,7 +84,7 @@ impl CommandBus {
     /// `reply_partition` (e.g. the instance's ordinal modulo the partition count).
     pub async fn new(config: &KafkaConfig, service: &str, reply_partition: i32) -> Result<Self> {
         let publisher = Publisher::new(config, format!("/{service}"))?;
-        let reply_topic = config.topic_name(&format!("{service}.replies"));
+        let reply_topic = config.topic_name(&topics::replies(service));
         let admin = crate::kafka::TopicAdmin::new(config)?;
         let description = admin
             .describe(&reply_topic)
@@ -264,9 +265,7 @@ impl CommandBus {
             );
         }
         let payload = command.encode()?;
-        let topic = self
-            .config
-            .topic_name(&format!("{}.commands", name.entity()));
+        let topic = self.config.topic_name(&topics::commands(name.entity()));
         Ok(Outgoing::new(topic, meta, payload))
     }
 }

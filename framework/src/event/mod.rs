@@ -9,6 +9,7 @@ pub mod upcast;
 pub use payload::{content_type_of, decode_event, encode_event};
 pub use upcast::Upcasters;
 
+use crate::message::topics;
 use crate::message::{EnvelopeError, Kind, MessageName, Metadata, Tense, check};
 
 use serde::Serialize;
@@ -68,7 +69,7 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// The events topic: `{entity}.events`.
     fn topic() -> String {
-        format!("{}.events", Self::name().entity())
+        topics::events(Self::name().entity())
     }
 }
 
@@ -94,7 +95,7 @@ pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// The commands topic: `{entity}.commands`.
     fn topic() -> String {
-        format!("{}.commands", Self::name().entity())
+        topics::commands(Self::name().entity())
     }
 }
 
@@ -136,10 +137,10 @@ pub trait EventSet: Sized + Send + Sync + 'static {
     fn topics() -> Vec<String> {
         let mut topics: Vec<String> = Self::names()
             .iter()
-            .map(|n| format!("{}.events", n.entity()))
+            .map(|n| topics::events(n.entity()))
             .chain(Self::upcast_names().into_iter().filter_map(|n| {
                 // Names of Event types, checked at compile time: `v1.{entity}.{verb}`.
-                n.split('.').nth(1).map(|entity| format!("{entity}.events"))
+                n.split('.').nth(1).map(topics::events)
             }))
             .collect();
         topics.sort();

@@ -19,6 +19,7 @@ use super::renewing::RenewingProducer;
 use crate::config::KafkaConfig;
 use crate::error::Result;
 use crate::error::{PublishError, PublishErrorKind};
+use crate::message::topics;
 
 /// Header names added to a dead letter.
 pub mod dlq_headers {
@@ -215,7 +216,7 @@ impl DeadLetterWriter {
         Ok(Self {
             producer,
             group: group.to_owned(),
-            topic: format!("{group}.dlq"),
+            topic: topics::dead_letters(group),
         })
     }
 

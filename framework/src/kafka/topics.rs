@@ -16,6 +16,7 @@ use rdkafka::types::RDKafkaErrorCode as Code;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::message::check_topic_name;
+use crate::message::topics as names;
 
 /// What a topic is for; it decides the settings choreo gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,37 +70,31 @@ impl TopicSpec {
 
     /// `{entity}.events`: `retention.ms=-1`, `cleanup.policy=delete`.
     pub fn events(entity: &str, partitions: i32, replication: i32) -> Result<Self> {
-        Ok(
-            Self::new(format!("{entity}.events"), partitions, replication)?
-                .kind(TopicKind::Events)
-                .config("retention.ms", "-1")
-                .config("cleanup.policy", "delete"),
-        )
+        Ok(Self::new(names::events(entity), partitions, replication)?
+            .kind(TopicKind::Events)
+            .config("retention.ms", "-1")
+            .config("cleanup.policy", "delete"))
     }
 
     /// `{entity}.commands`: kept 7 days.
     pub fn commands(entity: &str, partitions: i32, replication: i32) -> Result<Self> {
-        Ok(
-            Self::new(format!("{entity}.commands"), partitions, replication)?
-                .kind(TopicKind::Commands)
-                .config("retention.ms", &(7 * 24 * 3600 * 1000_i64).to_string())
-                .config("cleanup.policy", "delete"),
-        )
+        Ok(Self::new(names::commands(entity), partitions, replication)?
+            .kind(TopicKind::Commands)
+            .config("retention.ms", &(7 * 24 * 3600 * 1000_i64).to_string())
+            .config("cleanup.policy", "delete"))
     }
 
     /// `{service}.replies`: kept 1 day.
     pub fn replies(service: &str, partitions: i32, replication: i32) -> Result<Self> {
-        Ok(
-            Self::new(format!("{service}.replies"), partitions, replication)?
-                .kind(TopicKind::Replies)
-                .config("retention.ms", &(24 * 3600 * 1000_i64).to_string())
-                .config("cleanup.policy", "delete"),
-        )
+        Ok(Self::new(names::replies(service), partitions, replication)?
+            .kind(TopicKind::Replies)
+            .config("retention.ms", &(24 * 3600 * 1000_i64).to_string())
+            .config("cleanup.policy", "delete"))
     }
 
     /// `{group}.dlq`: kept forever; one partition is plenty for dead letters.
     pub fn dead_letters(group: &str, replication: i32) -> Result<Self> {
-        Ok(Self::new(format!("{group}.dlq"), 1, replication)?
+        Ok(Self::new(names::dead_letters(group), 1, replication)?
             .kind(TopicKind::DeadLetters)
             .config("retention.ms", "-1")
             .config("cleanup.policy", "delete"))
@@ -108,7 +103,7 @@ impl TopicSpec {
     /// `{group}.redrive`: dead letters fed back to that group only (`choreo dlq redrive`);
     /// kept 7 days, long enough to investigate, not forever.
     pub fn redrive(group: &str, replication: i32) -> Result<Self> {
-        Ok(Self::new(format!("{group}.redrive"), 1, replication)?
+        Ok(Self::new(names::redrive(group), 1, replication)?
             .config("retention.ms", "604800000")
             .config("cleanup.policy", "delete"))
     }
@@ -145,6 +140,8 @@ pub struct TopicDescription {
 pub struct TopicAdmin {
     admin: Arc<AdminClient<DefaultClientContext>>,
     timeout: Duration,
+    /// The config's namespace: `ensure` puts it in front of each declared name.
+    namespace: Option<String>,
 }
 
 impl std::fmt::Debug for TopicAdmin {
@@ -163,16 +160,31 @@ impl TopicAdmin {
         Ok(Self {
             admin: Arc::new(admin),
             timeout: Duration::from_secs(30),
+            namespace: config.topic_namespace().map(str::to_owned),
         })
     }
 
     /// Creates each missing topic and verifies each existing one against its declaration.
+    /// A declared name is a base name (`user.events`): the config's namespace goes in front
+    /// (`staging.user.events`), unless the name already starts with it.
     pub async fn ensure(&self, specs: &[TopicSpec]) -> Result<Vec<TopicState>> {
         let mut states = Vec::with_capacity(specs.len());
         for spec in specs {
-            states.push(self.ensure_one(spec).await?);
+            let spec = TopicSpec {
+                name: self.full_name(&spec.name),
+                ..spec.clone()
+            };
+            states.push(self.ensure_one(&spec).await?);
         }
         Ok(states)
+    }
+
+    /// `name` in the namespace (the name as `ensure` creates it).
+    pub fn full_name(&self, name: &str) -> String {
+        match &self.namespace {
+            Some(ns) if !name.starts_with(&format!("{ns}.")) => format!("{ns}.{name}"),
+            _ => name.to_owned(),
+        }
     }
 
     async fn ensure_one(&self, spec: &TopicSpec) -> Result<TopicState> {

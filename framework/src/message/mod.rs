@@ -5,6 +5,7 @@
 mod content_type;
 mod envelope;
 mod name;
+pub mod topics;
 
 pub use content_type::{AVRO, JSON};
 pub(crate) use content_type::{Format, format_of, is_json, media_type};

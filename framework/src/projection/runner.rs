@@ -18,6 +18,7 @@ use crate::kafka::{
     Batch, ConsumerRuntime, ConsumerSettings, ConsumerStatus, DeadLetterWriter, PartitionControl,
     PartitionLogic, PartitionWorker, RunSummary, StartOffset, WorkerOutcome,
 };
+use crate::message::topics;
 use crate::shutdown::Shutdown;
 
 /// Runs a projection's live view in its consumer group until shutdown.
@@ -77,7 +78,7 @@ impl<P: Projection> ProjectionRunner<P> {
         settings.group_id = kafka.topic_name(&projection_id::<P>());
         settings
             .required_topics
-            .push(format!("{}.dlq", settings.group_id));
+            .push(topics::dead_letters(&settings.group_id));
         let watermarks: BaseConsumer = kafka
             .client_config(&[("isolation.level", "read_committed")])
             .create()

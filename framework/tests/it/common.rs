@@ -87,16 +87,9 @@ pub async fn create_dlq(config: &KafkaConfig, group: &str) -> String {
     name
 }
 
-/// Creates the topics of `specs`, their names put in the config's namespace.
+/// Creates the topics of `specs`; the admin puts their names in the config's namespace.
 #[allow(dead_code)]
 pub async fn ensure_topics(config: &KafkaConfig, specs: Vec<TopicSpec>) {
-    let specs: Vec<TopicSpec> = specs
-        .into_iter()
-        .map(|spec| TopicSpec {
-            name: config.topic_name(&spec.name),
-            ..spec
-        })
-        .collect();
     TopicAdmin::new(config)
         .expect("admin")
         .ensure(&specs)

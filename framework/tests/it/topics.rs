@@ -85,3 +85,43 @@ fn topic_declarations_reject_bad_names_and_counts() {
     );
     assert!(TopicSpec::events("bad/entity", 1, 1).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_puts_declared_names_in_the_namespace_once() {
+    let config = common::kafka("topics-namespace");
+    let namespace = config.topic_namespace().expect("tests run in a namespace");
+    let admin = TopicAdmin::new(&config).expect("admin");
+    let base = TopicSpec::events("invoice", 2, 1).expect("spec");
+    assert_eq!(base.name, "invoice.events");
+    assert_eq!(
+        admin
+            .ensure(std::slice::from_ref(&base))
+            .await
+            .expect("create"),
+        vec![TopicState::Created]
+    );
+    let full = format!("{namespace}.invoice.events");
+    assert_eq!(admin.full_name(&base.name), full);
+    assert!(
+        admin.describe(&full).await.expect("describe").is_some(),
+        "created in the namespace"
+    );
+    assert!(
+        admin
+            .describe("invoice.events")
+            .await
+            .expect("describe")
+            .is_none(),
+        "nothing outside it"
+    );
+    // A name that already carries the namespace is the same topic, not a second prefix.
+    let named = TopicSpec {
+        name: full.clone(),
+        ..base
+    };
+    assert_eq!(
+        admin.ensure(&[named]).await.expect("verify"),
+        vec![TopicState::AlreadyMatching]
+    );
+    assert_eq!(admin.full_name(&full), full);
+}

@@ -53,6 +53,7 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::EventSet;
 use crate::kafka::consumer::panic_message;
+use crate::message::topics;
 use crate::shutdown::Shutdown;
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,9 +119,9 @@ impl<A: Aggregate> CommandProcessor<A> {
     pub async fn run(self, kafka: &KafkaConfig, shutdown: Shutdown) -> Result<()> {
         crate::kafka::check_reachable(kafka)?;
         let group = kafka.topic_name(&self.service);
-        let commands_topic = kafka.topic_name(&format!("{}.commands", self.entity));
-        let events_topic = kafka.topic_name(&format!("{}.events", self.entity));
-        let dlq_topic = format!("{group}.dlq");
+        let commands_topic = kafka.topic_name(&topics::commands(&self.entity));
+        let events_topic = kafka.topic_name(&topics::events(&self.entity));
+        let dlq_topic = topics::dead_letters(&group);
         self.check_topics(kafka, [&commands_topic, &events_topic], &dlq_topic)
             .await?;
         learn_schemas::<A>(kafka).await?;

@@ -6,6 +6,7 @@ use rdkafka::ClientConfig;
 
 use super::ConsumerStatus;
 use crate::config::KafkaConfig;
+use crate::message::topics;
 
 /// How a consumer joins its group and sizes its queues.
 #[derive(Debug, Clone)]
@@ -51,7 +52,7 @@ impl ConsumerSettings {
             properties: Vec::new(),
             status: ConsumerStatus::default(),
             required_topics: Vec::new(),
-            optional_topics: vec![format!("{group_id}.redrive")],
+            optional_topics: vec![topics::redrive(&group_id)],
         }
     }
 

@@ -41,6 +41,7 @@ use crate::event::EventSet;
 use crate::failpoint;
 use crate::kafka::DeadLetterWriter;
 use crate::kafka::SchemaStore;
+use crate::message::topics;
 use lanes::Lane;
 use lock::RebuildLock;
 use progress::{Progress, lock};
@@ -203,7 +204,7 @@ async fn open_lanes<P: Projection>(
         .map(|t| kafka.topic_name(t))
         .collect();
     // Dead letters redriven to the live view are part of it: the rebuild reads them too.
-    let redrive = format!("{}.redrive", kafka.topic_name(id));
+    let redrive = topics::redrive(&kafka.topic_name(id));
     let partitions = consumer::partitions(&consumer, topics, redrive).await?;
     lanes::open(kafka, pool, id, consumer, &partitions, wanted).await
 }

@@ -41,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::event::EventSet;
 use crate::kafka::SchemaStore;
 use crate::kafka::consumer::panic_message;
+use crate::message::topics;
 use crate::shutdown::Shutdown;
 use rebalance::ReactorContext;
 
@@ -118,12 +119,12 @@ impl<R: Reactor> ReactorRunner<R> {
         crate::kafka::check_reachable(kafka)?;
         let group = kafka.topic_name(R::NAME);
         let identity = format!("{group}-{}", self.ordinal);
-        let dlq_topic = format!("{group}.dlq");
+        let dlq_topic = topics::dead_letters(&group);
         // Dead letters fed back with `choreo dlq redrive` come through `{group}.redrive`, read
         // by this group only (never the log of record). It must exist from the start: the
         // members are static (`group.instance.id`), and a static member that rejoins keeps
         // its old assignment, so a topic added to the subscription later would not be read.
-        let redrive = format!("{group}.redrive");
+        let redrive = topics::redrive(&group);
         let mut sources: Vec<String> = R::Events::topics()
             .iter()
             .map(|t| kafka.topic_name(t))
