@@ -247,29 +247,95 @@ fn commit_stored<L: PartitionLogic>(
     }
 }
 
-/// Drops the revoked partitions' stored offsets and takes them out of the status.
+/// Drops the revoked partitions' stored offsets and takes them out of the status: assigned,
+/// waiting and halted alike (a halted partition that moved to another member no longer keeps
+/// this one from being ready; the run's summary still lists the halt).
 fn forget<L: PartitionLogic>(shared: &Shared<L>, revoked: &[Tp]) {
     let mut state = shared.state();
     for key in revoked {
         state.stored.remove(key);
     }
-    shared
-        .settings
-        .status
-        .lock()
-        .assigned
-        .retain(|(t, p)| !revoked.iter().any(|(rt, rp)| **rt == **t && rp == p));
-    shared
-        .settings
-        .status
-        .lock()
-        .waiting
-        .retain(|(t, p, _)| !revoked.iter().any(|(rt, rp)| **rt == **t && rp == p));
+    let gone = |t: &str, p: i32| revoked.iter().any(|(rt, rp)| **rt == *t && *rp == p);
+    let mut status = shared.settings.status.lock();
+    status.assigned.retain(|(t, p)| !gone(t, *p));
+    status.waiting.retain(|(t, p, _)| !gone(t, *p));
+    status.halted.retain(|(t, p, _)| !gone(t, *p));
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::time::Duration;
+
     use super::*;
+    use crate::kafka::consumer::{Batch, ConsumerSettings, PartitionControl, WorkerOutcome};
+    use crate::shutdown::Shutdown;
+
+    struct Idle;
+
+    impl PartitionLogic for Idle {
+        type Worker = Idle;
+
+        fn start_offsets(
+            &self,
+            partitions: &[(String, i32)],
+        ) -> impl Future<Output = crate::error::Result<Vec<StartOffset>>> + Send {
+            let n = partitions.len();
+            async move { Ok(vec![StartOffset::Committed; n]) }
+        }
+
+        fn worker(&self, _topic: &str, _partition: i32) -> Idle {
+            Idle
+        }
+    }
+
+    impl crate::kafka::consumer::PartitionWorker for Idle {
+        async fn process(&mut self, _batch: Batch, _control: &PartitionControl) -> WorkerOutcome {
+            WorkerOutcome::Processed { next_offset: None }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_partition_leaves_the_status_halted_or_not() {
+        let settings = ConsumerSettings::new("g", vec!["t".into()]);
+        let status = settings.status.clone();
+        let shared = Shared::new(
+            std::sync::Arc::new(Idle),
+            settings,
+            Shutdown::new(),
+            Duration::from_secs(1),
+        );
+        {
+            let mut inner = status.lock();
+            inner.joined = true;
+            inner
+                .assigned
+                .extend([("t".to_owned(), 0), ("t".to_owned(), 1)]);
+            inner.halted.push(("t".to_owned(), 0, "poison".to_owned()));
+            inner
+                .waiting
+                .push(("t".to_owned(), 1, "no database".to_owned()));
+        }
+        shared
+            .state()
+            .halted
+            .push(("t".to_owned(), 0, "poison".to_owned()));
+        assert!(!status.is_ready());
+        forget(&shared, &[(std::sync::Arc::from("t"), 0)]);
+        assert!(status.halted().is_empty(), "the halt moved away with p0");
+        assert_eq!(status.assigned(), [("t".to_owned(), 1)]);
+        assert!(!status.is_ready(), "p1 still waits");
+        forget(&shared, &[(std::sync::Arc::from("t"), 1)]);
+        assert!(
+            status.is_ready(),
+            "nothing of this member is halted or waiting"
+        );
+        assert_eq!(
+            shared.state().halted.len(),
+            1,
+            "the run's summary keeps the halt"
+        );
+    }
 
     #[test]
     fn the_logic_answer_becomes_the_assigned_offset() {
