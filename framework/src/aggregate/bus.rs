@@ -83,7 +83,14 @@ impl CommandBus {
     /// A bus for `service`: replies come to `{service}.replies` (which must exist), on
     /// `reply_partition` (e.g. the instance's ordinal modulo the partition count).
     pub async fn new(config: &KafkaConfig, service: &str, reply_partition: i32) -> Result<Self> {
-        let publisher = Publisher::new(config, format!("/{service}"))?;
+        // Publisher::new checks the cluster with a blocking metadata request: off the async
+        // threads.
+        let publisher = {
+            let (config, source) = (config.clone(), format!("/{service}"));
+            tokio::task::spawn_blocking(move || Publisher::new(&config, source))
+                .await
+                .map_err(|e| Error::Runtime(format!("creating the bus's publisher: {e}")))??
+        };
         let reply_topic = config.topic_name(&topics::replies(service));
         let admin = crate::kafka::TopicAdmin::new(config)?;
         let description = admin

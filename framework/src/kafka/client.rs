@@ -38,6 +38,15 @@ pub fn check_reachable(config: &KafkaConfig) -> Result<()> {
         })
 }
 
+/// [`check_reachable`] off the async threads (its metadata request blocks for up to the
+/// connect timeout): for `run` methods and other async callers.
+pub async fn check_reachable_async(config: &KafkaConfig) -> Result<()> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || check_reachable(&config))
+        .await
+        .map_err(|e| Error::Runtime(format!("the reachability check did not finish: {e}")))?
+}
+
 /// The partition the Java clients (and librdkafka's `murmur2_random`) choose for a key:
 /// `(murmur2(key) & 0x7fffffff) % partitions`.
 pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {

@@ -14,7 +14,7 @@ mod topics;
 pub(crate) mod transaction;
 
 pub use crate::error::{PublishError, PublishErrorKind};
-pub use client::{check_reachable, partition_for_key};
+pub use client::{check_reachable, check_reachable_async, partition_for_key};
 pub use consumer::{
     Batch, ConsumerRuntime, ConsumerSettings, ConsumerStatus, PartitionControl, PartitionLogic,
     PartitionWorker, Record, RunSummary, StartOffset, WorkerOutcome,

@@ -117,7 +117,7 @@ impl<A: Aggregate> CommandProcessor<A> {
 
     /// Runs until `shutdown` (or fencing, or an unrecoverable error).
     pub async fn run(self, kafka: &KafkaConfig, shutdown: Shutdown) -> Result<()> {
-        crate::kafka::check_reachable(kafka)?;
+        crate::kafka::check_reachable_async(kafka).await?;
         let group = kafka.topic_name(&self.service);
         let commands_topic = kafka.topic_name(&topics::commands(&self.entity));
         let events_topic = kafka.topic_name(&topics::events(&self.entity));

@@ -51,7 +51,7 @@ impl ConsumerRuntime {
         logic: Arc<L>,
         shutdown: Shutdown,
     ) -> Result<RunSummary> {
-        crate::kafka::check_reachable(config)?;
+        crate::kafka::check_reachable_async(config).await?;
         let subscription = subscription(config, &settings).await?;
         let client = settings::client_config(config, &settings);
         let start_offsets_budget = start_lookup::start_offsets_budget(&client);

@@ -116,7 +116,7 @@ impl<R: Reactor> ReactorRunner<R> {
     /// Runs until `shutdown` (or fencing, or an unrecoverable error).
     pub async fn run(self, kafka: &KafkaConfig, shutdown: Shutdown) -> Result<()> {
         super::check_name(R::NAME)?;
-        crate::kafka::check_reachable(kafka)?;
+        crate::kafka::check_reachable_async(kafka).await?;
         let group = kafka.topic_name(R::NAME);
         let identity = format!("{group}-{}", self.ordinal);
         let dlq_topic = topics::dead_letters(&group);
