@@ -49,6 +49,10 @@ async fn main() -> anyhow::Result<()> {
         println!("stopped; producer restarts: {}", status.producer_restarts());
         return Ok(());
     }
+    if args.first().map(String::as_str) == Some("publish-each") {
+        let count: usize = args.get(1).and_then(|a| a.parse().ok()).context("COUNT")?;
+        return publish_each(&kafka, count).await;
+    }
     if args.first().map(String::as_str) == Some("publish") {
         let count: usize = args.get(1).and_then(|a| a.parse().ok()).context("COUNT")?;
         return publish(&kafka, count).await;
@@ -102,6 +106,34 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Publishes `count` events concurrently, then each failed one once more with its id.
+/// `publish` one event at a time, as the README's first example does: a retriable failure is
+/// retried inside `publish` with the same id.
+async fn publish_each(kafka: &KafkaConfig, count: usize) -> anyhow::Result<()> {
+    let publisher = Publisher::new(kafka, "/drill")?;
+    let mut failed = 0;
+    for i in 0..count {
+        let event = CounterBumped {
+            key: format!("k-{}", i % 4),
+            amount: 1,
+            poison: false,
+        };
+        if let Err(e) = publisher.publish(&event).await {
+            println!(
+                "failed {} retriable={} {}",
+                e.message_id,
+                e.is_retriable(),
+                e.reason
+            );
+            failed += 1;
+        }
+    }
+    println!(
+        "published {count}; failed {failed}; producer replacements {}",
+        publisher.producer_replacements()
+    );
+    Ok(())
+}
+
 async fn publish(kafka: &KafkaConfig, count: usize) -> anyhow::Result<()> {
     let publisher = Publisher::new(kafka, "/drill")?;
     let events: Vec<_> = (0..count)

@@ -21,7 +21,7 @@ pub use consumer::{
 };
 pub use dlq::{DeadLetter, DeadLetterWriter, dlq_headers};
 pub(crate) use dlq::{Keep, dead_letter_parts};
-pub use publisher::{Delivered, Outgoing, Publisher};
+pub use publisher::{Delivered, Outgoing, PUBLISH_ATTEMPTS, Publisher};
 pub use record::{AsBorrowedHeaders, RecordHeaders};
 pub use schema_store::{SchemaStore, StoredSchema};
 pub use topics::{TopicAdmin, TopicKind, TopicSpec, TopicState};

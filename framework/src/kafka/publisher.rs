@@ -24,6 +24,10 @@ use super::client::PRODUCER_DEFAULTS;
 use super::renewing::RenewingProducer;
 use crate::error::{PublishError, PublishErrorKind};
 
+/// Sends of one record by `publish` before it reports a retriable failure: the first, and two
+/// more with the same id after 100 ms and 400 ms.
+pub const PUBLISH_ATTEMPTS: u32 = 3;
+
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
@@ -152,12 +156,17 @@ impl Publisher {
         &self.inner.source
     }
 
-    /// Publishes an event that starts a conversation.
+    /// Publishes an event that starts a conversation. A retriable failure (a timeout, a
+    /// producer replaced after a fatal error) is retried here with the same id, up to
+    /// [`PUBLISH_ATTEMPTS`] sends in all; an error returned is final for this id. A caller that
+    /// must retry further without a second id uses [`Publisher::prepare`] and
+    /// [`Publisher::send`] instead: calling `publish` again mints a new id.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Delivered, PublishError> {
         self.publish_with(event, None).await
     }
 
-    /// Publishes an event caused by another message (same correlation id, causation = its id).
+    /// Publishes an event caused by another message (same correlation id, causation = its id);
+    /// retried like [`Publisher::publish`].
     pub async fn publish_caused_by<E: Event>(
         &self,
         event: &E,
@@ -200,13 +209,14 @@ impl Publisher {
             correlation_id: id,
             causation_id: id,
         });
+        let time = Utc::now().trunc_subsecs(6);
         let (headers, header_bytes) = crate::message::core_headers(
             id,
             None,
             E::NAME,
             &self.inner.source,
             &subject,
-            Utc::now().trunc_subsecs(6),
+            time,
             content_type,
             causation,
             9,
@@ -225,15 +235,50 @@ impl Publisher {
             .key(subject.as_bytes())
             .payload(&payload)
             .headers(headers);
-        let (partition, offset) = self
-            .produce(record)
-            .await
-            .map_err(|(kind, reason)| error(kind, reason))?;
-        Ok(Delivered {
-            id,
-            partition,
-            offset,
-        })
+        match self.produce(record).await {
+            Ok((partition, offset)) => Ok(Delivered {
+                id,
+                partition,
+                offset,
+            }),
+            Err((PublishErrorKind::Retriable, reason)) => {
+                // The same record again (same id and time): the retry a caller would otherwise
+                // make with a new id, and so a duplicate its consumers could not recognise.
+                let mut meta = Metadata::new(
+                    id,
+                    E::NAME,
+                    self.inner.source.as_str(),
+                    subject,
+                    time,
+                    Some(causation),
+                );
+                content_type.clone_into(&mut meta.content_type);
+                let out = Outgoing::new(topic.to_string(), meta, payload);
+                self.send_again(&out, error(PublishErrorKind::Retriable, reason))
+                    .await
+            }
+            Err((kind, reason)) => Err(error(kind, reason)),
+        }
+    }
+
+    /// Sends `out` again after `failed`, a retriable failure, up to [`PUBLISH_ATTEMPTS`] in all,
+    /// with a short back-off; the last failure is returned.
+    async fn send_again(
+        &self,
+        out: &Outgoing,
+        mut failed: PublishError,
+    ) -> Result<Delivered, PublishError> {
+        for attempt in 1..PUBLISH_ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(100 << (2 * (attempt - 1)))).await;
+            tracing::warn!(id = %out.meta.id, topic = %out.topic, attempt, reason = %failed.reason,
+                "publish failed; sending the same record again");
+            match self.send(out).await {
+                Ok(delivered) => return Ok(delivered),
+                Err(e) if e.is_retriable() => failed = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failed)
     }
 
     /// Builds the record with a fresh UUIDv7 id, without sending it.

@@ -778,6 +778,35 @@ mod publisher {
     use crate::projections::topics;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publish_retries_a_failed_send_itself_with_the_same_id() {
+        let config = common::kafka("drill-publish-each");
+        let topic = topics(&config, 2).await;
+        // The 5th send of 20 fails as after a fatal idempotence error; `publish` sends it again.
+        let mut child = drill(
+            &config,
+            "postgres://unused",
+            &["publish-each", "20"],
+            Some("publisher.fatal@5"),
+        );
+        let status = wait_exit(&mut child, Duration::from_secs(90));
+        let out = stdout_of(child);
+        assert!(status.success(), "{status}: {out}");
+        assert!(
+            out.contains("published 20; failed 0; producer replacements 1"),
+            "{out}"
+        );
+        // Twenty ids, each once: the retry reused its id, so nothing is doubled.
+        let records = common::read_all(&config, &topic, 20, Duration::from_secs(30), true);
+        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+        for record in &records {
+            *ids.entry(common::header_map(record)["ce_id"].clone())
+                .or_default() += 1;
+        }
+        assert_eq!(ids.len(), 20, "{ids:?}");
+        assert!(ids.values().all(|n| *n == 1), "{ids:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fatal_producer_error_fails_that_send_replaces_the_producer_and_loses_nothing() {
         let config = common::kafka("drill-publish");
         let topic = topics(&config, 2).await;
