@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 
-use super::rebalance::ProcessorContext;
+use super::rebalance::{PARKED_FOR, ProcessorContext, expire_parked};
 use super::restore::restore_owned;
 use super::transaction::{SetAside, run_transaction};
 use super::{Shared, lock};
@@ -49,7 +49,12 @@ pub(super) fn processing_loop<A: Aggregate>(
     // Transactions still to run with a single command: the broker refused a request of a
     // transaction that held several, and only one at a time says which command it was.
     let mut isolate = 0usize;
+    let mut expired_at = Instant::now();
     while !shared.shutdown.is_triggered() {
+        if expired_at.elapsed() >= Duration::from_secs(1) {
+            expire_parked(shared, PARKED_FOR);
+            expired_at = Instant::now();
+        }
         let before = shared.rebalances.load(Ordering::Acquire);
         let size = if isolate > 0 { 1 } else { max_batch };
         let (batch, error) = collect_batch(consumer, size, Duration::from_millis(100));

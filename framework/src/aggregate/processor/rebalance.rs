@@ -21,7 +21,17 @@ use crate::kafka::consumer::forward_log;
 pub(super) type ParkedState<A> = HashMap<i32, (HashMap<String, Entry<A>>, i64, std::time::Instant)>;
 
 /// How long a revoked partition's state is kept for a quick reassignment.
-const PARKED_FOR: Duration = Duration::from_secs(60);
+pub(super) const PARKED_FOR: Duration = Duration::from_secs(60);
+
+/// Drops parked state older than `max_age`: the memory of partitions that did not come back is
+/// returned on time, not at the next revoke (the processing loop calls this about once a
+/// second). Returns how many partitions' state it dropped.
+pub(super) fn expire_parked<A: Aggregate>(shared: &Shared<A>, max_age: Duration) -> usize {
+    let mut parked = lock(&shared.parked);
+    let before = parked.len();
+    parked.retain(|_, (_, _, at)| at.elapsed() < max_age);
+    before - parked.len()
+}
 
 pub(super) struct ProcessorContext<A: Aggregate> {
     pub(super) shared: Arc<Shared<A>>,
@@ -236,6 +246,19 @@ mod tests {
         assert!(context.unpark(2, 0, 3).is_none());
         assert!(lock(&shared.parked).is_empty());
         assert_eq!(shared.status.parked_reused(), 1);
+    }
+
+    #[test]
+    fn parked_state_expires_on_time_without_another_revoke() {
+        let context = context_with_state();
+        let shared = &context.shared;
+        lock(&shared.since_snapshot).extend([(0, (3, 41)), (2, (0, 5))]);
+        context.park(&[0, 2]);
+        assert_eq!(expire_parked(shared, PARKED_FOR), 0, "fresh state stays");
+        assert_eq!(lock(&shared.parked).len(), 2);
+        assert_eq!(expire_parked(shared, Duration::ZERO), 2, "old state goes");
+        assert!(lock(&shared.parked).is_empty());
+        assert!(context.unpark(0, 0, 50).is_none());
     }
 
     #[test]
