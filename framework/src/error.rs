@@ -84,8 +84,29 @@ pub enum Error {
     #[error("{what} timed out after {after:?}")]
     Timeout { what: String, after: Duration },
 
-    /// The consumer runtime stopped because of an unrecoverable error.
-    #[error("consumer runtime stopped: {0}")]
+    /// Another instance took over this runtime's transactional id (same service and ordinal):
+    /// this one stops for good, since restarting it would fence the newer one.
+    #[error("{runtime} fenced by a newer instance with the same transactional id: {reason}")]
+    Fenced { runtime: String, reason: String },
+
+    /// Code running inside a runtime panicked (a bug); the panic was caught and the runtime
+    /// stopped.
+    #[error("{what} panicked: {message}")]
+    Panicked { what: String, message: String },
+
+    /// A Kafka transaction's outcome is unknown (a timed-out commit may still land): the
+    /// runtime stops, and a restart fences the old producer.
+    #[error("transaction outcome unknown: {0}")]
+    TransactionUnknown(String),
+
+    /// A rebuild lost its lock, and another rebuild holds it now.
+    #[error(
+        "rebuild of {projection}: lost its lock, and another rebuild holds it now; run it again to resume"
+    )]
+    RebuildLockLost { projection: String },
+
+    /// A runtime stopped because of another unrecoverable error.
+    #[error("runtime stopped: {0}")]
     Runtime(String),
 }
 

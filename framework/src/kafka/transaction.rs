@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::Offset;
@@ -177,8 +177,12 @@ pub(crate) fn collect_batch<C: ConsumerContext>(
 /// must stop cleanly, like a fenced producer, rather than linger without partitions.
 pub(crate) fn check_consumer<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Result<()> {
     match consumer.client().fatal_error() {
+        Some((RDKafkaErrorCode::FencedInstanceId, reason)) => Err(Error::Fenced {
+            runtime: "consumer (static member)".into(),
+            reason,
+        }),
         Some((code, reason)) => Err(Error::Runtime(format!(
-            "consumer fenced or failed ({code}): {reason}"
+            "consumer failed ({code}): {reason}"
         ))),
         None => Ok(()),
     }
@@ -194,6 +198,13 @@ pub(crate) fn abort_and_rewind<C: ConsumerContext>(
 ) -> Result<()> {
     producer
         .abort_transaction(Duration::from_secs(30))
-        .map_err(|e| Error::Runtime(format!("abort_transaction failed after {reason}: {e}")))?;
+        .map_err(|e| match classify("abort_transaction", &e) {
+            // A newer instance took the transactional id while this one aborted.
+            TxError::Fenced(fenced) => Error::Fenced {
+                runtime: "transactional producer".into(),
+                reason: format!("{fenced} (after {reason})"),
+            },
+            _ => Error::Runtime(format!("abort_transaction failed after {reason}: {e}")),
+        })?;
     rewind(consumer, &starts(batch))
 }

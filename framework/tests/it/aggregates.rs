@@ -403,7 +403,7 @@ async fn a_second_processor_with_the_same_transactional_identity_fences_the_firs
         .expect("the first stops")
         .expect("join");
     let err = outcome.expect_err("the fenced processor stops with an error");
-    assert!(err.to_string().contains("fenced"), "{err}");
+    assert!(matches!(err, choreo::Error::Fenced { .. }), "{err}");
     wait_ready(&second_status, PARTITIONS as usize).await;
     let reply = bus
         .send_and_wait(&open("g"), SendOptions::default(), Duration::from_secs(30))

@@ -284,10 +284,10 @@ fn start_thread<A: Aggregate>(
             }));
             let result = match outcome {
                 Ok(result) => result,
-                Err(panic) => Err(Error::Runtime(format!(
-                    "command processor panicked: {}",
-                    panic_message(&*panic)
-                ))),
+                Err(panic) => Err(Error::Panicked {
+                    what: "command processor".into(),
+                    message: panic_message(&*panic),
+                }),
             };
             // Leave the group; the revoke callback drops the partitions' state.
             shared.stopped.store(true, Ordering::Release);

@@ -113,7 +113,10 @@ pub(super) fn processing_loop<A: Aggregate>(
                 // Another instance owns our transactional id now: stop, never recreate (two
                 // instances sharing an id would fence each other forever).
                 tracing::error!(%reason, "fenced by a newer instance with the same transactional id; stopping");
-                return Err(Error::Runtime(format!("fenced: {reason}")));
+                return Err(Error::Fenced {
+                    runtime: "command processor".into(),
+                    reason,
+                });
             }
             Err(TxError::Fatal(reason)) => {
                 replacements += 1;
@@ -198,8 +201,8 @@ fn replace_producer<A: Aggregate>(
     // transaction is then either committed or aborted for good), and a restore
     // rebuilds the state and the command positions from what was committed.
     if replacements > MAX_REPLACEMENTS {
-        return Err(Error::Runtime(format!(
-            "transactions keep failing with unknown outcomes ({reason}); stopping after {MAX_REPLACEMENTS} producer replacements"
+        return Err(Error::TransactionUnknown(format!(
+            "{reason}; outcomes keep being unknown, stopping after {MAX_REPLACEMENTS} producer replacements"
         )));
     }
     tracing::warn!(%reason, replacements, "transaction outcome unknown; replacing the producer and restoring every partition");

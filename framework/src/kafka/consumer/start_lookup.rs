@@ -42,10 +42,10 @@ impl<L: PartitionLogic> RuntimeContext<L> {
                 Ok(Err(_)) => Err(Error::Runtime(format!(
                     "start offsets not answered within {left:?}"
                 ))),
-                Err(panic) => Err(Error::Runtime(format!(
-                    "start_offsets panicked: {}",
-                    panic_message(&*panic)
-                ))),
+                Err(panic) => Err(Error::Panicked {
+                    what: "start_offsets".into(),
+                    message: panic_message(&*panic),
+                }),
             };
             match result {
                 Ok(offsets) => return Ok(offsets),

@@ -50,10 +50,9 @@ impl RebuildLock {
                 *self = fresh;
                 Ok(())
             }
-            None => Err(Error::Runtime(format!(
-                "rebuild of {}: lost its lock, and another rebuild holds it now; run it again to resume",
-                self.id
-            ))),
+            None => Err(Error::RebuildLockLost {
+                projection: self.id.clone(),
+            }),
         }
     }
 

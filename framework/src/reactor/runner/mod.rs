@@ -202,11 +202,10 @@ fn spawn_thread<R: Reactor>(
             }));
             let result = match outcome {
                 Ok(result) => result,
-                Err(panic) => Err(Error::Runtime(format!(
-                    "reactor {} panicked: {}",
-                    R::NAME,
-                    panic_message(&*panic)
-                ))),
+                Err(panic) => Err(Error::Panicked {
+                    what: format!("reactor {}", R::NAME),
+                    message: panic_message(&*panic),
+                }),
             };
             shared.stopped.store(true, Ordering::Release);
             drop(consumer);

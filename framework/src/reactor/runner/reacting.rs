@@ -93,11 +93,14 @@ pub(super) fn reacting_loop<R: Reactor>(
             }
             Err(TxError::Fenced(reason)) => {
                 tracing::error!(reactor = R::NAME, %reason, "fenced by a newer instance with the same transactional id; stopping");
-                return Err(Error::Runtime(format!("fenced: {reason}")));
+                return Err(Error::Fenced {
+                    runtime: format!("reactor {}", R::NAME),
+                    reason,
+                });
             }
             Err(TxError::Fatal(reason)) => {
-                return Err(Error::Runtime(format!(
-                    "transaction failed ({reason}); a timed-out commit may still land, so this reactor stops: \
+                return Err(Error::TransactionUnknown(format!(
+                    "{reason}; a timed-out commit may still land, so this reactor stops: \
                      restart it to fence the old producer"
                 )));
             }
