@@ -98,6 +98,15 @@ impl Record {
         self.payload_len.map(|len| &self.data[start..start + len])
     }
 
+    /// About how many bytes this record holds in memory: key, payload, headers and the
+    /// bookkeeping around them. What queues are bounded by, besides their record count.
+    pub fn size_in_memory(&self) -> usize {
+        let headers = self.headers.as_ref().map_or(0, |h| {
+            h.buf.len() + h.entries.len() * std::mem::size_of::<Entry>()
+        });
+        std::mem::size_of::<Self>() + self.data.len() + headers
+    }
+
     pub fn headers(&self) -> Option<&RecordHeaders> {
         self.headers.as_ref()
     }

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -146,17 +145,19 @@ fn dispatch<L: PartitionLogic>(
         {
             continue;
         }
-        handle.queued.fetch_add(records.len(), Ordering::AcqRel);
         let count = records.len();
+        let bytes = records.iter().map(Record::size_in_memory).sum();
+        handle.queued.add(count, bytes);
         let sent = handle.tx.as_ref().is_some_and(|tx| {
             tx.send(Dispatch {
                 epoch: handle.epoch,
                 records,
+                bytes,
             })
             .is_ok()
         });
         if !sent {
-            handle.queued.fetch_sub(count, Ordering::AcqRel);
+            handle.queued.sub(count, bytes);
         }
     }
 }
@@ -165,13 +166,14 @@ fn dispatch<L: PartitionLogic>(
 /// is down to a quarter of that; the poll thread polls on either way.
 fn flow_control<L: PartitionLogic>(shared: &Shared<L>, consumer: &BaseConsumer<RuntimeContext<L>>) {
     let high = shared.settings.high_water.max(1);
+    let high_bytes = shared.settings.high_water_bytes.max(1);
     let mut state = shared.state();
     for (key, handle) in state.workers.iter_mut() {
         if handle.halted || handle.waiting {
             continue;
         }
-        let queued = handle.queued.load(Ordering::Acquire);
-        if let Some(pause) = flow_change(handle.paused, queued, high) {
+        let (queued, bytes) = handle.queued.load();
+        if let Some(pause) = flow_change(handle.paused, (queued, bytes), (high, high_bytes)) {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&key.0, key.1);
             let result = if pause {
@@ -182,7 +184,7 @@ fn flow_control<L: PartitionLogic>(shared: &Shared<L>, consumer: &BaseConsumer<R
             match result {
                 Ok(()) => {
                     handle.paused = pause;
-                    tracing::debug!(topic = %key.0, partition = key.1, queued, pause, "partition flow control");
+                    tracing::debug!(topic = %key.0, partition = key.1, queued, bytes, pause, "partition flow control");
                 }
                 Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
             }
@@ -190,12 +192,15 @@ fn flow_control<L: PartitionLogic>(shared: &Shared<L>, consumer: &BaseConsumer<R
     }
 }
 
-/// Whether a partition with `queued` records is paused (`Some(true)`) or resumed
-/// (`Some(false)`) now, given whether it `paused` already and the high-water mark.
-fn flow_change(paused: bool, queued: usize, high: usize) -> Option<bool> {
-    if !paused && queued >= high {
+/// Whether a partition with `queued` (records, bytes) is paused (`Some(true)`) or resumed
+/// (`Some(false)`) now, given whether it `paused` already and the high-water marks: paused
+/// when either reaches its mark, resumed once both are down to a quarter of theirs.
+fn flow_change(paused: bool, queued: (usize, usize), high: (usize, usize)) -> Option<bool> {
+    let (records, bytes) = queued;
+    let (high_records, high_bytes) = high;
+    if !paused && (records >= high_records || bytes >= high_bytes) {
         Some(true)
-    } else if paused && queued <= high / 4 {
+    } else if paused && records <= high_records / 4 && bytes <= high_bytes / 4 {
         Some(false)
     } else {
         None
@@ -206,15 +211,29 @@ fn flow_change(paused: bool, queued: usize, high: usize) -> Option<bool> {
 mod tests {
     use super::*;
 
+    const MB: usize = 1 << 20;
+    /// Marks: 5,000 records or 64 MB.
+    const HIGH: (usize, usize) = (5_000, 64 * MB);
+
     #[test]
     fn a_partition_pauses_at_the_high_water_mark_and_resumes_at_a_quarter() {
-        assert_eq!(flow_change(false, 4_999, 5_000), None);
-        assert_eq!(flow_change(false, 5_000, 5_000), Some(true));
-        assert_eq!(flow_change(true, 5_000, 5_000), None, "paused already");
-        assert_eq!(flow_change(true, 1_251, 5_000), None);
-        assert_eq!(flow_change(true, 1_250, 5_000), Some(false));
-        assert_eq!(flow_change(false, 0, 5_000), None, "running already");
-        assert_eq!(flow_change(false, 1, 1), Some(true));
-        assert_eq!(flow_change(true, 0, 1), Some(false));
+        assert_eq!(flow_change(false, (4_999, MB), HIGH), None);
+        assert_eq!(flow_change(false, (5_000, MB), HIGH), Some(true));
+        assert_eq!(flow_change(true, (5_000, MB), HIGH), None, "paused already");
+        assert_eq!(flow_change(true, (1_251, MB), HIGH), None);
+        assert_eq!(flow_change(true, (1_250, MB), HIGH), Some(false));
+        assert_eq!(flow_change(false, (0, 0), HIGH), None, "running already");
+        assert_eq!(flow_change(false, (1, 0), (1, 1)), Some(true));
+        assert_eq!(flow_change(true, (0, 0), (1, 1)), Some(false));
+    }
+
+    #[test]
+    fn large_records_pause_a_partition_by_their_bytes_whatever_their_count() {
+        // 64 records of 1 MB: far under the record mark, at the byte mark.
+        assert_eq!(flow_change(false, (63, 63 * MB), HIGH), None);
+        assert_eq!(flow_change(false, (64, 64 * MB), HIGH), Some(true));
+        // Resumed only once the bytes are down to a quarter too.
+        assert_eq!(flow_change(true, (17, 17 * MB), HIGH), None);
+        assert_eq!(flow_change(true, (16, 16 * MB), HIGH), Some(false));
     }
 }

@@ -23,6 +23,9 @@ pub struct ConsumerSettings {
     pub max_batch: usize,
     /// Records queued for one partition before it is paused.
     pub high_water: usize,
+    /// Bytes (records in memory) queued for one partition before it is paused, whatever
+    /// their count: 5,000 records of 1 MB would otherwise hold 5 GB.
+    pub high_water_bytes: usize,
     /// How long a revoke waits for a partition task to finish its batch before aborting it.
     pub revoke_timeout: Duration,
     /// Extra librdkafka consumer properties (they win over choreo's).
@@ -48,6 +51,7 @@ impl ConsumerSettings {
             auto_offset_reset: "earliest".into(),
             max_batch: 500,
             high_water: 5_000,
+            high_water_bytes: 64 << 20,
             revoke_timeout: Duration::from_secs(30),
             properties: Vec::new(),
             status: ConsumerStatus::default(),

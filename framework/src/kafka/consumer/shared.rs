@@ -112,6 +112,36 @@ pub(super) enum ReportKind {
 pub(super) struct Dispatch {
     pub(super) epoch: u64,
     pub(super) records: Batch,
+    /// The records' bytes in memory, as counted into `Queued`.
+    pub(super) bytes: usize,
+}
+
+/// What a partition task has been handed and not yet finished: records and their bytes in
+/// memory (`Record::size_in_memory`). The poll thread pauses the partition when either is high.
+#[derive(Debug, Default)]
+pub(super) struct Queued {
+    pub(super) records: AtomicUsize,
+    pub(super) bytes: AtomicUsize,
+}
+
+impl Queued {
+    pub(super) fn add(&self, records: usize, bytes: usize) {
+        self.records.fetch_add(records, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    pub(super) fn sub(&self, records: usize, bytes: usize) {
+        self.records.fetch_sub(records, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// (records, bytes) now.
+    pub(super) fn load(&self) -> (usize, usize) {
+        (
+            self.records.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+        )
+    }
 }
 
 /// The poll thread's handle on a partition task.
@@ -120,7 +150,7 @@ pub(super) struct WorkerHandle {
     /// its batch instead of waiting for records that will not come.
     pub(super) tx: Option<mpsc::UnboundedSender<Dispatch>>,
     pub(super) stop: Arc<AtomicBool>,
-    pub(super) queued: Arc<AtomicUsize>,
+    pub(super) queued: Arc<Queued>,
     pub(super) task: Option<tokio::task::JoinHandle<()>>,
     /// Assignment generation when this task was spawned.
     pub(super) generation: u64,

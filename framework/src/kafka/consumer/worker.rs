@@ -3,13 +3,13 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc as std_mpsc;
 
 use futures::FutureExt;
 use tokio::sync::mpsc;
 
-use super::shared::{Dispatch, Report, ReportKind, Shared, Tp, WorkerHandle};
+use super::shared::{Dispatch, Queued, Report, ReportKind, Shared, Tp, WorkerHandle};
 use super::{PartitionControl, PartitionLogic, PartitionWorker, WorkerOutcome, panic_message};
 
 /// Creates the logic's worker for a newly assigned partition and starts its task; the
@@ -21,7 +21,7 @@ pub(super) fn spawn_worker<L: PartitionLogic>(
 ) -> Result<WorkerHandle, String> {
     let (tx, rx) = mpsc::unbounded_channel::<Dispatch>();
     let stop = Arc::new(AtomicBool::new(false));
-    let queued = Arc::new(AtomicUsize::new(0));
+    let queued = Arc::new(Queued::default());
     let control = PartitionControl {
         stop: Arc::clone(&stop),
         topic: Arc::clone(&key.0),
@@ -66,7 +66,7 @@ async fn run_task<W: PartitionWorker>(
     mut worker: W,
     mut rx: mpsc::UnboundedReceiver<Dispatch>,
     control: PartitionControl,
-    task_queued: Arc<AtomicUsize>,
+    task_queued: Arc<Queued>,
     reports: std_mpsc::Sender<Report>,
     key: Tp,
     generation: u64,
@@ -79,13 +79,14 @@ async fn run_task<W: PartitionWorker>(
     let mut epoch = 0u64;
     while let Some(dispatch) = rx.recv().await {
         let mut count = dispatch.records.len();
+        let mut bytes = dispatch.bytes;
         if control.stopping() {
-            task_queued.fetch_sub(count, Ordering::AcqRel);
+            task_queued.sub(count, bytes);
             break;
         }
         if dispatch.epoch != epoch {
             // Fetched before our last seek took effect: stale.
-            task_queued.fetch_sub(count, Ordering::AcqRel);
+            task_queued.sub(count, bytes);
             continue;
         }
         // Merge what else is queued (same epoch) into one batch: under load a projection
@@ -95,6 +96,7 @@ async fn run_task<W: PartitionWorker>(
             && let Ok(more) = rx.try_recv()
         {
             count += more.records.len();
+            bytes += more.bytes;
             if more.epoch == epoch {
                 records.extend(more.records);
             }
@@ -102,7 +104,7 @@ async fn run_task<W: PartitionWorker>(
         let outcome = AssertUnwindSafe(worker.process(records, &control))
             .catch_unwind()
             .await;
-        task_queued.fetch_sub(count, Ordering::AcqRel);
+        task_queued.sub(count, bytes);
         let Some(kind) = report_kind(outcome, &mut epoch) else {
             continue;
         };
@@ -150,6 +152,8 @@ mod tests {
 
     use super::*;
     use crate::error::Result;
+    use std::sync::atomic::Ordering;
+
     use crate::kafka::consumer::Batch;
     use crate::kafka::consumer::{ConsumerSettings, Record, StartOffset};
     use crate::shutdown::Shutdown;
@@ -245,9 +249,17 @@ mod tests {
                 Record::copy(&message, Arc::from("t"))
             })
             .collect();
-        handle.queued.fetch_add(records.len(), Ordering::AcqRel);
+        let bytes = records.iter().map(Record::size_in_memory).sum();
+        handle.queued.add(records.len(), bytes);
         let tx = handle.tx.as_ref().expect("open queue");
-        assert!(tx.send(Dispatch { epoch, records }).is_ok());
+        assert!(
+            tx.send(Dispatch {
+                epoch,
+                records,
+                bytes
+            })
+            .is_ok()
+        );
     }
 
     async fn next_report<L: PartitionLogic>(shared: &Shared<L>) -> Report {
@@ -273,7 +285,7 @@ mod tests {
         assert_eq!((report.key, report.generation), (key(), 7));
         assert!(matches!(report.kind, ReportKind::Store(3)));
         assert_eq!(*seen.lock().expect("seen"), [vec![0, 1, 2]]);
-        assert_eq!(handle.queued.load(Ordering::Acquire), 0);
+        assert_eq!(handle.queued.load(), (0, 0));
     }
 
     #[tokio::test]
@@ -299,7 +311,7 @@ mod tests {
             ReportKind::Store(12)
         ));
         assert_eq!(*seen.lock().expect("seen"), [vec![5], vec![10, 11]]);
-        assert_eq!(handle.queued.load(Ordering::Acquire), 0);
+        assert_eq!(handle.queued.load(), (0, 0));
     }
 
     #[tokio::test]
@@ -356,7 +368,7 @@ mod tests {
             ReportKind::Exited
         ));
         assert!(seen.lock().expect("seen").is_empty());
-        assert_eq!(handle.queued.load(Ordering::Acquire), 0);
+        assert_eq!(handle.queued.load(), (0, 0));
     }
 
     #[tokio::test]
