@@ -18,7 +18,10 @@
 //!
 //! A handler returns `Ok`, a [`HandlerError::Transient`] (retried with back-off, never
 //! skipped; the partition is paused while polling continues) or a [`HandlerError::Permanent`]
-//! (the record goes to `{group}.dlq` with the reason, and the partition moves on). A record
+//! (the record goes to `{group}.dlq` with the reason, and the partition moves on). An error
+//! that says neither (`?` on an `anyhow::Error`: [`HandlerError::Unclassified`]) is retried
+//! for [`RETRY_UNCLASSIFIED_FOR`], then halts the partition. While a record is retried the
+//! partition shows in `ConsumerStatus::retrying` with the last error and since when. A record
 //! that cannot be decoded goes to the dead letters too. A panic in a handler is caught and
 //! treated as permanent.
 //!
@@ -32,6 +35,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use futures::FutureExt;
@@ -60,6 +64,12 @@ pub enum HandlerError {
     /// Will never succeed for this message (a business rule, bad data). Dead-lettered.
     #[error("permanent: {0:#}")]
     Permanent(anyhow::Error),
+    /// An error that did not say whether it is worth retrying (what `?` on an `anyhow::Error`
+    /// gives). Retried like a transient one, but only for
+    /// [`EventHandlers::retry_unclassified_for`] (5 minutes by default): then the partition
+    /// halts with it, so a bug is neither retried forever nor skipped.
+    #[error("unclassified: {0:#}")]
+    Unclassified(anyhow::Error),
 }
 
 impl HandlerError {
@@ -72,12 +82,16 @@ impl HandlerError {
     }
 }
 
-/// `?` on an `anyhow::Error` retries: when in doubt, never skip.
+/// `?` on an `anyhow::Error` retries for a while, then halts: when in doubt, never skip, and
+/// never wait forever on what may be a bug.
 impl From<anyhow::Error> for HandlerError {
     fn from(error: anyhow::Error) -> Self {
-        Self::Transient(error)
+        Self::Unclassified(error)
     }
 }
+
+/// How long an unclassified error is retried before its partition halts.
+pub const RETRY_UNCLASSIFIED_FOR: Duration = Duration::from_secs(300);
 
 /// What to do with a message type nobody registered (including a future major version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +123,7 @@ pub struct EventHandlers {
     unknown: UnknownTypes,
     settings: Option<ConsumerSettings>,
     error: Option<Error>,
+    retry_unclassified_for: Duration,
 }
 
 impl std::fmt::Debug for EventHandlers {
@@ -135,6 +150,7 @@ impl EventHandlers {
             unknown: UnknownTypes::DeadLetter,
             settings: None,
             error: None,
+            retry_unclassified_for: RETRY_UNCLASSIFIED_FOR,
         }
     }
 
@@ -229,6 +245,14 @@ impl EventHandlers {
         settings.status.clone()
     }
 
+    /// How long a record whose handler fails with [`HandlerError::Unclassified`] (a `?` on an
+    /// `anyhow::Error`) is retried before its partition halts ([`RETRY_UNCLASSIFIED_FOR`] by
+    /// default). [`HandlerError::Transient`] is retried for as long as it takes.
+    pub fn retry_unclassified_for(mut self, limit: Duration) -> Self {
+        self.retry_unclassified_for = limit;
+        self
+    }
+
     /// The group name as given, without the namespace that [`EventHandlers::run`] prefixes.
     pub fn group(&self) -> &str {
         &self.group
@@ -262,6 +286,7 @@ impl EventHandlers {
         let logic = Arc::new(HandlerLogic {
             routes: Arc::new(self.routes),
             unknown: self.unknown,
+            retry_unclassified_for: self.retry_unclassified_for,
             dead_letters: DeadLetterWriter::new(config, &settings.group_id)?,
             schemas: SchemaStore::new(config),
         });
@@ -272,6 +297,7 @@ impl EventHandlers {
 struct HandlerLogic {
     routes: Arc<HashMap<String, Route>>,
     unknown: UnknownTypes,
+    retry_unclassified_for: Duration,
     dead_letters: DeadLetterWriter,
     schemas: SchemaStore,
 }
@@ -287,6 +313,7 @@ impl PartitionLogic for HandlerLogic {
         HandlerWorker {
             routes: Arc::clone(&self.routes),
             unknown: self.unknown,
+            retry_unclassified_for: self.retry_unclassified_for,
             dead_letters: self.dead_letters.clone(),
             schemas: self.schemas.clone(),
         }
@@ -296,6 +323,7 @@ impl PartitionLogic for HandlerLogic {
 struct HandlerWorker {
     routes: Arc<HashMap<String, Route>>,
     unknown: UnknownTypes,
+    retry_unclassified_for: Duration,
     dead_letters: DeadLetterWriter,
     schemas: SchemaStore,
 }
@@ -384,6 +412,7 @@ impl PartitionWorker for HandlerWorker {
                 return WorkerOutcome::Processed { next_offset };
             }
             let mut attempt = 0u32;
+            let first_failure = std::time::Instant::now();
             let reason = loop {
                 match self.handle(record).await {
                     Step::Done => break None,
@@ -391,8 +420,20 @@ impl PartitionWorker for HandlerWorker {
                     // at-least-once.
                     Step::Halt(reason) => return WorkerOutcome::Halt(reason),
                     Step::Retry(error) => {
+                        let failing_for = first_failure.elapsed();
+                        if matches!(error, HandlerError::Unclassified(_))
+                            && failing_for >= self.retry_unclassified_for
+                        {
+                            control.recovered();
+                            return WorkerOutcome::Halt(format!(
+                                "offset {}: still failing after {failing_for:.0?} ({attempt} retries) \
+                                 with an error not marked transient or permanent: {error}",
+                                record.offset()
+                            ));
+                        }
                         tracing::warn!(topic = control.topic(), partition = control.partition(), offset = record.offset(),
-                            attempt, %error, "handler failed transiently; retrying");
+                            attempt, %error, "handler failed; retrying");
+                        control.retrying(&error.to_string());
                         if !control.backoff(attempt).await {
                             return WorkerOutcome::Processed { next_offset };
                         }
@@ -401,6 +442,9 @@ impl PartitionWorker for HandlerWorker {
                     Step::DeadLetter(reason) => break Some(reason),
                 }
             };
+            if attempt > 0 {
+                control.recovered();
+            }
             if let Some(reason) = reason {
                 tracing::warn!(topic = control.topic(), partition = control.partition(), offset = record.offset(),
                     %reason, "dead-lettering record");

@@ -519,3 +519,68 @@ async fn two_namespaces_sharing_a_group_name_keep_their_groups_and_dead_letters_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_not_marked_transient_is_retried_for_a_while_then_halts_its_partition() {
+    let config = common::kafka("unclassified");
+    common::create_events_topic(&config, "user", 1).await;
+    let group = common::unique("unclassified-group");
+    common::create_dlq(&config, &group).await;
+    let publisher = Publisher::new(&config, "/test-service").expect("publisher");
+    publisher.publish(&signup(0)).await.expect("publish");
+    let attempts = Arc::new(AtomicU32::new(0));
+    let shutdown = Shutdown::new();
+    let mut handlers = EventHandlers::new(group)
+        .retry_unclassified_for(Duration::from_secs(3))
+        .on({
+            let attempts = Arc::clone(&attempts);
+            move |_: Received<UserSignedUp>| {
+                let attempts = Arc::clone(&attempts);
+                async move {
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    // A bug surfacing through `?`: neither transient nor permanent.
+                    let value: u32 = "not a number".parse().map_err(anyhow::Error::from)?;
+                    let _ = value;
+                    Ok(())
+                }
+            }
+        });
+    let status = handlers.status();
+    let runner = tokio::spawn({
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        async move { handlers.run(&config, shutdown).await }
+    });
+    // While it is retried, the status says so, with the error and since when.
+    common::eventually(
+        "the partition to show as retrying",
+        Duration::from_secs(60),
+        || {
+            status
+                .retrying()
+                .iter()
+                .any(|(_, p, reason, _)| *p == 0 && reason.contains("invalid digit"))
+        },
+    )
+    .await;
+    assert!(status.is_ready(), "retrying is not halted");
+    // Then it halts with the reason, and no longer shows as retrying.
+    common::eventually("the partition to halt", Duration::from_secs(60), || {
+        !status.halted().is_empty()
+    })
+    .await;
+    let halted = status.halted();
+    assert!(
+        halted[0].2.contains("not marked transient or permanent")
+            && halted[0].2.contains("invalid digit"),
+        "{halted:?}"
+    );
+    assert!(status.retrying().is_empty(), "{:?}", status.retrying());
+    assert!(!status.is_ready());
+    assert!(
+        attempts.load(Ordering::Relaxed) >= 2,
+        "it was retried first"
+    );
+    shutdown.trigger();
+    let summary = runner.await.expect("join").expect("run");
+    assert_eq!(summary.halted.len(), 1, "{summary:?}");
+}

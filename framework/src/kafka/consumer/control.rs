@@ -12,9 +12,41 @@ pub struct PartitionControl {
     pub(super) stop: Arc<AtomicBool>,
     pub(super) topic: Arc<str>,
     pub(super) partition: i32,
+    /// Where `retrying` and `recovered` show the partition's retries.
+    pub(super) status: super::ConsumerStatus,
 }
 
 impl PartitionControl {
+    /// Shows in the consumer's status that this partition retries a record: `reason` is the
+    /// last error; the time of the first call since the last [`PartitionControl::recovered`]
+    /// is kept as "since".
+    pub fn retrying(&self, reason: &str) {
+        let mut status = self.status.lock();
+        let (topic, partition) = (&*self.topic, self.partition);
+        match status
+            .retrying
+            .iter_mut()
+            .find(|(t, p, _, _)| t == topic && *p == partition)
+        {
+            Some(entry) => reason.clone_into(&mut entry.2),
+            None => status.retrying.push((
+                topic.to_owned(),
+                partition,
+                reason.to_owned(),
+                std::time::SystemTime::now(),
+            )),
+        }
+    }
+
+    /// The record that was retried is done: the partition leaves the status's retrying list.
+    pub fn recovered(&self) {
+        let (topic, partition) = (&*self.topic, self.partition);
+        self.status
+            .lock()
+            .retrying
+            .retain(|(t, p, _, _)| !(t == topic && *p == partition));
+    }
+
     /// True once the partition is being revoked or the runtime shuts down.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
@@ -55,6 +87,7 @@ mod tests {
             stop: Arc::new(AtomicBool::new(false)),
             topic: Arc::from("t"),
             partition: 3,
+            status: super::super::ConsumerStatus::default(),
         }
     }
 

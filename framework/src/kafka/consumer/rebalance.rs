@@ -260,6 +260,7 @@ fn forget<L: PartitionLogic>(shared: &Shared<L>, revoked: &[Tp]) {
     status.assigned.retain(|(t, p)| !gone(t, *p));
     status.waiting.retain(|(t, p, _)| !gone(t, *p));
     status.halted.retain(|(t, p, _)| !gone(t, *p));
+    status.retrying.retain(|(t, p, _, _)| !gone(t, *p));
 }
 
 #[cfg(test)]

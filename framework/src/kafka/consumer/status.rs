@@ -13,6 +13,8 @@ pub(super) struct StatusInner {
     pub(super) assigned: Vec<(String, i32)>,
     pub(super) halted: Vec<(String, i32, String)>,
     pub(super) waiting: Vec<(String, i32, String)>,
+    /// Partitions whose worker is retrying a record: the last error and since when.
+    pub(super) retrying: Vec<(String, i32, String, std::time::SystemTime)>,
     /// In the group: the first assignment (even an empty one) was seen, and the run has not
     /// ended.
     pub(super) joined: bool,
@@ -36,6 +38,14 @@ impl ConsumerStatus {
     pub fn waiting(&self) -> Vec<(String, i32, String)> {
         let mut out = self.lock().waiting.clone();
         out.sort();
+        out
+    }
+
+    /// Partitions whose worker keeps failing on a record and retries it, with the last error
+    /// and when the retries began. Still ready: nothing is skipped, the partition waits.
+    pub fn retrying(&self) -> Vec<(String, i32, String, std::time::SystemTime)> {
+        let mut out = self.lock().retrying.clone();
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         out
     }
 

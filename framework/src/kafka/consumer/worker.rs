@@ -26,6 +26,7 @@ pub(super) fn spawn_worker<L: PartitionLogic>(
         stop: Arc::clone(&stop),
         topic: Arc::clone(&key.0),
         partition: key.1,
+        status: shared.settings.status.clone(),
     };
     let worker = std::panic::catch_unwind(AssertUnwindSafe(|| shared.logic.worker(&key.0, key.1)))
         .map_err(|panic| {
