@@ -27,18 +27,33 @@ pub enum Error {
         "cannot reach Kafka at {brokers}: {reason}; start it with `scripts/dev-services up` \
          or set CHOREO_KAFKA_BROKERS"
     )]
-    KafkaUnreachable { brokers: String, reason: String },
+    KafkaUnreachable {
+        /// The bootstrap brokers tried (`host:port`, comma-separated).
+        brokers: String,
+        /// The client's error.
+        reason: String,
+    },
 
     /// PostgreSQL did not answer.
     #[error(
         "cannot reach PostgreSQL at {target}: {reason}; start it with `scripts/dev-services up` \
          or set CHOREO_DATABASE_URL"
     )]
-    PostgresUnreachable { target: String, reason: String },
+    PostgresUnreachable {
+        /// The database URL tried, with the password redacted.
+        target: String,
+        /// The driver's error.
+        reason: String,
+    },
 
     /// An existing topic differs from its declaration; we never change it silently.
     #[error("topic {topic} does not match its declaration: {mismatch}")]
-    TopicMismatch { topic: String, mismatch: String },
+    TopicMismatch {
+        /// The topic's name.
+        topic: String,
+        /// What differs (partition count or a config value), and what to do about it.
+        mismatch: String,
+    },
 
     /// A topic the code needs is missing.
     #[error("topic {0} does not exist; create it with `choreo topics create` or `ensure_topics`")]
@@ -55,7 +70,9 @@ pub enum Error {
     /// A Kafka call failed.
     #[error("kafka {op} failed: {source}")]
     Kafka {
+        /// The call that failed, such as `"subscribe"`.
         op: &'static str,
+        /// The client's error.
         #[source]
         source: rdkafka::error::KafkaError,
     },
@@ -63,7 +80,9 @@ pub enum Error {
     /// A PostgreSQL call failed.
     #[error("postgres {op} failed: {source}")]
     Postgres {
+        /// The call that failed, such as `"read checkpoint"`.
         op: &'static str,
+        /// The driver's error.
         #[source]
         source: sqlx::Error,
     },
@@ -75,14 +94,22 @@ pub enum Error {
     /// A partition was halted: processing it further could lose or corrupt data.
     #[error("partition {topic}[{partition}] halted: {reason}")]
     Halted {
+        /// The partition's topic.
         topic: String,
+        /// The partition's number.
         partition: i32,
+        /// Why it was halted.
         reason: String,
     },
 
     /// An operation did not finish in time.
     #[error("{what} timed out after {after:?}")]
-    Timeout { what: String, after: Duration },
+    Timeout {
+        /// What was awaited, such as `"topic user.events to appear"`.
+        what: String,
+        /// How long it was awaited.
+        after: Duration,
+    },
 
     /// Another instance took over this runtime's transactional id (same service and ordinal):
     /// this one stops for good, since restarting it would fence the newer one.
@@ -135,9 +162,13 @@ pub enum PublishErrorKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("publishing {message_id} to {topic} failed ({kind:?}): {reason}")]
 pub struct PublishError {
+    /// Why it failed, and whether trying again can help.
     pub kind: PublishErrorKind,
+    /// The topic it was sent to.
     pub topic: String,
+    /// The message's id, the same on every attempt; nil for a dead letter.
     pub message_id: Uuid,
+    /// What the producer, the encoder or the schema store reported.
     pub reason: String,
 }
 

@@ -73,10 +73,12 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
+    /// A failure worth retrying.
     pub fn transient(error: impl Into<anyhow::Error>) -> Self {
         Self::Transient(error.into())
     }
 
+    /// A failure that will never succeed for this message: dead-lettered.
     pub fn permanent(error: impl Into<anyhow::Error>) -> Self {
         Self::Permanent(error.into())
     }

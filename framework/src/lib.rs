@@ -45,6 +45,8 @@
 //! | Reactors | outputs exactly-once inside Kafka; outside effects at-least-once with an inbox |
 //! | Everything | nothing silently dropped: undecodable or rejected records go to `{group}.dlq` |
 
+#![warn(missing_docs)]
+
 pub mod aggregate;
 #[cfg(feature = "cli")]
 pub mod args;

@@ -84,6 +84,7 @@ impl std::fmt::Debug for ProjectionAdmin {
 }
 
 impl ProjectionAdmin {
+    /// No projections yet.
     pub fn new() -> Self {
         Self::default()
     }

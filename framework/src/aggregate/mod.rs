@@ -48,6 +48,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// A rejection with its machine-readable `code` and its text for humans.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             code: code.into(),

@@ -11,9 +11,13 @@ pub const REPLY_TYPE: &str = "v1.command.answered";
 /// Where an event of an accepted command landed: enough to wait for a projection to pass it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRef {
+    /// The event's `ce_type`, such as `v1.user.signedup`.
     pub message_type: String,
+    /// The events topic it was written to.
     pub topic: String,
+    /// The partition it was written to.
     pub partition: i32,
+    /// Its offset in that partition.
     pub offset: i64,
     /// The aggregate version this event made.
     pub sequence: u64,
@@ -24,9 +28,15 @@ pub struct EventRef {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Decided and committed: these events are in the log.
-    Accepted { events: Vec<EventRef> },
+    Accepted {
+        /// Where each event landed, in the order they were written.
+        events: Vec<EventRef>,
+    },
     /// Refused: no event was written.
-    Rejected { rejection: Rejection },
+    Rejected {
+        /// Why the command was refused.
+        rejection: Rejection,
+    },
 }
 
 /// A reply as the sender receives it.
@@ -36,6 +46,7 @@ pub struct Reply {
     pub command_id: Uuid,
     /// The aggregate it concerns.
     pub subject: String,
+    /// What became of the command.
     pub outcome: Outcome,
 }
 

@@ -42,7 +42,9 @@ const MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
 /// A parsed schema and its fingerprint.
 #[derive(Debug)]
 pub struct AvroSchema {
+    /// The parsed schema.
     pub schema: Schema,
+    /// Its CRC-64-AVRO (Rabin) fingerprint, as the single-object header carries it.
     pub fingerprint: u64,
     /// The schema text as declared (with defaults and docs, which the canonical form drops and
     /// a reader needs).
@@ -302,11 +304,13 @@ pub enum Direction {
 /// One failed check of a new schema against a stored version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incompatibility {
+    /// Which way the check failed.
     pub direction: Direction,
     /// The stored version it was checked against.
     pub stored_fingerprint: u64,
     /// The field (when the library names one) and the reason.
     pub field: Option<String>,
+    /// Why the reader cannot read the writer's data.
     pub reason: String,
 }
 

@@ -23,15 +23,22 @@ use crate::message::topics;
 
 /// Header names added to a dead letter.
 pub mod dlq_headers {
+    /// The topic the failed record was read from.
     pub const TOPIC: &str = "choreo_dlq_topic";
+    /// Its partition, in decimal.
     pub const PARTITION: &str = "choreo_dlq_partition";
+    /// Its offset, in decimal.
     pub const OFFSET: &str = "choreo_dlq_offset";
+    /// Why it failed, at most 4 KiB.
     pub const ERROR: &str = "choreo_dlq_error";
+    /// When it was dead-lettered, RFC 3339 in UTC with microseconds.
     pub const TIME: &str = "choreo_dlq_time";
+    /// The consumer group that failed on it.
     pub const GROUP: &str = "choreo_dlq_group";
     /// On a dead letter cut to fit (the whole one was refused as too large): the original
     /// payload's length in bytes, and its SHA-256 in hex.
     pub const PAYLOAD_BYTES: &str = "choreo_dlq_payload_bytes";
+    /// On a dead letter cut to fit: the original payload's SHA-256, in lower-case hex.
     pub const PAYLOAD_SHA256: &str = "choreo_dlq_payload_sha256";
     /// On a dead letter cut to fit: what was left out (`payload` or `payload,headers,key`).
     pub const CUT: &str = "choreo_dlq_cut";
@@ -135,13 +142,21 @@ pub(crate) fn dead_letter_parts(
 /// A dead letter read back from a `{group}.dlq` topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
+    /// The consumer group that failed on the record; empty if the header is missing.
     pub group: String,
+    /// The topic the record was read from.
     pub topic: String,
+    /// Its partition; -1 if the header is missing or unreadable.
     pub partition: i32,
+    /// Its offset; -1 if the header is missing or unreadable.
     pub offset: i64,
+    /// Why it failed.
     pub error: String,
+    /// When it was dead-lettered, as written (RFC 3339).
     pub time: String,
+    /// The original key (cut to 1 KiB in a minimal dead letter).
     pub key: Option<Vec<u8>>,
+    /// The original payload (cut in a dead letter cut to fit).
     pub payload: Option<Vec<u8>>,
     /// The original headers, without the `choreo_dlq_*` ones; names as bytes, as they came.
     pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,

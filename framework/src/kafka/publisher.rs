@@ -34,8 +34,11 @@ const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
+    /// The message id (`ce_id`) it was sent with.
     pub id: Uuid,
+    /// The partition it landed in.
     pub partition: i32,
+    /// Its offset in that partition.
     pub offset: i64,
 }
 
@@ -43,10 +46,13 @@ pub struct Delivered {
 /// so consumers can recognise the retry.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// The topic to send to.
     pub topic: String,
     /// An explicit partition; `None` lets the partitioner choose by key.
     pub partition: Option<i32>,
+    /// The record key: the subject (readers reject a record whose key differs from it).
     pub key: String,
+    /// The encoded payload: the record value.
     pub payload: Vec<u8>,
     /// Private: the headers are built from it once, so it cannot change afterwards.
     meta: Metadata,

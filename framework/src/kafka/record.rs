@@ -67,6 +67,7 @@ impl Record {
         }
     }
 
+    /// The topic it was read from.
     pub fn topic(&self) -> &str {
         &self.topic
     }
@@ -76,10 +77,12 @@ impl Record {
         &self.topic
     }
 
+    /// The partition it was read from.
     pub fn partition(&self) -> i32 {
         self.partition
     }
 
+    /// Its offset in that partition.
     pub fn offset(&self) -> i64 {
         self.offset
     }
@@ -89,10 +92,12 @@ impl Record {
         self.timestamp
     }
 
+    /// The key; `None` for a null key.
     pub fn key(&self) -> Option<&[u8]> {
         self.key_len.map(|len| &self.data[..len])
     }
 
+    /// The value; `None` for a null value (a tombstone).
     pub fn payload(&self) -> Option<&[u8]> {
         let start = self.key_len.unwrap_or(0);
         self.payload_len.map(|len| &self.data[start..start + len])
@@ -107,6 +112,7 @@ impl Record {
         std::mem::size_of::<Self>() + self.data.len() + headers
     }
 
+    /// The headers; `None` when the record has none.
     pub fn headers(&self) -> Option<&RecordHeaders> {
         self.headers.as_ref()
     }
@@ -204,6 +210,7 @@ impl RecordHeaders {
 
 /// The header lists a [`Record`] can be copied from (a consumed message's or an owned one's).
 pub trait AsBorrowedHeaders {
+    /// The headers as librdkafka's borrowed list.
     fn borrowed(&self) -> &BorrowedHeaders;
 }
 

@@ -56,6 +56,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct StoredSchema {
     /// The message type it was registered for (`v1.user.signedup`).
     pub message_type: String,
+    /// The writer schema, parsed.
     pub schema: Arc<AvroSchema>,
 }
 

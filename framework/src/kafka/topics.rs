@@ -36,9 +36,13 @@ pub enum TopicKind {
 /// A declared topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
+    /// The topic's name, as declared (`ensure` puts the namespace in front).
     pub name: String,
+    /// The partition count; never changed once the topic exists.
     pub partitions: i32,
+    /// The replication factor; a different one on an existing topic is only warned about.
     pub replication: i32,
+    /// What the topic is for.
     pub kind: TopicKind,
     /// Topic configs set on creation and verified afterwards.
     pub configs: BTreeMap<String, String>,
@@ -123,16 +127,23 @@ impl TopicSpec {
 /// What `ensure` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicState {
+    /// The topic did not exist and was created.
     Created,
+    /// The topic existed and matches its declaration (a different replication factor is only
+    /// warned about).
     AlreadyMatching,
 }
 
 /// What the cluster says about a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDescription {
+    /// The topic's full name.
     pub name: String,
+    /// The partition count.
     pub partitions: i32,
+    /// The largest replica count among its partitions.
     pub replication: i32,
+    /// Every topic config the broker reports a value for, defaults included.
     pub configs: BTreeMap<String, String>,
 }
 

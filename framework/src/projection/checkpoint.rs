@@ -25,10 +25,15 @@ impl Slot {
 /// One row of `choreo_meta.checkpoints`.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct CheckpointRow {
+    /// The projection's id, `{name}.v{version}`.
     pub projection: String,
+    /// `live` or `shadow` (a rebuild's).
     pub slot: String,
+    /// The topic read.
     pub topic: String,
+    /// The partition read.
     pub partition: i32,
+    /// The offset to read next: last applied + 1.
     pub next_offset: i64,
 }
 

@@ -36,6 +36,8 @@ impl<P: Projection> std::fmt::Debug for ProjectionRunner<P> {
 }
 
 impl<P: Projection> ProjectionRunner<P> {
+    /// A runner in the group `{name}.v{version}` (namespaced when it runs), reading batches of
+    /// up to 1000 records.
     pub fn new(projection: Arc<P>) -> Self {
         let mut settings = ConsumerSettings::new(projection_id::<P>(), Vec::new());
         // Projections keep their position in Postgres; the group offsets stored too are only

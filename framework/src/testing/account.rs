@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, Rejection};
 
+/// Opens an account; rejected if it is already open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenAccount {
+    /// The account's id: the subject.
     pub account: String,
 }
 impl crate::Command for OpenAccount {
@@ -16,9 +18,12 @@ impl crate::Command for OpenAccount {
     }
 }
 
+/// Adds money to an open account; rejected unless `amount` is positive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deposit {
+    /// The account's id: the subject.
     pub account: String,
+    /// How much to add; must be positive.
     pub amount: i64,
 }
 impl crate::Command for Deposit {
@@ -28,9 +33,12 @@ impl crate::Command for Deposit {
     }
 }
 
+/// Takes money from an open account; rejected if it exceeds the balance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Withdraw {
+    /// The account's id: the subject.
     pub account: String,
+    /// How much to take; at most the balance.
     pub amount: i64,
 }
 impl crate::Command for Withdraw {
@@ -40,8 +48,10 @@ impl crate::Command for Withdraw {
     }
 }
 
+/// An account was opened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountOpened {
+    /// The account's id: the subject.
     pub account: String,
 }
 impl crate::Event for AccountOpened {
@@ -51,9 +61,12 @@ impl crate::Event for AccountOpened {
     }
 }
 
+/// Money was added to an account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deposited {
+    /// The account's id: the subject.
     pub account: String,
+    /// How much was added.
     pub amount: i64,
 }
 impl crate::Event for Deposited {
@@ -63,9 +76,12 @@ impl crate::Event for Deposited {
     }
 }
 
+/// Money was taken from an account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Withdrawn {
+    /// The account's id: the subject.
     pub account: String,
+    /// How much was taken.
     pub amount: i64,
 }
 impl crate::Event for Withdrawn {
@@ -76,6 +92,9 @@ impl crate::Event for Withdrawn {
 }
 
 crate::command_set! {
+    /// The commands an [`Account`] decides on, one variant per command type.
+    // `command_set!` takes no attributes on variants, so they cannot carry docs.
+    #[allow(missing_docs)]
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum AccountCommand {
         Open(OpenAccount),
@@ -85,6 +104,9 @@ crate::command_set! {
 }
 
 crate::event_set! {
+    /// The events an [`Account`] emits and is rebuilt from, one variant per event type.
+    // `event_set!` takes no attributes on variants, so they cannot carry docs.
+    #[allow(missing_docs)]
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum AccountEvent {
         Opened(AccountOpened),
@@ -96,7 +118,9 @@ crate::event_set! {
 /// An account's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
+    /// Whether it has been opened.
     pub open: bool,
+    /// Deposits less withdrawals; never negative.
     pub balance: i64,
 }
 

@@ -20,7 +20,9 @@ pub const FLAKY_FAILURES: u32 = 3;
 /// What the drill reactor announces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EchoRecorded {
+    /// The key of the [`CounterBumped`] it answers: the subject.
     pub key: String,
+    /// Its amount.
     pub amount: i64,
 }
 
@@ -34,7 +36,9 @@ impl crate::Event for EchoRecorded {
 /// The drill reactor. Its effect rows live in `echo_effects` (created by [`EchoReactor::setup`]).
 #[derive(Debug)]
 pub struct EchoReactor {
+    /// The reactor's inbox: claims each event id once for the effect.
     pub inbox: Inbox,
+    /// The database of `echo_effects` and the inbox.
     pub pool: sqlx::PgPool,
     flaky: AtomicU32,
     stuck: Arc<AtomicBool>,
@@ -42,6 +46,7 @@ pub struct EchoReactor {
 }
 
 impl EchoReactor {
+    /// A reactor writing its effects to `pool`, with the poison and stuck switches on.
     pub fn new(pool: sqlx::PgPool) -> Self {
         Self {
             inbox: Inbox::new(pool.clone(), Self::NAME),

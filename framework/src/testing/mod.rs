@@ -17,7 +17,9 @@ use crate::projection::{ApplyError, Projection};
 /// The event the drills publish: a key, a value, and a flag that makes it poison.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterBumped {
+    /// The counter it bumps: the subject.
     pub key: String,
+    /// How much it adds to the counter.
     pub amount: i64,
     /// `true` makes the drill projection reject it (a CHECK constraint): a poison event.
     #[serde(default)]

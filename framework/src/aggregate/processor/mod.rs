@@ -111,6 +111,7 @@ impl<A: Aggregate> CommandProcessor<A> {
         self
     }
 
+    /// What the processor reports while it runs: a shared handle, so take it before `run`.
     pub fn status(&self) -> ProcessorStatus {
         self.status.clone()
     }

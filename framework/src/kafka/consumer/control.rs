@@ -67,10 +67,12 @@ impl PartitionControl {
         !self.stopping()
     }
 
+    /// The partition's topic.
     pub fn topic(&self) -> &str {
         &self.topic
     }
 
+    /// The partition's number.
     pub fn partition(&self) -> i32 {
         self.partition
     }

@@ -27,7 +27,10 @@ pub enum StartOffset {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerOutcome {
     /// The batch is done; store `next_offset` (last processed + 1) when given.
-    Processed { next_offset: Option<i64> },
+    Processed {
+        /// The offset to read next; `None` stores nothing.
+        next_offset: Option<i64>,
+    },
     /// Discard what is queued and read again from this offset.
     Seek(i64),
     /// Stop this partition (paused until the process restarts); the reason is logged and

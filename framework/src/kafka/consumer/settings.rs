@@ -11,7 +11,9 @@ use crate::message::topics;
 /// How a consumer joins its group and sizes its queues.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
+    /// The consumer group (`group.id`).
     pub group_id: String,
+    /// The topics subscribed to.
     pub topics: Vec<String>,
     /// `isolation.level=read_committed` (skip aborted transactions). On by default.
     pub read_committed: bool,
@@ -41,6 +43,9 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
+    /// Settings for `group_id` reading `topics`: read committed, offsets committed, from the
+    /// earliest record when the group has none, batches of up to 500, paused at 5,000 queued,
+    /// 30 s for a revoke; `{group}.redrive` subscribed when it exists.
     pub fn new(group_id: impl Into<String>, topics: Vec<String>) -> Self {
         let group_id = group_id.into();
         Self {
@@ -60,6 +65,7 @@ impl ConsumerSettings {
         }
     }
 
+    /// Adds a librdkafka consumer property (it wins over choreo's).
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.push((key.into(), value.into()));
         self

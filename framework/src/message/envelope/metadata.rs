@@ -41,7 +41,9 @@ pub struct Metadata {
 /// Correlation and causation for a new message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Causation {
+    /// The conversation the new message belongs to.
     pub correlation_id: Uuid,
+    /// The id of the message that caused it.
     pub causation_id: Uuid,
 }
 

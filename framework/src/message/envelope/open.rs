@@ -50,12 +50,15 @@ impl Metadata {
 /// One header as it came off the wire. The name is bytes too: the Kafka protocol allows any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawHeader<'a> {
+    /// The header's name.
     pub name: &'a [u8],
+    /// The header's value; `None` for a null value.
     pub value: Option<&'a [u8]>,
 }
 
 /// What the envelope reads of a consumed record.
 pub trait WireRecord {
+    /// The record key: the subject when it carries no `ce_subject`.
     fn key(&self) -> Option<&[u8]>;
     /// The record value.
     fn value(&self) -> Option<&[u8]>;
@@ -69,12 +72,14 @@ pub trait WireRecord {
 /// A consumed record, opened: its attributes and its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened<'a> {
+    /// The attributes, checked.
     pub meta: Metadata,
     /// The data: the record value in binary mode, `data` or `data_base64` in structured mode.
     pub payload: Option<Cow<'a, [u8]>>,
 }
 
 impl Opened<'_> {
+    /// The data, borrowed.
     pub fn payload(&self) -> Option<&[u8]> {
         self.payload.as_deref()
     }

@@ -7,15 +7,20 @@ use super::Metadata;
 /// Attributes plus a payload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope<T> {
+    /// The attributes.
     pub meta: Metadata,
+    /// The payload.
     pub payload: T,
 }
 
 /// Where a consumed record came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// The topic it was read from.
     pub topic: String,
+    /// The partition it was read from.
     pub partition: i32,
+    /// Its offset in that partition.
     pub offset: i64,
 }
 
@@ -28,7 +33,10 @@ impl fmt::Display for Origin {
 /// A decoded message as a handler receives it.
 #[derive(Debug, Clone)]
 pub struct Received<T> {
+    /// The attributes.
     pub meta: Metadata,
+    /// The decoded payload.
     pub payload: T,
+    /// Where the record was read from.
     pub origin: Origin,
 }

@@ -78,11 +78,15 @@ impl Default for RebuildOptions {
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RebuildReport {
+    /// The projection's id, `{name}.v{version}`.
     pub projection: String,
     /// Records read in this run (a resumed rebuild counts only what it read).
     pub records: u64,
+    /// Records dead-lettered in this run.
     pub dead_lettered: u64,
+    /// How long this run took, setup and the swap included.
     pub elapsed: Duration,
+    /// Whether it went on from a shadow schema a killed rebuild left behind.
     pub resumed: bool,
     /// The schema the rebuilt view now serves from.
     pub schema: String,
