@@ -114,12 +114,22 @@ pub enum Error {
     /// Another instance took over this runtime's transactional id (same service and ordinal):
     /// this one stops for good, since restarting it would fence the newer one.
     #[error("{runtime} fenced by a newer instance with the same transactional id: {reason}")]
-    Fenced { runtime: String, reason: String },
+    Fenced {
+        /// The part that was fenced, such as `"command processor"` or `"reactor welcome"`.
+        runtime: String,
+        /// The client's error.
+        reason: String,
+    },
 
     /// Code running inside a runtime panicked (a bug); the panic was caught and the runtime
     /// stopped.
     #[error("{what} panicked: {message}")]
-    Panicked { what: String, message: String },
+    Panicked {
+        /// What panicked, such as `"command processor"` or `"start_offsets"`.
+        what: String,
+        /// The panic's message.
+        message: String,
+    },
 
     /// A Kafka transaction's outcome is unknown (a timed-out commit may still land): the
     /// runtime stops, and a restart fences the old producer.
@@ -130,7 +140,10 @@ pub enum Error {
     #[error(
         "rebuild of {projection}: lost its lock, and another rebuild holds it now; run it again to resume"
     )]
-    RebuildLockLost { projection: String },
+    RebuildLockLost {
+        /// The projection's id, `{name}.v{version}`.
+        projection: String,
+    },
 
     /// A runtime stopped because of another unrecoverable error.
     #[error("runtime stopped: {0}")]
