@@ -81,6 +81,8 @@ impl<P: Projection> ProjectionRunner<P> {
         settings
             .required_topics
             .push(topics::dead_letters(&settings.group_id));
+        // Where `choreo dlq redrive` feeds dead letters back: named after the namespaced group.
+        settings.optional_topics = vec![topics::redrive(&settings.group_id)];
         let watermarks: BaseConsumer = kafka
             .client_config(&[("isolation.level", "read_committed")])
             .create()

@@ -711,3 +711,63 @@ async fn a_rebuild_over_a_transactional_log_reads_a_second_pass_and_swaps_in_the
         fold(&config, &topic, expected)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_reads_its_redrive_topic_in_the_namespace() {
+    let config = common::kafka("proj-redrive");
+    topics(&config, 1).await;
+    let (_, pool) = common::fresh_database("proj_redrive").await;
+    // The topic `choreo dlq redrive` writes to: {namespace}.{projection id}.redrive.
+    let admin = TopicAdmin::new(&config).expect("admin");
+    let spec = TopicSpec::redrive(PROJECTION, 1).expect("spec");
+    admin
+        .ensure(std::slice::from_ref(&spec))
+        .await
+        .expect("redrive topic");
+    let redrive = admin.full_name(&spec.name);
+    assert!(redrive.starts_with(config.topic_namespace().expect("namespace")));
+
+    let shutdown = Shutdown::new();
+    let (task, status) = start_runner(&config, &pool, &shutdown);
+    common::eventually(
+        "the redrive topic to be assigned",
+        Duration::from_secs(60),
+        || status.assigned().iter().any(|(topic, _)| *topic == redrive),
+    )
+    .await;
+    // A record fed back as the redrive does it: the original event, on the redrive topic.
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    let out = publisher
+        .prepare(
+            &CounterBumped {
+                key: "redriven".into(),
+                amount: 7,
+                poison: false,
+            },
+            None,
+        )
+        .expect("prepare");
+    let fed_back =
+        choreo::kafka::Outgoing::new(redrive.clone(), out.meta().clone(), out.payload.clone());
+    publisher
+        .send(&fed_back)
+        .await
+        .expect("send to the redrive topic");
+    common::eventually_async(
+        "the redriven event in the view",
+        Duration::from_secs(60),
+        || {
+            let pool = pool.clone();
+            async move {
+                view(&pool, "counters_v1")
+                    .await
+                    .totals
+                    .get("redriven")
+                    .is_some_and(|(total, _)| *total == 7)
+            }
+        },
+    )
+    .await;
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+}

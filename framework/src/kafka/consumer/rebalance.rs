@@ -249,7 +249,8 @@ fn commit_stored<L: PartitionLogic>(
 
 /// Drops the revoked partitions' stored offsets and takes them out of the status: assigned,
 /// waiting and halted alike (a halted partition that moved to another member no longer keeps
-/// this one from being ready; the run's summary still lists the halt).
+/// this one from being ready; the run's summary still lists the halt). When the runtime is
+/// stopping, halts stay in the status: it then says why the run had partitions halted.
 fn forget<L: PartitionLogic>(shared: &Shared<L>, revoked: &[Tp]) {
     let mut state = shared.state();
     for key in revoked {
@@ -259,7 +260,9 @@ fn forget<L: PartitionLogic>(shared: &Shared<L>, revoked: &[Tp]) {
     let mut status = shared.settings.status.lock();
     status.assigned.retain(|(t, p)| !gone(t, *p));
     status.waiting.retain(|(t, p, _)| !gone(t, *p));
-    status.halted.retain(|(t, p, _)| !gone(t, *p));
+    if !shared.stopping() {
+        status.halted.retain(|(t, p, _)| !gone(t, *p));
+    }
     status.retrying.retain(|(t, p, _, _)| !gone(t, *p));
 }
 
@@ -300,10 +303,11 @@ mod tests {
     async fn a_revoked_partition_leaves_the_status_halted_or_not() {
         let settings = ConsumerSettings::new("g", vec!["t".into()]);
         let status = settings.status.clone();
+        let shutdown = Shutdown::new();
         let shared = Shared::new(
             std::sync::Arc::new(Idle),
             settings,
-            Shutdown::new(),
+            shutdown.clone(),
             Duration::from_secs(1),
         );
         {
@@ -336,6 +340,14 @@ mod tests {
             1,
             "the run's summary keeps the halt"
         );
+        // Revoked as the runtime stops: the status keeps saying why it had a halt.
+        status
+            .lock()
+            .halted
+            .push(("t".to_owned(), 2, "poison".to_owned()));
+        shutdown.trigger();
+        forget(&shared, &[(std::sync::Arc::from("t"), 2)]);
+        assert_eq!(status.halted().len(), 1);
     }
 
     #[test]
