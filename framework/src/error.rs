@@ -111,9 +111,10 @@ pub enum Error {
         after: Duration,
     },
 
-    /// Another instance took over this runtime's transactional id (same service and ordinal):
-    /// this one stops for good, since restarting it would fence the newer one.
-    #[error("{runtime} fenced by a newer instance with the same transactional id: {reason}")]
+    /// Another instance took over this runtime's identity (its transactional id or its static
+    /// `group.instance.id`: same service and ordinal): this one stops for good, since
+    /// restarting it would fence the newer one.
+    #[error("{runtime} fenced by a newer instance with the same identity: {reason}")]
     Fenced {
         /// The part that was fenced, such as `"command processor"` or `"reactor welcome"`.
         runtime: String,
