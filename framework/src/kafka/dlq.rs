@@ -160,6 +160,9 @@ pub struct DeadLetter {
     pub payload: Option<Vec<u8>>,
     /// The original headers, without the `choreo_dlq_*` ones; names as bytes, as they came.
     pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The other `choreo_dlq_*` headers, by name: what a letter cut to fit says about the
+    /// payload it cut (`choreo_dlq_payload_bytes`, `_payload_sha256`, `_cut`).
+    pub cut: Vec<(String, String)>,
 }
 
 impl DeadLetter {
@@ -175,6 +178,7 @@ impl DeadLetter {
             key: record.key().map(<[u8]>::to_vec),
             payload: record.payload().map(<[u8]>::to_vec),
             headers: Vec::new(),
+            cut: Vec::new(),
         };
         let mut found_origin = false;
         for header in record.headers()?.iter() {
@@ -194,6 +198,10 @@ impl DeadLetter {
                 dlq_headers::ERROR => letter.error = text(),
                 dlq_headers::TIME => letter.time = text(),
                 dlq_headers::GROUP => letter.group = text(),
+                // Not the original's: a redrive must not carry them onto the new record.
+                name if name.starts_with(dlq_headers::PREFIX) => {
+                    letter.cut.push((name.to_owned(), text()));
+                }
                 _ => letter
                     .headers
                     .push((header.name.to_vec(), header.value.map(<[u8]>::to_vec))),
@@ -318,4 +326,58 @@ pub(crate) fn dead_letter_headers(
         });
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    use super::*;
+
+    #[test]
+    fn a_cut_letter_keeps_its_cut_headers_apart_from_the_original_ones() {
+        let headers = RecordHeaders::from_pairs([
+            (dlq_headers::TOPIC.as_bytes(), Some(&b"user.events"[..])),
+            (dlq_headers::PARTITION.as_bytes(), Some(b"2")),
+            (dlq_headers::OFFSET.as_bytes(), Some(b"41")),
+            (dlq_headers::ERROR.as_bytes(), Some(b"too large")),
+            (dlq_headers::PAYLOAD_BYTES.as_bytes(), Some(b"2000000")),
+            (dlq_headers::CUT.as_bytes(), Some(b"payload")),
+            (b"ce_type", Some(b"v1.user.signedup")),
+            (b"\xff", Some(b"foreign")),
+        ]);
+        let message = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            Some(b"k".to_vec()),
+            "welcome.dlq".into(),
+            Timestamp::NotAvailable,
+            0,
+            7,
+            Some(headers.to_owned_headers()),
+        );
+        let letter = DeadLetter::from_record(&Record::copy(&message, Arc::from("welcome.dlq")))
+            .expect("a dead letter");
+        assert_eq!(
+            (letter.topic.as_str(), letter.partition, letter.offset),
+            ("user.events", 2, 41)
+        );
+        assert_eq!(
+            letter.headers,
+            vec![
+                (b"ce_type".to_vec(), Some(b"v1.user.signedup".to_vec())),
+                (b"\xff".to_vec(), Some(b"foreign".to_vec())),
+            ],
+            "only the original's headers, which a redrive carries over"
+        );
+        assert_eq!(
+            letter.cut,
+            vec![
+                (dlq_headers::PAYLOAD_BYTES.to_owned(), "2000000".to_owned()),
+                (dlq_headers::CUT.to_owned(), "payload".to_owned()),
+            ]
+        );
+    }
 }

@@ -184,21 +184,26 @@ fn show_one(services: &Services, target: &Target, offset: i64) -> anyhow::Result
         .map(|(key, value)| format!("{}={}", show::name(key), show::text(value.as_deref())))
         .collect::<Vec<_>>()
         .join("\n");
-    show::block(
-        &mut out,
-        &title,
-        &[
-            ("group", letter.group.clone()),
-            ("origin", origin(&letter)),
-            ("dead since", letter.time.clone()),
-            ("error", letter.error.clone()),
-            ("type", original_type(&letter)),
-            ("subject", show::text(letter.key.as_deref())),
-            ("envelope", envelope),
-            ("headers", original_headers),
-            ("payload", show::payload(letter.payload.as_deref())),
-        ],
-    )?;
+    let mut fields = vec![
+        ("group", letter.group.clone()),
+        ("origin", origin(&letter)),
+        ("dead since", letter.time.clone()),
+        ("error", letter.error.clone()),
+        ("type", original_type(&letter)),
+        ("subject", show::text(letter.key.as_deref())),
+        ("envelope", envelope),
+        ("headers", original_headers),
+    ];
+    if !letter.cut.is_empty() {
+        // A letter cut to fit: what the original payload was.
+        let cut = letter
+            .cut
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"));
+        fields.push(("cut", cut.collect::<Vec<_>>().join("\n")));
+    }
+    fields.push(("payload", show::payload(letter.payload.as_deref())));
+    show::block(&mut out, &title, &fields)?;
     Ok(())
 }
 
