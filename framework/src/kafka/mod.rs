@@ -24,4 +24,4 @@ pub(crate) use dlq::{Keep, dead_letter_parts};
 pub use publisher::{Delivered, Outgoing, PUBLISH_ATTEMPTS, Publisher};
 pub use record::{AsBorrowedHeaders, RecordHeaders};
 pub use schema_store::{SchemaStore, StoredSchema};
-pub use topics::{TopicAdmin, TopicKind, TopicSpec, TopicState};
+pub use topics::{TopicAdmin, TopicDescription, TopicKind, TopicSpec, TopicState};
