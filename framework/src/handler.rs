@@ -17,13 +17,13 @@
 //! ```
 //!
 //! A handler returns `Ok`, a [`HandlerError::Transient`] (retried with back-off, never
-//! skipped; the partition is paused while polling continues) or a [`HandlerError::Permanent`]
+//! skipped; the partition is paused while polling continues) or a [`HandlerError::Poison`]
 //! (the record goes to `{group}.dlq` with the reason, and the partition moves on). An error
 //! that says neither (`?` on an `anyhow::Error`: [`HandlerError::Unclassified`]) is retried
 //! for [`RETRY_UNCLASSIFIED_FOR`], then halts the partition. While a record is retried the
 //! partition shows in `ConsumerStatus::retrying` with the last error and since when. A record
 //! that cannot be decoded goes to the dead letters too. A panic in a handler is caught and
-//! treated as permanent.
+//! treated as poison.
 //!
 //! The config's namespace prefixes the group like the topics: `welcome-printer` under the
 //! namespace `staging` is the consumer group `staging.welcome-printer`, with dead letters in
@@ -61,9 +61,10 @@ pub enum HandlerError {
     /// Worth retrying (a database or network hiccup). Retried with back-off, never skipped.
     #[error("transient: {0:#}")]
     Transient(anyhow::Error),
-    /// Will never succeed for this message (a business rule, bad data). Dead-lettered.
-    #[error("permanent: {0:#}")]
-    Permanent(anyhow::Error),
+    /// Will never succeed for this message (a business rule, bad data): dead-lettered, and the
+    /// partition moves on. The same word as `ReactError::Poison` and `ApplyError::Poison`.
+    #[error("poison: {0:#}")]
+    Poison(anyhow::Error),
     /// An error that did not say whether it is worth retrying (what `?` on an `anyhow::Error`
     /// gives). Retried like a transient one, but only for
     /// [`EventHandlers::retry_unclassified_for`] (5 minutes by default): then the partition
@@ -78,9 +79,15 @@ impl HandlerError {
         Self::Transient(error.into())
     }
 
-    /// A failure that will never succeed for this message: dead-lettered.
+    /// [`HandlerError::Poison`]: this record can never be handled; dead-letter it.
+    pub fn poison(error: impl Into<anyhow::Error>) -> Self {
+        Self::Poison(error.into())
+    }
+
+    /// The earlier name of [`HandlerError::poison`].
+    #[deprecated(note = "use HandlerError::poison (the word reactors and projections use)")]
     pub fn permanent(error: impl Into<anyhow::Error>) -> Self {
-        Self::Permanent(error.into())
+        Self::poison(error)
     }
 }
 
@@ -395,7 +402,7 @@ impl HandlerWorker {
             .await
         {
             Ok(Ok(())) => Step::Done,
-            Ok(Err(HandlerError::Permanent(e))) => {
+            Ok(Err(HandlerError::Poison(e))) => {
                 Step::DeadLetter(format!("handler rejected it: {e:#}"))
             }
             Ok(Err(transient)) => Step::Retry(transient),
@@ -429,7 +436,7 @@ impl PartitionWorker for HandlerWorker {
                             control.recovered();
                             return WorkerOutcome::Halt(format!(
                                 "offset {}: still failing after {failing_for:.0?} ({attempt} retries) \
-                                 with an error not marked transient or permanent: {error}",
+                                 with an error not marked transient or poison: {error}",
                                 record.offset()
                             ));
                         }

@@ -130,9 +130,7 @@ async fn bad_records_go_to_the_dead_letter_topic_with_the_reason_and_later_event
                     let handled = Arc::clone(&handled);
                     async move {
                         match e.payload.user_id.as_str() {
-                            "u-7" => {
-                                Err(HandlerError::permanent(anyhow::anyhow!("user 7 is banned")))
-                            }
+                            "u-7" => Err(HandlerError::poison(anyhow::anyhow!("user 7 is banned"))),
                             "u-8" => panic!("handler bug on user 8"),
                             _ => {
                                 handled.lock().expect("lock").push(e.payload.user_id);
@@ -337,7 +335,7 @@ async fn a_redriven_dead_letter_goes_back_to_its_group_and_is_handled() {
                         (Arc::clone(&handled), Arc::clone(&rejected_once));
                     async move {
                         if rejected_once.fetch_add(1, Ordering::SeqCst) == 0 {
-                            return Err(HandlerError::permanent(anyhow::anyhow!("not yet")));
+                            return Err(HandlerError::poison(anyhow::anyhow!("not yet")));
                         }
                         handled
                             .lock()
@@ -451,7 +449,7 @@ async fn two_namespaces_sharing_a_group_name_keep_their_groups_and_dead_letters_
                         let handled = Arc::clone(&handled);
                         async move {
                             if e.payload.user_id.starts_with("u-90") {
-                                return Err(HandlerError::permanent(anyhow::anyhow!(
+                                return Err(HandlerError::poison(anyhow::anyhow!(
                                     "{} is banned",
                                     e.payload.user_id
                                 )));
@@ -570,7 +568,7 @@ async fn an_error_not_marked_transient_is_retried_for_a_while_then_halts_its_par
     .await;
     let halted = status.halted();
     assert!(
-        halted[0].2.contains("not marked transient or permanent")
+        halted[0].2.contains("not marked transient or poison")
             && halted[0].2.contains("invalid digit"),
         "{halted:?}"
     );

@@ -809,7 +809,7 @@ async fn a_handler_dead_letter_too_large_for_its_topic_is_written_cut() {
                     let handled = Arc::clone(&handled);
                     async move {
                         if e.payload.poison {
-                            return Err(choreo::HandlerError::permanent(anyhow::anyhow!("poison")));
+                            return Err(choreo::HandlerError::poison(anyhow::anyhow!("poison")));
                         }
                         handled.lock().expect("lock").push(e.payload.key);
                         Ok(())
