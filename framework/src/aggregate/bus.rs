@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::processor::lock;
 use super::reply::{Outcome, REPLY_TYPE, Reply};
+use crate::aggregate::extensions;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::CommandSet;
@@ -191,7 +192,7 @@ impl CommandBus {
     ) -> Result<Reply> {
         let out = self.prepare(command, &options)?;
         let id = out.meta().id;
-        let own_deadline = out.meta().extensions.get("deadline").cloned();
+        let own_deadline = out.meta().extensions.get(extensions::DEADLINE).cloned();
         // The timeout covers the send too (librdkafka would otherwise retry a send for
         // minutes while the broker is away).
         let give_up = tokio::time::Instant::now() + timeout;
@@ -262,12 +263,14 @@ impl CommandBus {
             options.causation,
         );
         meta.extensions
-            .insert("replyto".into(), self.reply_topic.clone());
-        meta.extensions
-            .insert("replypartition".into(), self.reply_partition.to_string());
+            .insert(extensions::REPLY_TO.into(), self.reply_topic.clone());
+        meta.extensions.insert(
+            extensions::REPLY_PARTITION.into(),
+            self.reply_partition.to_string(),
+        );
         if let Some(deadline) = options.deadline {
             meta.extensions.insert(
-                "deadline".into(),
+                extensions::DEADLINE.into(),
                 deadline.to_rfc3339_opts(SecondsFormat::Millis, true),
             );
         }
@@ -320,7 +323,7 @@ fn read_replies(consumer: BaseConsumer, waiters: Waiters, stop: Arc<AtomicBool>)
                     subject: meta.subject.clone(),
                     outcome,
                 };
-                let echoed = meta.extensions.get("deadline").cloned();
+                let echoed = meta.extensions.get(extensions::DEADLINE).cloned();
                 for (_, call) in calls {
                     let _ = call.send((reply.clone(), echoed.clone()));
                 }

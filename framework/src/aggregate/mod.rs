@@ -14,7 +14,7 @@ mod snapshot;
 
 pub use bus::{CommandBus, SendOptions};
 pub use processor::{CommandProcessor, ProcessorStatus};
-pub use reply::{EventRef, Outcome, REPLY_TYPE, Reply};
+pub use reply::{EventRef, Outcome, REPLY_TYPE, Reply, extensions};
 pub use snapshot::SnapshotSettings;
 
 use serde::{Deserialize, Serialize};

@@ -8,6 +8,17 @@ use super::Rejection;
 /// `ce_type` of replies.
 pub const REPLY_TYPE: &str = "v1.command.answered";
 
+/// The CloudEvents extensions a command carries for its reply (on the wire as `ce_{name}`
+/// headers), and a reply echoes.
+pub mod extensions {
+    /// The topic the sender reads replies from: `{service}.replies`.
+    pub const REPLY_TO: &str = "replyto";
+    /// The partition of that topic the sender reads.
+    pub const REPLY_PARTITION: &str = "replypartition";
+    /// RFC 3339 time after which the command is rejected as expired rather than decided.
+    pub const DEADLINE: &str = "deadline";
+}
+
 /// Where an event of an accepted command landed: enough to wait for a projection to pass it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRef {

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::memory::{Entry, Remembered};
 use super::{Key, Shared, lock};
+use crate::aggregate::extensions;
 use crate::aggregate::reply::{EventRef, Outcome, REPLY_TYPE};
 use crate::aggregate::{Aggregate, Rejection};
 use crate::event::{CommandSet, EventSet};
@@ -203,7 +204,7 @@ impl<A: Aggregate> Deciding<'_, A> {
 
     /// Rejects a command whose deadline has passed (or is not a time) and returns true.
     fn past_deadline(&self, out: &mut Outputs) -> bool {
-        let Some(deadline) = self.meta.extensions.get("deadline") else {
+        let Some(deadline) = self.meta.extensions.get(extensions::DEADLINE) else {
             return false;
         };
         match DateTime::parse_from_rfc3339(deadline) {
@@ -340,10 +341,14 @@ impl<A: Aggregate> Deciding<'_, A> {
     /// events at `event_indices` once they are written.
     fn reply(&self, outcome: Option<Outcome>, event_indices: Vec<usize>) -> PendingReply {
         let meta = &self.meta;
-        let topic = meta.extensions.get("replyto").cloned().unwrap_or_default();
+        let topic = meta
+            .extensions
+            .get(extensions::REPLY_TO)
+            .cloned()
+            .unwrap_or_default();
         let partition = meta
             .extensions
-            .get("replypartition")
+            .get(extensions::REPLY_PARTITION)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let mut reply_meta = Metadata::new(
@@ -356,10 +361,10 @@ impl<A: Aggregate> Deciding<'_, A> {
         );
         // The deadline judged: a sender retrying with the same id tells this answer from
         // the answer to its own attempt.
-        if let Some(deadline) = meta.extensions.get("deadline") {
+        if let Some(deadline) = meta.extensions.get(extensions::DEADLINE) {
             reply_meta
                 .extensions
-                .insert("deadline".into(), deadline.clone());
+                .insert(extensions::DEADLINE.into(), deadline.clone());
         }
         PendingReply {
             topic,
@@ -411,17 +416,21 @@ fn dead_letter_kept<A: Aggregate>(
 /// A command's reply address (`ce_replyto`, `ce_replypartition`) must name an existing
 /// partition: producing to a missing one would fail every transaction that holds it.
 fn check_reply_address<A: Aggregate>(shared: &Shared<A>, meta: &Metadata) -> Result<(), String> {
-    let Some(topic) = meta.extensions.get("replyto").filter(|t| !t.is_empty()) else {
+    let Some(topic) = meta
+        .extensions
+        .get(extensions::REPLY_TO)
+        .filter(|t| !t.is_empty())
+    else {
         return Ok(()); // fire and forget
     };
     let partition: i32 = meta
         .extensions
-        .get("replypartition")
+        .get(extensions::REPLY_PARTITION)
         .map_or(Ok(0), |v| v.parse())
         .map_err(|_| {
             format!(
                 "ce_replypartition {:?} is not a number",
-                meta.extensions.get("replypartition")
+                meta.extensions.get(extensions::REPLY_PARTITION)
             )
         })?;
     let known = lock(&shared.reply_topics).get(topic).copied();
@@ -725,7 +734,7 @@ mod tests {
         batch.decide(&add(&meta, 0, 1, 0, 0));
         let mut late = meta.clone();
         late.extensions
-            .insert("deadline".into(), "2000-01-01T00:00:00Z".into());
+            .insert(extensions::DEADLINE.into(), "2000-01-01T00:00:00Z".into());
         batch.decide(&add(&late, 0, 1, 0, 1));
         assert_eq!(batch.reply_codes(), vec!["zero", "zero"]);
     }
@@ -796,9 +805,11 @@ mod tests {
     fn a_reply_address_that_does_not_exist_is_only_dead_lettered() {
         let mut batch = Batch::new();
         let mut meta = add_meta(&key_on(0));
-        meta.extensions.insert("replypartition".into(), "5".into());
+        meta.extensions
+            .insert(extensions::REPLY_PARTITION.into(), "5".into());
         batch.decide(&add(&meta, 1, 1, 0, 0));
-        meta.extensions.insert("replypartition".into(), "x".into());
+        meta.extensions
+            .insert(extensions::REPLY_PARTITION.into(), "x".into());
         batch.decide(&add(&meta, 1, 1, 0, 1));
         assert!(batch.out.replies.is_empty() && batch.out.events.is_empty());
         let reasons = batch.dead_reasons();
@@ -826,12 +837,16 @@ mod tests {
         let mut batch = Batch::new();
         let mut meta = add_meta(&key_on(0));
         let deadline = (Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
-        meta.extensions.insert("deadline".into(), deadline.clone());
+        meta.extensions
+            .insert(extensions::DEADLINE.into(), deadline.clone());
         batch.decide(&add(&meta, 1, 1, 0, 0));
         assert_eq!(batch.reply_codes(), vec!["expired"]);
         assert!(batch.out.dead.is_empty() && batch.out.events.is_empty());
         assert_eq!(
-            batch.out.replies[0].meta.extensions.get("deadline"),
+            batch.out.replies[0]
+                .meta
+                .extensions
+                .get(extensions::DEADLINE),
             Some(&deadline),
             "the reply names the deadline it judged"
         );
@@ -846,7 +861,8 @@ mod tests {
         let mut batch = Batch::new();
         let mut meta = add_meta(&key_on(0));
         let deadline = (Utc::now() + chrono::Duration::minutes(1)).to_rfc3339();
-        meta.extensions.insert("deadline".into(), deadline);
+        meta.extensions
+            .insert(extensions::DEADLINE.into(), deadline);
         batch.decide(&add(&meta, 1, 1, 0, 0));
         assert_eq!(batch.out.events.len(), 1);
     }
@@ -855,7 +871,8 @@ mod tests {
     fn a_deadline_that_is_not_a_time_is_a_bad_command() {
         let mut batch = Batch::new();
         let mut meta = add_meta(&key_on(0));
-        meta.extensions.insert("deadline".into(), "tomorrow".into());
+        meta.extensions
+            .insert(extensions::DEADLINE.into(), "tomorrow".into());
         batch.decide(&add(&meta, 1, 1, 0, 0));
         assert_eq!(batch.reply_codes(), vec!["bad_command"]);
         assert!(batch.dead_reasons()[0].starts_with("header ce_deadline is not RFC 3339"));

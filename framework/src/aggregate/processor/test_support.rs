@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Shared, status::ProcessorStatus};
+use crate::aggregate::extensions;
 use crate::aggregate::{Aggregate, Rejection};
 use crate::kafka::{Record, partition_for_key};
 use crate::message::Metadata;
@@ -137,8 +138,10 @@ pub(super) fn add_meta(key: &str) -> Metadata {
         Utc::now(),
         None,
     );
-    meta.extensions.insert("replyto".into(), REPLY_TOPIC.into());
-    meta.extensions.insert("replypartition".into(), "1".into());
+    meta.extensions
+        .insert(extensions::REPLY_TO.into(), REPLY_TOPIC.into());
+    meta.extensions
+        .insert(extensions::REPLY_PARTITION.into(), "1".into());
     meta
 }
 
