@@ -43,7 +43,7 @@ pub const REPLIES: &str = "bench";
 pub const REPLY_PARTITIONS: i32 = 6;
 /// Commands per transaction, on both sides (the processor's default `max_batch`).
 pub const BATCH: usize = 100;
-/// The processor's transactional producer lingers this long (`linger.ms` in processor.rs);
+/// The processor's transactional producer lingers this long (`linger.ms` in aggregate/processor/);
 /// the baseline's does too.
 pub const TX_LINGER_MS: &str = "1";
 /// `ce_type` of replies (`choreo::aggregate::REPLY_TYPE`).
@@ -491,7 +491,7 @@ impl BaselineLoop {
         stop: &AtomicBool,
         progress: &LoopProgress,
     ) -> anyhow::Result<()> {
-        // The processor's consumer settings (aggregate/processor.rs), except that a fresh
+        // The processor's consumer settings (aggregate/processor/), except that a fresh
         // group simply starts at the beginning.
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)

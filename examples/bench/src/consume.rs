@@ -182,7 +182,7 @@ fn baseline_round(
     target: u64,
     limit: Duration,
 ) -> anyhow::Result<Duration> {
-    // The framework's consumer settings (kafka/consumer.rs), minus what only it needs.
+    // The framework's consumer settings (kafka/consumer/settings.rs), minus what only it needs.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)

@@ -28,7 +28,7 @@ use crate::latency;
 use crate::{PARTITIONS, Setup};
 
 /// `session.timeout.ms` of the processor's consumer (hard-coded in
-/// framework/src/aggregate/processor.rs): how long the group waits for a member that died
+/// framework/src/aggregate/processor/): how long the group waits for a member that died
 /// without leaving (a static member never leaves).
 pub const SESSION_TIMEOUT_S: u64 = 10;
 /// How long one request may wait for its reply.
