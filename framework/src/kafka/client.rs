@@ -1,10 +1,13 @@
 //! Client-level helpers: the settings choreo gives its producers, reachability checks and
 //! the Java clients' partitioner.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -19,24 +22,82 @@ pub(crate) const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "5"),
 ];
 
-/// Fails with [`Error::KafkaUnreachable`] unless the cluster answers a metadata request.
+/// Fails with [`Error::KafkaUnreachable`] unless the cluster answers a metadata request. A
+/// failed TLS handshake or SASL authentication ends the wait at once, and the error carries
+/// librdkafka's reason (which never holds the password), not just "transport failure".
 pub fn check_reachable(config: &KafkaConfig) -> Result<()> {
     let timeout = config.connect_timeout_value();
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<ConnectErrors> = config
         .client_config(&[(
             "socket.connection.setup.timeout.ms",
             &timeout.as_millis().to_string(),
         )])
-        .create()
+        .create_with_context(ConnectErrors::default())
         .map_err(|e| Error::Config(format!("kafka client settings rejected: {e}")))?;
-    consumer
-        .fetch_metadata(None, timeout.max(Duration::from_millis(100)))
-        .map(|_| ())
-        .map_err(|e| Error::KafkaUnreachable {
-            brokers: config.brokers().to_owned(),
-            reason: e.to_string(),
-        })
+    let unreachable = |reason: String| Error::KafkaUnreachable {
+        brokers: config.brokers().to_owned(),
+        reason,
+    };
+    let deadline = Instant::now() + timeout.max(Duration::from_millis(100));
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.fetch_metadata(None, left.min(Duration::from_millis(500))) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                // Serves the client's events, so the error callback has run (it also paces
+                // the loop when the metadata request failed at once).
+                let _ = consumer.poll(Duration::from_millis(100));
+                let refused = consumer.context().refused();
+                if let Some(reason) = refused {
+                    return Err(unreachable(reason));
+                }
+                if Instant::now() >= deadline {
+                    let last = consumer.context().last();
+                    return Err(unreachable(match last {
+                        Some(last) => format!("{e}; last client error: {last}"),
+                        None => e.to_string(),
+                    }));
+                }
+            }
+        }
+    }
 }
+
+/// Records the client's errors while [`check_reachable`] waits: a TLS or SASL failure (which
+/// no retry fixes) and the last error of any kind.
+#[derive(Default)]
+struct ConnectErrors {
+    refused: Mutex<Option<String>>,
+    last: Mutex<Option<String>>,
+}
+
+impl ConnectErrors {
+    fn refused(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|r| r.clone())
+    }
+
+    fn last(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+impl ClientContext for ConnectErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let text = format!("{error}: {reason}");
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
+        ) && let Ok(mut refused) = self.refused.lock()
+        {
+            refused.get_or_insert_with(|| text.clone());
+        }
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(text);
+        }
+    }
+}
+
+impl ConsumerContext for ConnectErrors {}
 
 /// The partition the Java clients (and librdkafka's `murmur2_random`) choose for a key:
 /// `(murmur2(key) & 0x7fffffff) % partitions`.

@@ -118,18 +118,20 @@ pub fn read_all(
     timeout: Duration,
     read_committed: bool,
 ) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", config.brokers())
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set(
-            "isolation.level",
-            if read_committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
+    // The config's security settings and raw properties, none of choreo's client code.
+    let consumer: BaseConsumer = config
+        .client_config(&[
+            ("group.id", &unique("reader")),
+            ("enable.auto.commit", "false"),
+            (
+                "isolation.level",
+                if read_committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            ),
+        ])
         .create()
         .expect("raw consumer");
     let deadline = Instant::now() + timeout;
