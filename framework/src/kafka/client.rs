@@ -2,7 +2,7 @@
 //! the Java clients' partitioner.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -22,9 +22,9 @@ pub(crate) const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "5"),
 ];
 
-/// Fails with [`Error::KafkaUnreachable`] unless the cluster answers a metadata request. A
-/// failed TLS handshake or SASL authentication ends the wait at once, and the error carries
-/// librdkafka's reason (which never holds the password), not just "transport failure".
+/// Fails with [`Error::KafkaUnreachable`] unless the cluster answers a metadata request. When
+/// the TLS handshake or the SASL authentication failed, the error carries librdkafka's reason
+/// (which never holds the password), not just "transport failure".
 pub fn check_reachable(config: &KafkaConfig) -> Result<()> {
     let timeout = config.connect_timeout_value();
     let consumer: BaseConsumer<ConnectErrors> = config
@@ -34,65 +34,46 @@ pub fn check_reachable(config: &KafkaConfig) -> Result<()> {
         )])
         .create_with_context(ConnectErrors::default())
         .map_err(|e| Error::Config(format!("kafka client settings rejected: {e}")))?;
-    let unreachable = |reason: String| Error::KafkaUnreachable {
-        brokers: config.brokers().to_owned(),
-        reason,
+    let error = match consumer.fetch_metadata(None, timeout.max(Duration::from_millis(100))) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
     };
-    let deadline = Instant::now() + timeout.max(Duration::from_millis(100));
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match consumer.fetch_metadata(None, left.min(Duration::from_millis(500))) {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                // Serves the client's events, so the error callback has run (it also paces
-                // the loop when the metadata request failed at once).
-                let _ = consumer.poll(Duration::from_millis(100));
-                let refused = consumer.context().refused();
-                if let Some(reason) = refused {
-                    return Err(unreachable(reason));
-                }
-                if Instant::now() >= deadline {
-                    let last = consumer.context().last();
-                    return Err(unreachable(match last {
-                        Some(last) => format!("{e}; last client error: {last}"),
-                        None => e.to_string(),
-                    }));
-                }
-            }
+    // The metadata error says only "transport failure" when the TLS handshake or the SASL
+    // authentication failed: the client's error callback, served by polling, has the cause.
+    let mut refused = None;
+    for _ in 0..2 {
+        let _ = consumer.poll(Duration::from_millis(100));
+        refused = consumer.context().refused();
+        if refused.is_some() {
+            break;
         }
     }
+    Err(Error::KafkaUnreachable {
+        brokers: config.brokers().to_owned(),
+        reason: refused.unwrap_or_else(|| error.to_string()),
+    })
 }
 
-/// Records the client's errors while [`check_reachable`] waits: a TLS or SASL failure (which
-/// no retry fixes) and the last error of any kind.
+/// Records the first TLS or SASL failure the client reports while [`check_reachable`] waits.
 #[derive(Default)]
 struct ConnectErrors {
     refused: Mutex<Option<String>>,
-    last: Mutex<Option<String>>,
 }
 
 impl ConnectErrors {
     fn refused(&self) -> Option<String> {
         self.refused.lock().ok().and_then(|r| r.clone())
     }
-
-    fn last(&self) -> Option<String> {
-        self.last.lock().ok().and_then(|r| r.clone())
-    }
 }
 
 impl ClientContext for ConnectErrors {
     fn error(&self, error: KafkaError, reason: &str) {
-        let text = format!("{error}: {reason}");
         if matches!(
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
         ) && let Ok(mut refused) = self.refused.lock()
         {
-            refused.get_or_insert_with(|| text.clone());
-        }
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some(text);
+            refused.get_or_insert_with(|| format!("{error}: {reason}"));
         }
     }
 }

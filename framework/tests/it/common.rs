@@ -313,10 +313,7 @@ pub async fn empty_database(test: &str) -> PostgresConfig {
 /// End offsets (high watermarks) of every partition of `topic`.
 #[allow(dead_code)]
 pub fn end_offsets(config: &KafkaConfig, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", config.brokers())
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer = config.client_config(&[]).create().expect("consumer");
     (0..partitions)
         .map(|p| {
             consumer

@@ -359,8 +359,8 @@ async fn a_principal_cannot_write_or_read_another_services_topics() {
         "names authorization: {text} (after {:?})",
         started.elapsed()
     );
-    // The bank's log holds nothing the ledger tried to write.
-    assert_eq!(read_records(&bank_config, &topic, 1, 0), 0);
+    // The bank's log holds nothing the ledger tried to write: its end offset is still 0.
+    assert_eq!(common::end_offsets(&bank_config, &topic, 1), vec![0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,5 +419,41 @@ async fn postgres_with_verify_full_uses_tls_and_plain_connections_are_refused() 
             .to_ascii_lowercase()
             .contains("certificate"),
         "{error}"
+    );
+}
+
+#[test]
+fn the_cli_with_a_wrong_password_says_authentication_failed_and_never_prints_the_password() {
+    let Some(secure) = Secure::for_user("bank") else {
+        return;
+    };
+    let wrong = format!("cli-wrong-{}", uuid::Uuid::new_v4().simple());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_choreo"));
+    for (key, value) in &secure.vars {
+        command.env(key, value);
+    }
+    let started = Instant::now();
+    let output = command
+        .env_remove("CHOREO_KAFKA_SASL_PASSWORD_FILE")
+        .env("CHOREO_KAFKA_SASL_PASSWORD", &wrong)
+        .env_remove("CHOREO_KAFKA_PROPERTIES")
+        .env_remove("CHOREO_TOPIC_NAMESPACE")
+        .env("RUST_LOG", "debug")
+        .args(["topics", "list"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run choreo");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("Authentication"), "{stderr}");
+    assert!(
+        !stdout.contains(&wrong) && !stderr.contains(&wrong),
+        "the password is never printed, even at RUST_LOG=debug:\n{stdout}\n{stderr}"
     );
 }
