@@ -68,11 +68,13 @@ impl ConnectErrors {
 
 impl ClientContext for ConnectErrors {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)
-        ) && let Ok(mut refused) = self.refused.lock()
-        {
+        // A refused client certificate arrives as a transport failure with an SSL alert.
+        let tls_or_sasl = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL) => true,
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => reason.contains("SSL"),
+            _ => false,
+        };
+        if tls_or_sasl && let Ok(mut refused) = self.refused.lock() {
             refused.get_or_insert_with(|| format!("{error}: {reason}"));
         }
     }

@@ -457,3 +457,53 @@ fn the_cli_with_a_wrong_password_says_authentication_failed_and_never_prints_the
         "the password is never printed, even at RUST_LOG=debug:\n{stdout}\n{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_authenticates_by_the_client_certificate_and_refuses_a_client_without_one() {
+    let Some(secure) = Secure::for_user("bank") else {
+        return;
+    };
+    let sasl = secure.kafka("bank.", "sec-mtls");
+    let topic = common::create_events_topic(&sasl, "user", 1).await;
+    let namespace = sasl.topic_namespace().expect("namespace").to_owned();
+    let mtls_brokers = secure.var("CHOREO_SECURE_MTLS_BROKERS");
+    assert!(
+        mtls_brokers.starts_with("127."),
+        "loopback only: {mtls_brokers}"
+    );
+    let ca = secure.var("CHOREO_KAFKA_SSL_CA_FILE");
+    // The certificate's CN=bank is the principal User:bank, with the bank's ACLs.
+    let mtls = KafkaConfig::new(&mtls_brokers)
+        .security_protocol(SecurityProtocol::Ssl)
+        .ssl_ca_file(&ca)
+        .ssl_client_cert(
+            secure.file("bank-client.pem"),
+            secure.file("bank-client.key"),
+        )
+        .connect_timeout(Duration::from_secs(10))
+        .namespace(namespace);
+    let publisher = Publisher::new(&mtls, "/bank").expect("publisher over mutual TLS");
+    publisher
+        .publish(&signup(7))
+        .await
+        .expect("publish over mutual TLS");
+    assert_eq!(common::end_offsets(&sasl, &topic, 1), vec![1]);
+
+    // TLS alone, no client certificate: the broker refuses the connection.
+    let anonymous = KafkaConfig::new(&mtls_brokers)
+        .security_protocol(SecurityProtocol::Ssl)
+        .ssl_ca_file(&ca)
+        .connect_timeout(Duration::from_secs(10));
+    let started = Instant::now();
+    let error = choreo::kafka::check_reachable(&anonymous).expect_err("no client certificate");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(error, choreo::Error::KafkaUnreachable { .. })
+            && error.to_string().contains("bad certificate"),
+        "names the refused (missing) certificate: {error}"
+    );
+}
