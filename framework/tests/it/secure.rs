@@ -53,7 +53,14 @@ impl Secure {
             .collect();
         let secure = Self { vars };
         let kafka = secure.var("CHOREO_KAFKA_BROKERS");
-        let up = [kafka.as_str(), "127.0.0.1:5433"]
+        // postgres://user:password@HOST:PORT/db?...
+        let url = secure.var("CHOREO_DATABASE_URL");
+        let postgres = url
+            .split_once('@')
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(address, _)| address.to_owned())
+            .expect("a host:port in the printed CHOREO_DATABASE_URL");
+        let up = [kafka.as_str(), postgres.as_str()]
             .iter()
             .all(|addr| std::net::TcpStream::connect(addr).is_ok());
         if up {
@@ -62,10 +69,10 @@ impl Secure {
         assert!(
             std::env::var_os("CHOREO_SECURE_REQUIRED").is_none(),
             "CHOREO_SECURE_REQUIRED is set but the secure services are not up on {kafka} and \
-             127.0.0.1:5433: start them with scripts/dev-services up --secure"
+             {postgres}: start them with scripts/dev-services up --secure"
         );
         eprintln!(
-            "SKIPPED: the secure services are not up ({kafka}, 127.0.0.1:5433); start them with \
+            "SKIPPED: the secure services are not up ({kafka}, {postgres}); start them with \
              `scripts/dev-services up --secure` (scripts/test does)"
         );
         None
