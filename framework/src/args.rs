@@ -24,17 +24,19 @@
 //! naming the flag.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use crate::config::{
-    DEFAULT_BROKERS, DEFAULT_DATABASE_URL, KafkaConfig, PostgresConfig, is_secret_key,
-    parse_property, redact_url,
+    DEFAULT_BROKERS, DEFAULT_DATABASE_URL, KafkaConfig, PostgresConfig, SaslMechanism,
+    SecurityFlags, SecurityProtocol, is_secret_key, parse_property, redact_url,
 };
 use crate::error::Result;
 
 const KAFKA: &str = "Kafka";
 const POSTGRES: &str = "PostgreSQL";
 
-/// How to reach Kafka: `--brokers`, `--namespace`, `--kafka-property KEY=VALUE`.
+/// How to reach Kafka: `--brokers`, `--namespace`, the security settings (`--kafka-security-protocol`,
+/// `--kafka-ssl-ca-file`, `--kafka-sasl-mechanism`, ...), `--kafka-property KEY=VALUE`.
 #[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Bootstrap servers: host:port, comma-separated.
@@ -47,19 +49,80 @@ pub struct KafkaArgs {
           help_heading = KAFKA)]
     pub namespace: Option<String>,
 
-    /// A raw librdkafka property (repeatable); wins over `CHOREO_KAFKA_PROPERTIES`
-    /// (`key=value;key=value`), which wins over choreo's own settings.
+    /// plaintext, ssl, sasl_plaintext or sasl_ssl (librdkafka's security.protocol).
+    #[arg(long, global = true, env = "CHOREO_KAFKA_SECURITY_PROTOCOL", value_name = "PROTOCOL",
+          value_parser = parse_protocol, help_heading = KAFKA)]
+    pub kafka_security_protocol: Option<SecurityProtocol>,
+
+    /// PEM file of the CA(s) the brokers' certificates must chain to (default: the system's).
+    #[arg(long, global = true, env = "CHOREO_KAFKA_SSL_CA_FILE", value_name = "FILE",
+          help_heading = KAFKA)]
+    pub kafka_ssl_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate, for mutual TLS (with --kafka-ssl-key-file).
+    #[arg(long, global = true, env = "CHOREO_KAFKA_SSL_CERT_FILE", value_name = "FILE",
+          help_heading = KAFKA)]
+    pub kafka_ssl_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the client certificate, for mutual TLS.
+    #[arg(long, global = true, env = "CHOREO_KAFKA_SSL_KEY_FILE", value_name = "FILE",
+          help_heading = KAFKA)]
+    pub kafka_ssl_key_file: Option<PathBuf>,
+
+    /// PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI (with the gssapi feature) or OAUTHBEARER.
+    #[arg(long, global = true, env = "CHOREO_KAFKA_SASL_MECHANISM", value_name = "MECHANISM",
+          value_parser = parse_mechanism, help_heading = KAFKA)]
+    pub kafka_sasl_mechanism: Option<SaslMechanism>,
+
+    /// SASL user name.
+    #[arg(long, global = true, env = "CHOREO_KAFKA_SASL_USERNAME", value_name = "USER",
+          help_heading = KAFKA)]
+    pub kafka_sasl_username: Option<String>,
+
+    /// File holding the SASL password (one trailing newline dropped). Or set
+    /// CHOREO_KAFKA_SASL_PASSWORD; there is no flag for the password itself, as a command
+    /// line is visible to every user of the machine.
+    #[arg(long, global = true, env = "CHOREO_KAFKA_SASL_PASSWORD_FILE", value_name = "FILE",
+          help_heading = KAFKA)]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+
+    /// Java .properties file of raw librdkafka properties; CHOREO_KAFKA_PROPERTIES
+    /// (key=value;key=value, `\;` for a `;` in a value) wins over it.
+    #[arg(long, global = true, env = "CHOREO_KAFKA_PROPERTIES_FILE", value_name = "FILE",
+          help_heading = KAFKA)]
+    pub kafka_properties_file: Option<PathBuf>,
+
+    /// A raw librdkafka property (repeatable); wins over `CHOREO_KAFKA_PROPERTIES`, which
+    /// wins over the properties file, the typed settings above and choreo's own settings.
     #[arg(long = "kafka-property", global = true, value_name = "KEY=VALUE",
           value_parser = parse_property, help_heading = KAFKA)]
     pub properties: Vec<(String, String)>,
+}
+
+fn parse_protocol(raw: &str) -> std::result::Result<SecurityProtocol, String> {
+    raw.parse()
+}
+
+fn parse_mechanism(raw: &str) -> std::result::Result<SaslMechanism, String> {
+    raw.parse()
 }
 
 impl KafkaArgs {
     /// The Kafka settings: the flags, with `CHOREO_KAFKA_PROPERTIES` beneath the
     /// `--kafka-property` ones.
     pub fn config(&self) -> Result<KafkaConfig> {
-        let mut config =
-            KafkaConfig::new(or_default(&self.brokers, DEFAULT_BROKERS)).env_properties()?;
+        let flags = SecurityFlags {
+            protocol: self.kafka_security_protocol,
+            ca_file: self.kafka_ssl_ca_file.clone(),
+            cert_file: self.kafka_ssl_cert_file.clone(),
+            key_file: self.kafka_ssl_key_file.clone(),
+            mechanism: self.kafka_sasl_mechanism,
+            username: self.kafka_sasl_username.clone(),
+            password_file: self.kafka_sasl_password_file.clone(),
+        };
+        let mut config = KafkaConfig::new(or_default(&self.brokers, DEFAULT_BROKERS))
+            .env_security(&flags)?
+            .env_properties_with(self.kafka_properties_file.as_deref())?;
         if let Some(namespace) = self.namespace.as_deref().map(str::trim)
             && !namespace.is_empty()
         {
@@ -82,6 +145,14 @@ impl fmt::Debug for KafkaArgs {
         f.debug_struct("KafkaArgs")
             .field("brokers", &self.brokers)
             .field("namespace", &self.namespace)
+            .field("kafka_security_protocol", &self.kafka_security_protocol)
+            .field("kafka_ssl_ca_file", &self.kafka_ssl_ca_file)
+            .field("kafka_ssl_cert_file", &self.kafka_ssl_cert_file)
+            .field("kafka_ssl_key_file", &self.kafka_ssl_key_file)
+            .field("kafka_sasl_mechanism", &self.kafka_sasl_mechanism)
+            .field("kafka_sasl_username", &self.kafka_sasl_username)
+            .field("kafka_sasl_password_file", &self.kafka_sasl_password_file)
+            .field("kafka_properties_file", &self.kafka_properties_file)
             .field("properties", &properties)
             .finish()
     }
@@ -160,6 +231,14 @@ mod tests {
             "staging",
             "--kafka-property",
             "linger.ms=5",
+            "--kafka-security-protocol",
+            "SASL_SSL",
+            "--kafka-sasl-mechanism",
+            "scram-sha-512",
+            "--kafka-sasl-username",
+            "orders",
+            "--kafka-ssl-ca-file",
+            "/etc/ca.pem",
             "--kafka-property",
             "sasl.password = hunter2",
             "--database-url",
@@ -175,6 +254,10 @@ mod tests {
         let client = kafka.client_config(&[("linger.ms", "100")]);
         assert_eq!(client.get("linger.ms"), Some("5"), "the flag wins");
         assert_eq!(client.get("sasl.password"), Some("hunter2"));
+        assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(client.get("sasl.username"), Some("orders"));
+        assert_eq!(client.get("ssl.ca.location"), Some("/etc/ca.pem"));
         let postgres = cli.postgres.config();
         assert_eq!(postgres.url_with_secret(), "postgres://app:s3cr3t@db/app");
         assert_eq!(postgres.max_connections_value(), 3);
@@ -214,6 +297,15 @@ mod tests {
             error.to_string().contains("--database-max-connections"),
             "{error}"
         );
+        let error = Cli::try_parse_from(["svc", "--kafka-security-protocol", "tls"])
+            .expect_err("not a protocol");
+        assert!(
+            error.to_string().contains("--kafka-security-protocol"),
+            "{error}"
+        );
+        let error = Cli::try_parse_from(["svc", "--kafka-sasl-mechanism", "md5"])
+            .expect_err("not a mechanism");
+        assert!(error.to_string().contains("SCRAM-SHA-256"), "{error}");
     }
 
     #[test]
@@ -225,6 +317,10 @@ mod tests {
             "--brokers",
             "CHOREO_KAFKA_BROKERS",
             "--kafka-property",
+            "--kafka-security-protocol",
+            "CHOREO_KAFKA_SASL_PASSWORD_FILE",
+            "CHOREO_KAFKA_SASL_PASSWORD",
+            "--kafka-properties-file",
             "PostgreSQL:",
             "--database-url",
             "CHOREO_DATABASE_URL",

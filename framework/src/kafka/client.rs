@@ -1,10 +1,13 @@
 //! Client-level helpers: the settings choreo gives its producers, reachability checks and
 //! the Java clients' partitioner.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -19,23 +22,36 @@ pub(crate) const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "5"),
 ];
 
-/// Fails with [`Error::KafkaUnreachable`] unless the cluster answers a metadata request.
+/// Fails with [`Error::KafkaUnreachable`] unless the cluster answers a metadata request. When
+/// the TLS handshake or the SASL authentication failed, the error carries librdkafka's reason
+/// (which never holds the password), not just "transport failure".
 pub fn check_reachable(config: &KafkaConfig) -> Result<()> {
     let timeout = config.connect_timeout_value();
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<ConnectErrors> = config
         .client_config(&[(
             "socket.connection.setup.timeout.ms",
             &timeout.as_millis().to_string(),
         )])
-        .create()
+        .create_with_context(ConnectErrors::default())
         .map_err(|e| Error::Config(format!("kafka client settings rejected: {e}")))?;
-    consumer
-        .fetch_metadata(None, timeout.max(Duration::from_millis(100)))
-        .map(|_| ())
-        .map_err(|e| Error::KafkaUnreachable {
-            brokers: config.brokers().to_owned(),
-            reason: e.to_string(),
-        })
+    let error = match consumer.fetch_metadata(None, timeout.max(Duration::from_millis(100))) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    // The metadata error says only "transport failure" when the TLS handshake or the SASL
+    // authentication failed: the client's error callback, served by polling, has the cause.
+    let mut refused = None;
+    for _ in 0..2 {
+        let _ = consumer.poll(Duration::from_millis(100));
+        refused = consumer.context().refused();
+        if refused.is_some() {
+            break;
+        }
+    }
+    Err(Error::KafkaUnreachable {
+        brokers: config.brokers().to_owned(),
+        reason: refused.unwrap_or_else(|| error.to_string()),
+    })
 }
 
 /// [`check_reachable`] off the async threads (its metadata request blocks for up to the
@@ -46,6 +62,34 @@ pub async fn check_reachable_async(config: &KafkaConfig) -> Result<()> {
         .await
         .map_err(|e| Error::Runtime(format!("the reachability check did not finish: {e}")))?
 }
+
+/// Records the first TLS or SASL failure the client reports while [`check_reachable`] waits.
+#[derive(Default)]
+struct ConnectErrors {
+    refused: Mutex<Option<String>>,
+}
+
+impl ConnectErrors {
+    fn refused(&self) -> Option<String> {
+        self.refused.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+impl ClientContext for ConnectErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // A refused client certificate arrives as a transport failure with an SSL alert.
+        let tls_or_sasl = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL) => true,
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => reason.contains("SSL"),
+            _ => false,
+        };
+        if tls_or_sasl && let Ok(mut refused) = self.refused.lock() {
+            refused.get_or_insert_with(|| format!("{error}: {reason}"));
+        }
+    }
+}
+
+impl ConsumerContext for ConnectErrors {}
 
 /// The partition the Java clients (and librdkafka's `murmur2_random`) choose for a key:
 /// `(murmur2(key) & 0x7fffffff) % partitions`.

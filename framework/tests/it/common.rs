@@ -111,18 +111,20 @@ pub fn read_all(
     timeout: Duration,
     read_committed: bool,
 ) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", config.brokers())
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set(
-            "isolation.level",
-            if read_committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
+    // The config's security settings and raw properties, none of choreo's client code.
+    let consumer: BaseConsumer = config
+        .client_config(&[
+            ("group.id", &unique("reader")),
+            ("enable.auto.commit", "false"),
+            (
+                "isolation.level",
+                if read_committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            ),
+        ])
         .create()
         .expect("raw consumer");
     let deadline = Instant::now() + timeout;
@@ -304,10 +306,7 @@ pub async fn empty_database(test: &str) -> PostgresConfig {
 /// End offsets (high watermarks) of every partition of `topic`.
 #[allow(dead_code)]
 pub fn end_offsets(config: &KafkaConfig, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", config.brokers())
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer = config.client_config(&[]).create().expect("consumer");
     (0..partitions)
         .map(|p| {
             consumer

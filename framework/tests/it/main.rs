@@ -24,4 +24,5 @@ mod projections;
 mod publish;
 #[cfg(all(feature = "failpoints", feature = "testing"))]
 mod reactors;
+mod secure;
 mod topics;

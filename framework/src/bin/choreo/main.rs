@@ -21,8 +21,9 @@ use crate::connect::Services;
 
 /// Operate a choreo installation: topics, tail, projection status, dead letters.
 ///
-/// Settings come from flags or the environment (`CHOREO_KAFKA_PROPERTIES` adds raw librdkafka
-/// properties; TLS and SASL are not compiled in yet). Start local services with
+/// Settings come from flags or the environment: TLS and SASL (PLAIN, SCRAM) with the
+/// `--kafka-security-protocol`, `--kafka-sasl-*` and `--kafka-ssl-*` flags, raw librdkafka
+/// properties with `CHOREO_KAFKA_PROPERTIES` or a properties file. Start local services with
 /// `scripts/dev-services up`.
 #[derive(Debug, Parser)]
 #[command(name = "choreo", version)]
