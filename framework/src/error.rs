@@ -34,6 +34,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// The cluster answered but refused this client: the TLS handshake or the SASL
+    /// authentication failed (a wrong password, an untrusted CA, a missing client
+    /// certificate). Starting services will not help; the security settings will.
+    #[error(
+        "Kafka at {brokers} refused this client: {reason}; check the security settings \
+         (CHOREO_KAFKA_SECURITY_PROTOCOL, CHOREO_KAFKA_SSL_CA_FILE, CHOREO_KAFKA_SSL_CERT_FILE/_KEY_FILE, \
+         CHOREO_KAFKA_SASL_MECHANISM/_USERNAME/_PASSWORD)"
+    )]
+    KafkaRefused {
+        /// The bootstrap servers tried.
+        brokers: String,
+        /// librdkafka's reason (it never holds the password).
+        reason: String,
+    },
+
     /// PostgreSQL did not answer.
     #[error(
         "cannot reach PostgreSQL at {target}: {reason}; start it with `scripts/dev-services up` \

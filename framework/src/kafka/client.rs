@@ -22,9 +22,9 @@ pub(crate) const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "5"),
 ];
 
-/// Fails with [`Error::KafkaUnreachable`] unless the cluster answers a metadata request. When
-/// the TLS handshake or the SASL authentication failed, the error carries librdkafka's reason
-/// (which never holds the password), not just "transport failure".
+/// Fails with [`Error::KafkaUnreachable`] unless the cluster answers a metadata request, or
+/// with [`Error::KafkaRefused`] when the TLS handshake or the SASL authentication failed, with
+/// librdkafka's reason (which never holds the password), not just "transport failure".
 pub fn check_reachable(config: &KafkaConfig) -> Result<()> {
     let timeout = config.connect_timeout_value();
     let consumer: BaseConsumer<ConnectErrors> = config
@@ -48,9 +48,13 @@ pub fn check_reachable(config: &KafkaConfig) -> Result<()> {
             break;
         }
     }
-    Err(Error::KafkaUnreachable {
-        brokers: config.brokers().to_owned(),
-        reason: refused.unwrap_or_else(|| error.to_string()),
+    let brokers = config.brokers().to_owned();
+    Err(match refused {
+        Some(reason) => Error::KafkaRefused { brokers, reason },
+        None => Error::KafkaUnreachable {
+            brokers,
+            reason: error.to_string(),
+        },
     })
 }
 
