@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use rdkafka::topic_partition_list::Offset;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 pub(crate) use super::errors::{TxError, classify, classify_commit};
 use super::record::Record;
@@ -79,6 +79,21 @@ pub(crate) fn await_deliveries(
         Some(error) => Err(error),
         None => Ok(landed),
     }
+}
+
+/// Adds the consumed positions `tpl` to the open transaction, with fresh group metadata (the
+/// generation may have moved since the last transaction).
+pub(crate) fn send_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    producer: &FutureProducer,
+    tpl: &TopicPartitionList,
+) -> Result<(), TxError> {
+    let metadata = consumer
+        .group_metadata()
+        .ok_or_else(|| TxError::Abortable("no consumer group metadata".into()))?;
+    producer
+        .send_offsets_to_transaction(tpl, &metadata, Duration::from_secs(30))
+        .map_err(|e| classify("send_offsets_to_transaction", &e))
 }
 
 /// Hands a staged record to the transactional producer.

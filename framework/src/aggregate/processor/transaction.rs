@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -21,7 +21,7 @@ use crate::aggregate::reply::{EventRef, Outcome};
 use crate::failpoint;
 use crate::kafka::Record;
 use crate::kafka::transaction::{
-    TxError, TxRecord, await_deliveries, classify, classify_commit, send, sole_input,
+    TxError, TxRecord, await_deliveries, classify, classify_commit, send, send_offsets, sole_input,
 };
 
 /// Commands whose event, reply or dead letter the broker refused for its content (too large,
@@ -234,13 +234,7 @@ fn commit<A: Aggregate>(
     for (p, next) in next_offsets {
         let _ = tpl.add_partition_offset(&shared.commands_topic, *p, Offset::Offset(*next));
     }
-    // Fresh group metadata for every transaction (the generation may have moved).
-    let metadata = consumer
-        .group_metadata()
-        .ok_or_else(|| TxError::Abortable("no consumer group metadata".into()))?;
-    producer
-        .send_offsets_to_transaction(&tpl, &metadata, Duration::from_secs(30))
-        .map_err(|e| classify("send_offsets_to_transaction", &e))?;
+    send_offsets(consumer, producer, &tpl)?;
     failpoint::hit("command.before_commit");
     producer
         .commit_transaction(Duration::from_secs(30))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -16,7 +16,7 @@ use super::set_aside::{Position, SetAside, position};
 use super::{Shared, TopicPartition};
 use crate::failpoint;
 use crate::kafka::transaction::{
-    TxError, TxRecord, await_deliveries, classify, classify_commit, send, sole_input,
+    TxError, TxRecord, await_deliveries, classify, classify_commit, send, send_offsets, sole_input,
 };
 use crate::kafka::{Keep, Record};
 use crate::reactor::Reactor;
@@ -164,13 +164,7 @@ fn commit<R: Reactor>(
     for ((topic, partition), offset) in &staged.next {
         let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
     }
-    // Fresh group metadata for every transaction (the generation may have moved).
-    let metadata = consumer
-        .group_metadata()
-        .ok_or_else(|| TxError::Abortable("no consumer group metadata".into()))?;
-    producer
-        .send_offsets_to_transaction(&tpl, &metadata, Duration::from_secs(30))
-        .map_err(|e| classify("send_offsets_to_transaction", &e))?;
+    send_offsets(consumer, producer, &tpl)?;
     failpoint::hit("reactor.before_commit");
     producer
         .commit_transaction(Duration::from_secs(30))
