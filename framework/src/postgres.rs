@@ -64,3 +64,30 @@ pub(crate) fn sqlstate(error: &sqlx::Error) -> Option<String> {
         _ => None,
     }
 }
+
+/// Whether a SQLSTATE says the statement failed because of the data it was given, so the
+/// same data fails again on every try: data exceptions (class 22: a value too long, bad
+/// input syntax), integrity violations (class 23) and the limits a single value can exceed
+/// (54000 program_limit_exceeded, e.g. an index row larger than a page allows; 54001
+/// statement_too_complex, e.g. JSON nested too deep). The other limits of class 54 (too
+/// many columns, too many arguments) come from the code, not the data.
+pub(crate) fn is_data_error(code: &str) -> bool {
+    code.starts_with("22") || code.starts_with("23") || code == "54000" || code == "54001"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_data_error;
+
+    #[test]
+    fn data_errors_are_the_data_and_integrity_classes_and_the_limits_one_value_can_exceed() {
+        for code in ["22001", "22P02", "23505", "23503", "54000", "54001"] {
+            assert!(is_data_error(code), "{code}");
+        }
+        for code in [
+            "40001", "40P01", "42P01", "42601", "54011", "54023", "08006", "57P01",
+        ] {
+            assert!(!is_data_error(code), "{code}");
+        }
+    }
+}

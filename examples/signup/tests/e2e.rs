@@ -7,7 +7,10 @@
 //! with the same Idempotency-Key gets the same answer; GET right after POST finds the user;
 //! instances killed with SIGKILL are taken over; the rebuilt metrics view equals the live one;
 //! records from other producers in `user.events` (a header name that is not UTF-8, a
-//! structured-mode CloudEvent) stop no service: the first is dead-lettered, the second handled.
+//! structured-mode CloudEvent, a signup whose address is 2 MB) stop no service: the first is
+//! dead-lettered, the second handled, the third counted by the metrics and dead-lettered by
+//! the users view (its address is too large for the unique index) and by the email reactor
+//! (its `v1.email.sent` is too large for Kafka).
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,9 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
+use choreo::kafka::Record;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 
@@ -201,26 +203,36 @@ fn emails(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Every committed record of `topic`: (type, subject, id).
-fn committed_records(topic: &str, partitions: i32) -> Vec<(String, String, String)> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+/// A read_committed reader outside any group's offsets (nothing is committed).
+fn reader(name: &str) -> BaseConsumer {
+    rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
-        .set("group.id", format!("{topic}.e2e-reader"))
+        .set("group.id", format!("{name}.e2e-reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// Every committed record of `topic`, read to the end it had when called. Headers are read
+/// through choreo's `Record` (names as bytes): dead letters keep header names that are not
+/// UTF-8, on which rdkafka's own header reader panics.
+/// Fails only when the end cannot be fetched (a topic being created has no leader yet).
+fn read_all(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+) -> rdkafka::error::KafkaResult<Vec<Record>> {
     let mut tpl = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for p in 0..partitions {
-        let (_, end) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
+        let (_, end) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         ends.insert(p, end);
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
+    let shared: std::sync::Arc<str> = topic.into();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -232,24 +244,41 @@ fn committed_records(topic: &str, partitions: i32) -> Vec<(String, String, Strin
                 .is_some_and(|o| matches!(o, Offset::Offset(o) if o >= ends[&p]) || ends[&p] == 0)
         });
         if done {
-            return out;
+            return Ok(out);
         }
         assert!(
             Instant::now() < deadline,
             "could not read {topic} to its end"
         );
         if let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) {
-            let header = |name: &str| {
-                record
-                    .headers()
-                    .and_then(|h| h.iter().find(|x| x.key == name))
-                    .and_then(|x| x.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default()
-            };
-            out.push((header("ce_type"), header("ce_subject"), header("ce_id")));
+            out.push(Record::copy(&record, shared.clone()));
         }
     }
+}
+
+/// A header's value as text ("" when absent).
+fn header(record: &Record, name: &str) -> String {
+    record
+        .headers()
+        .and_then(|h| h.last(name))
+        .flatten()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+/// Every committed record of `topic`: (type, subject, id).
+fn committed_records(topic: &str, partitions: i32) -> Vec<(String, String, String)> {
+    read_all(&reader(topic), topic, partitions)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                header(r, "ce_type"),
+                header(r, "ce_subject"),
+                header(r, "ce_id"),
+            )
+        })
+        .collect()
 }
 
 async fn fresh_database(name: &str) -> String {
@@ -414,6 +443,10 @@ async fn the_signup_story() {
         assert_eq!(status, 201, "signup {email} after the kill: {body}");
         accepted.insert(email, body["user_id"].as_str().unwrap().to_owned());
     }
+    // A signup with a 2 MB address from another producer, sent after the kills: its email
+    // takes long enough to write that a SIGKILL in the middle would send it twice (the sink
+    // is at-least-once), which is not what this part checks.
+    let (huge_email, huge_payload) = send_huge_signup(&namespace).await;
 
     // Every accepted signup: exactly one committed v1.email.sent, one welcome email. Waited
     // for by the committed events, the positive sign that every signup was handled to the
@@ -433,7 +466,7 @@ async fn the_signup_story() {
             accepted.keys().all(|email| subjects.contains(email))
         },
     );
-    let wanted: BTreeMap<String, usize> = accepted.keys().map(|e| (e.clone(), 1)).collect();
+    let mut wanted: BTreeMap<String, usize> = accepted.keys().map(|e| (e.clone(), 1)).collect();
     let mut sent: BTreeMap<String, usize> = BTreeMap::new();
     for (kind, subject, _) in committed_records(&email_topic, signup::contract::EMAIL_PARTITIONS) {
         assert_eq!(kind, "v1.email.sent");
@@ -441,13 +474,38 @@ async fn the_signup_story() {
     }
     assert_eq!(
         sent, wanted,
-        "one committed v1.email.sent per accepted signup"
+        "one committed v1.email.sent per accepted signup (none for the 2 MB address)"
     );
+    // The 2 MB address got its email (the effect comes before the output), then its
+    // v1.email.sent was refused as too large and the signup dead-lettered, once.
+    eventually(
+        "the email reactor to dead-letter the 2 MB signup",
+        Duration::from_secs(60),
+        || {
+            dead_letters(&namespace)
+                .iter()
+                .any(|d| d.topic.contains("welcome-email") && d.payload_bytes == huge_payload)
+        },
+    );
+    wanted.insert(huge_email.clone(), 1);
     let mut per_address: BTreeMap<String, usize> = BTreeMap::new();
     for to in emails(&stack.mail_dir) {
         *per_address.entry(to).or_default() += 1;
     }
-    assert_eq!(per_address, wanted, "one welcome email per accepted signup");
+    let short = |a: &String| a.chars().take(40).collect::<String>();
+    let differences: Vec<(String, Option<&usize>, Option<&usize>)> = per_address
+        .keys()
+        .chain(wanted.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|a| per_address.get(*a) != wanted.get(*a))
+        .map(|a| (short(a), per_address.get(a), wanted.get(a)))
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "one welcome email per accepted signup and one for the 2 MB address; \
+         (address, emails, wanted) differ: {differences:?}"
+    );
 
     // The metrics equal the accepted signups.
     let total = || {
@@ -455,14 +513,15 @@ async fn the_signup_story() {
         assert_eq!(status, 200, "{view}");
         view
     };
+    // The metrics count the 2 MB signup too: its domain is short.
     eventually(
         "the metrics to count every signup",
         Duration::from_secs(60),
-        || total()["total"].as_i64() == Some(expected as i64),
+        || total()["total"].as_i64() == Some(expected as i64 + 1),
     );
     let live = total();
     let mut domains: BTreeMap<String, i64> = BTreeMap::new();
-    for email in accepted.keys() {
+    for email in accepted.keys().chain([&huge_email]) {
         *domains
             .entry(email.rsplit_once('@').unwrap().1.to_owned())
             .or_default() += 1;
@@ -506,6 +565,26 @@ async fn the_signup_story() {
             stack.log(name)
         );
     }
+    // The users view holds every accepted signup (its partitions went on past the foreign
+    // records), and dead-lettered the 2 MB address: over the unique index's row limit, an
+    // error about the data (SQLSTATE 54000), not one to retry forever.
+    for user_id in accepted.values() {
+        let path = format!("/v1/users/{user_id}");
+        eventually(
+            &format!("the users view to hold {user_id}"),
+            Duration::from_secs(60),
+            || http(user_a, "GET", &path, None, None).0 == 200,
+        );
+    }
+    eventually(
+        "the users view to dead-letter the 2 MB signup",
+        Duration::from_secs(60),
+        || {
+            dead_letters(&namespace)
+                .iter()
+                .any(|d| d.topic.contains("users") && d.payload_bytes == huge_payload)
+        },
+    );
     // Whichever user-service instance owned the record's partition dead-lettered it (user-1
     // may have, before it was killed; its log stays on disk).
     eventually(
@@ -582,4 +661,82 @@ fn owns_some(log: &str) -> bool {
         .rev()
         .find(|l| l.contains("owns partitions"))
         .is_some_and(|l| !l.contains("owns partitions []"))
+}
+
+/// Writes to `{namespace}.user.events` a binary-mode signup whose address (and so its key,
+/// subject and payload) is 2 MB, compressed so that the broker takes it as another client
+/// would send it. Returns the address and the payload's length.
+async fn send_huge_signup(namespace: &str) -> (String, usize) {
+    use choreo::kafka::RecordHeaders;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("compression.type", "lz4")
+        .set("message.max.bytes", "10000000")
+        .set("batch.size", "10000000")
+        .create()
+        .unwrap();
+    let email = format!("{}@huge.test", "x".repeat(2 * 1024 * 1024));
+    let payload = serde_json::json!({
+        "user_id": uuid::Uuid::new_v4(), "email": email, "name": "Huge"
+    })
+    .to_string();
+    let id = uuid::Uuid::new_v4().to_string();
+    let headers = RecordHeaders::from_pairs([
+        (&b"ce_specversion"[..], Some(&b"1.0"[..])),
+        (b"ce_id", Some(id.as_bytes())),
+        (b"ce_source", Some(b"/bulk-import")),
+        (b"ce_type", Some(b"v1.user.signedup")),
+        (b"content-type", Some(b"application/json")),
+    ])
+    .to_owned_headers();
+    producer
+        .send(
+            FutureRecord::to(&format!("{namespace}.user.events"))
+                .key(&email)
+                .payload(&payload)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    (email, payload.len())
+}
+
+/// One dead letter: the topic it is in and the payload length it reports.
+#[derive(Debug)]
+struct DeadLetter {
+    topic: String,
+    payload_bytes: usize,
+}
+
+/// Every dead letter in the namespace's `.dlq` topics. The payload length is the one the
+/// dead letter says its original had (`choreo_dlq_payload_bytes`, on a dead letter cut to
+/// fit), else its own payload's length.
+fn dead_letters(namespace: &str) -> Vec<DeadLetter> {
+    let consumer = reader(&format!("{namespace}.dlq"));
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    let mut out = Vec::new();
+    for topic in metadata.topics() {
+        let name = topic.name();
+        if !(name.starts_with(&format!("{namespace}.")) && name.ends_with(".dlq")) {
+            continue;
+        }
+        let partitions = i32::try_from(topic.partitions().len()).unwrap();
+        // A dead-letter topic just created may have no leader yet: read it on a later call.
+        let Ok(records) = read_all(&consumer, name, partitions) else {
+            continue;
+        };
+        for record in records {
+            let cut_length = header(&record, "choreo_dlq_payload_bytes").parse().ok();
+            out.push(DeadLetter {
+                topic: name.to_owned(),
+                payload_bytes: cut_length
+                    .unwrap_or_else(|| record.payload().map_or(0, <[u8]>::len)),
+            });
+        }
+    }
+    out
 }

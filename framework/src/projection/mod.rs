@@ -75,14 +75,17 @@ pub enum ApplyError {
 }
 
 impl From<sqlx::Error> for ApplyError {
-    /// Sorts database errors by SQLSTATE: 40001/40P01 and connection trouble are transient,
-    /// data and constraint errors (classes 22, 23) are poison, SQL errors (class 42) halt.
+    /// Sorts database errors by SQLSTATE: errors about the data (classes 22, 23, and a value
+    /// over a limit, 54000/54001: an index row too large) are poison, SQL errors (class 42)
+    /// halt, the rest (40001/40P01, connection trouble) are transient.
     fn from(error: sqlx::Error) -> Self {
-        let code = crate::postgres::sqlstate(&error);
-        match code.as_deref().map(|c| c.get(..2).unwrap_or(c)) {
-            Some("22" | "23") => ApplyError::Poison(error.into()),
-            Some("42") => ApplyError::Halt(error.into()),
-            _ => ApplyError::Transient(error.into()),
+        let code = crate::postgres::sqlstate(&error).unwrap_or_default();
+        if crate::postgres::is_data_error(&code) {
+            ApplyError::Poison(error.into())
+        } else if code.starts_with("42") {
+            ApplyError::Halt(error.into())
+        } else {
+            ApplyError::Transient(error.into())
         }
     }
 }

@@ -64,14 +64,14 @@ pub enum ReactError {
 }
 
 impl From<sqlx::Error> for ReactError {
-    /// Database trouble is transient unless it is about the data (SQLSTATE classes 22, 23).
+    /// Database trouble is transient unless it is about the data (SQLSTATE classes 22, 23,
+    /// and a value over a limit, 54000/54001).
     fn from(error: sqlx::Error) -> Self {
-        match crate::postgres::sqlstate(&error)
-            .as_deref()
-            .map(|c| c.get(..2).unwrap_or(c))
-        {
-            Some("22" | "23") => ReactError::Poison(error.into()),
-            _ => ReactError::Transient(error.into()),
+        let code = crate::postgres::sqlstate(&error).unwrap_or_default();
+        if crate::postgres::is_data_error(&code) {
+            ReactError::Poison(error.into())
+        } else {
+            ReactError::Transient(error.into())
         }
     }
 }
