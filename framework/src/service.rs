@@ -62,7 +62,7 @@ struct Entry {
             + Send
             + Sync,
     >,
-    reset: Box<dyn Fn(PgPool) -> BoxFuture<Result<()>> + Send + Sync>,
+    reset: Box<dyn Fn(KafkaConfig, PgPool) -> BoxFuture<Result<()>> + Send + Sync>,
 }
 
 /// The projections a service holds, for its admin commands.
@@ -101,9 +101,9 @@ impl ProjectionAdmin {
                     async move { projection::rebuild(projection, &kafka, &pool, options).await },
                 )
             }),
-            reset: Box::new(move |pool| {
+            reset: Box::new(move |kafka, pool| {
                 let projection = Arc::clone(&projection);
-                Box::pin(async move { projection::reset(&*projection, &pool).await })
+                Box::pin(async move { projection::reset(&*projection, &pool, &kafka).await })
             }),
         });
         self
@@ -150,7 +150,7 @@ impl ProjectionAdmin {
                         "reset drops the view of {name} and its checkpoints; add --yes to confirm"
                     )));
                 }
-                (entry.reset)(pool.clone()).await?;
+                (entry.reset)(kafka.clone(), pool.clone()).await?;
                 println!(
                     "reset {name}: the view is empty and will be rebuilt from the beginning by the runners"
                 );

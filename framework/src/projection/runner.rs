@@ -69,7 +69,7 @@ impl<P: Projection> ProjectionRunner<P> {
         shutdown: Shutdown,
     ) -> Result<RunSummary> {
         super::check_name(P::NAME)?;
-        setup(&*self.projection, pool).await?;
+        setup(&*self.projection, pool, kafka).await?;
         let topics: Vec<String> = P::Events::topics()
             .iter()
             .map(|t| kafka.topic_name(t))
@@ -100,20 +100,27 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 }
 
-/// Registers the projection and creates its live schema and tables (idempotent, serialized
-/// across instances by an advisory lock).
-pub(crate) async fn setup<P: Projection>(projection: &P, pool: &PgPool) -> Result<()> {
+/// Registers the projection under the namespace of `kafka` (refused when another namespace
+/// holds it) and creates its live schema and tables (idempotent, serialized across instances
+/// by an advisory lock).
+pub(crate) async fn setup<P: Projection>(
+    projection: &P,
+    pool: &PgPool,
+    kafka: &KafkaConfig,
+) -> Result<()> {
     super::check_name(P::NAME)?;
     crate::postgres::migrate(pool).await?;
-    create_schema(pool, projection, &live_schema::<P>(), true).await
+    let namespace = kafka.topic_namespace().unwrap_or("");
+    create_schema(pool, projection, &live_schema::<P>(), Some(namespace)).await
 }
 
-/// Creates `schema` with the projection's tables; with `register`, records the projection.
+/// Creates `schema` with the projection's tables. With `owner` (a topic namespace, `""` for
+/// none), records the projection as serving that namespace, or fails if it serves another.
 pub(crate) async fn create_schema<P: Projection>(
     pool: &PgPool,
     projection: &P,
     schema: &str,
-    register: bool,
+    owner: Option<&str>,
 ) -> Result<()> {
     let pg = |op| move |e| Error::Postgres { op, source: e };
     let mut tx = pool.begin().await.map_err(pg("begin"))?;
@@ -138,21 +145,57 @@ pub(crate) async fn create_schema<P: Projection>(
     sqlx::Executor::execute(&mut *tx, projection.schema_sql())
         .await
         .map_err(pg("projection schema_sql"))?;
-    if register {
-        sqlx::query(
-            "INSERT INTO choreo_meta.projections (projection, name, version, live_schema) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (projection) DO NOTHING",
-        )
-        .bind(projection_id::<P>())
-        .bind(P::NAME)
-        .bind(P::VERSION as i32)
-        .bind(schema)
-        .execute(&mut *tx)
-        .await
-        .map_err(pg("register projection"))?;
+    if let Some(namespace) = owner {
+        register::<P>(&mut tx, schema, namespace).await?;
     }
     tx.commit().await.map_err(pg("commit"))?;
     Ok(())
+}
+
+/// Records the projection as serving `namespace` (claiming a row that serves none yet), or
+/// refuses: a view, its checkpoints, rebuild lock and dead-letter rows are named by the
+/// projection alone, so two namespaces in one database would apply into one view and a swap
+/// in either would drop the other's checkpoints.
+async fn register<P: Projection>(
+    tx: &mut sqlx::PgConnection,
+    schema: &str,
+    namespace: &str,
+) -> Result<()> {
+    let pg = |op| move |e| Error::Postgres { op, source: e };
+    let id = projection_id::<P>();
+    let serves: Option<String> = sqlx::query_scalar(
+        "INSERT INTO choreo_meta.projections (projection, name, version, live_schema, namespace) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (projection) DO UPDATE SET namespace = COALESCE(projections.namespace, EXCLUDED.namespace) \
+         RETURNING namespace",
+    )
+    .bind(&id)
+    .bind(P::NAME)
+    .bind(P::VERSION as i32)
+    .bind(schema)
+    .bind(namespace)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(pg("register projection"))?;
+    match serves {
+        Some(serves) if serves != namespace => Err(Error::Config(format!(
+            "projection {id} in this database serves the topic namespace {}, not {}: a view, its \
+             checkpoints and its rebuild lock belong to one namespace. Give each namespace a \
+             database of its own (CHOREO_DATABASE_URL)",
+            shown(&serves),
+            shown(namespace)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A namespace as an operator reads it: quoted, or "none".
+fn shown(namespace: &str) -> String {
+    if namespace.is_empty() {
+        "none (no CHOREO_TOPIC_NAMESPACE)".to_owned()
+    } else {
+        format!("{namespace:?}")
+    }
 }
 
 struct RunnerLogic<P: Projection> {

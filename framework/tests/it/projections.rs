@@ -771,3 +771,88 @@ async fn a_projection_reads_its_redrive_topic_in_the_namespace() {
     shutdown.trigger();
     task.await.expect("join").expect("run");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_namespace_in_the_same_database_is_refused_and_the_first_keeps_its_view() {
+    let first = common::kafka("proj-ns-first");
+    let second = common::kafka("proj-ns-second");
+    let (_, pool) = common::fresh_database("proj_ns").await;
+    let topic = topics(&first, 2).await;
+    topics(&second, 2).await;
+    let publisher = Publisher::new(&first, "/drill").expect("publisher");
+    publish(&publisher, 0..40).await;
+    publish(
+        &Publisher::new(&second, "/drill").expect("publisher"),
+        1000..1010,
+    )
+    .await;
+
+    // The first namespace's runner claims the projection and applies its log.
+    let shutdown = Shutdown::new();
+    let (task, _) = start_runner(&first, &pool, &shutdown);
+    common::wait_caught_up(
+        &pool,
+        &first,
+        PROJECTION,
+        &topic,
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // The second namespace's runner, rebuild and reset are refused, naming both namespaces:
+    // they would apply into the same view, and a swap would drop the first's checkpoints.
+    let refused = |what: &str, result: choreo::Result<()>| match result {
+        Err(choreo::Error::Config(message)) => {
+            for ns in [&first, &second] {
+                let ns = ns.topic_namespace().expect("namespace");
+                assert!(message.contains(ns), "{what}: {message}");
+            }
+        }
+        other => panic!("{what} under the second namespace: {other:?}"),
+    };
+    let runner = ProjectionRunner::new(Arc::new(CounterProjection));
+    let run = tokio::time::timeout(
+        Duration::from_secs(60),
+        runner.run(&second, &pool, Shutdown::new()),
+    )
+    .await
+    .expect("the second namespace's runner returns at once, refused, instead of running");
+    refused("run", run.map(|_| ()));
+    refused(
+        "rebuild",
+        rebuild(
+            Arc::new(CounterProjection),
+            &second,
+            &pool,
+            RebuildOptions {
+                progress: false,
+                ..RebuildOptions::default()
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
+    refused(
+        "reset",
+        choreo::projection::reset(&CounterProjection, &pool, &second).await,
+    );
+
+    // The first namespace still owns its view, which equals the fold of its own log only,
+    // and rebuilds it.
+    assert_eq!(view(&pool, "counters_v1").await, fold(&first, &topic, 40));
+    rebuild(
+        Arc::new(CounterProjection),
+        &first,
+        &pool,
+        RebuildOptions {
+            progress: false,
+            ..RebuildOptions::default()
+        },
+    )
+    .await
+    .expect("rebuild under the owning namespace");
+    assert_eq!(view(&pool, "counters_v1").await, fold(&first, &topic, 40));
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+}

@@ -122,7 +122,7 @@ pub async fn rebuild<P: Projection>(
 ) -> Result<RebuildReport> {
     let started = Instant::now();
     let id = projection_id::<P>();
-    setup(&*projection, pool).await?;
+    setup(&*projection, pool, kafka).await?;
 
     // One rebuild at a time: a session lock on a connection held until we return.
     let mut lock = RebuildLock::take(pool, &id)

@@ -49,7 +49,7 @@ pub(super) async fn prepare<P: Projection>(
         .execute(pool)
         .await
         .map_err(pg("clear shadow checkpoints"))?;
-        create_schema(pool, projection, shadow, false).await?;
+        create_schema(pool, projection, shadow, None).await?;
         sqlx::query(
             "INSERT INTO choreo_meta.rebuilds (projection, shadow_schema) VALUES ($1, $2) \
              ON CONFLICT (projection) DO UPDATE SET shadow_schema = $2, started_at = now()",
