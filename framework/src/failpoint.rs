@@ -3,8 +3,9 @@
 //! where it injects an error.
 //!
 //! Compiled in only with the `failpoints` feature; armed by `CHOREO_FAILPOINT=<name>` (on the
-//! first hit) or `CHOREO_FAILPOINT=<name>@<n>` (on the n-th hit). Without the feature [`hit`]
-//! and [`inject`] are empty inline functions.
+//! first hit) or `CHOREO_FAILPOINT=<name>@<n>` (on the n-th hit). Hold points are armed apart,
+//! several at once: `CHOREO_FAILPOINT_HOLD=<name>,<name>` with `CHOREO_FAILPOINT_HOLD_DIR`
+//! (see [`hold`]). Without the feature these are all empty inline functions.
 
 /// `CHOREO_FAILPOINT` as it was when first asked for: read once (a hot path may hit a
 /// failpoint per message), never changed while the process runs.
@@ -79,3 +80,57 @@ pub fn hit(_name: &str) {}
 pub fn inject(_name: &str) -> bool {
     false
 }
+
+/// Marks a hold point: when `name` is listed in `CHOREO_FAILPOINT_HOLD` (comma-separated), its
+/// first hit blocks the calling thread until the file `{CHOREO_FAILPOINT_HOLD_DIR}/{name}`
+/// exists (at most ten minutes), printing `choreo failpoint {name}: holding` first. A drill
+/// orders two threads of one process this way, e.g. a worker that goes on with a stale batch
+/// while the poll thread is held before it learns the partition is gone; it waits on
+/// conditions, never on time. Later hits pass.
+#[cfg(feature = "failpoints")]
+pub fn hold(name: &str) {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static HELD: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static SETTING: std::sync::OnceLock<(Vec<String>, Option<std::path::PathBuf>)> =
+        std::sync::OnceLock::new();
+    let (names, dir) = SETTING.get_or_init(|| {
+        let names = std::env::var("CHOREO_FAILPOINT_HOLD")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let dir = std::env::var_os("CHOREO_FAILPOINT_HOLD_DIR").map(Into::into);
+        (names, dir)
+    });
+    let Some(dir) = dir else { return };
+    if !names.iter().any(|n| n == name) {
+        return;
+    }
+    {
+        let mut held = HELD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.iter().any(|n| n == name) {
+            return;
+        }
+        held.push(name.to_owned());
+    }
+    let release = dir.join(name);
+    eprintln!(
+        "choreo failpoint {name}: holding until {} exists",
+        release.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !release.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("choreo failpoint {name}: released");
+}
+
+/// Marks a hold point (compiled out: the `failpoints` feature is off).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hold(_name: &str) {}

@@ -178,6 +178,9 @@ async fn apply_parts_inner<P: Projection>(
     // Same lock order everywhere: two writers never deadlock on checkpoint rows.
     live.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
 
+    // A drill holds a fetched batch here, before its compare-and-set, while a successor
+    // commits the same offsets (the zombie interleaving).
+    failpoint::hold("projection.before_cas");
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
     if let Some(moved) = claim_checkpoints(&mut tx, target, &live).await? {

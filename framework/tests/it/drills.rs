@@ -51,6 +51,17 @@ pub(crate) fn drill(
         .expect("start choreo-drill")
 }
 
+/// A child process killed and reaped when dropped, so a failing test leaves no drill running
+/// (one that still holds the test's output pipe open would keep the test run from ending).
+pub(crate) struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `choreo-drill` like [`drill`], passing its stderr on line by line and counting the
 /// lines that contain `marker` (what a stall failpoint prints when it starts stalling): a
 /// test waits for the count instead of guessing how long the process takes to get there.
@@ -61,19 +72,30 @@ fn drill_watched(
     failpoint: Option<&str>,
     marker: &'static str,
 ) -> (Child, Arc<AtomicUsize>) {
-    let mut child = drill_command(config, database_url, args, failpoint)
+    let command = drill_command(config, database_url, args, failpoint);
+    let (child, mut seen) = spawn_watched(command, &[marker]);
+    (child, seen.remove(0))
+}
+
+/// Spawns `command` with its stderr passed on line by line, counting for each of `markers`
+/// the lines that contain it.
+fn spawn_watched(mut command: Command, markers: &[&'static str]) -> (Child, Vec<Arc<AtomicUsize>>) {
+    let mut child = command
         .stderr(Stdio::piped())
         .spawn()
         .expect("start choreo-drill");
     let stderr = child.stderr.take().expect("stderr");
-    let seen = Arc::new(AtomicUsize::new(0));
+    let seen: Vec<Arc<AtomicUsize>> = markers.iter().map(|_| Arc::default()).collect();
     std::thread::spawn({
-        let seen = Arc::clone(&seen);
+        let seen = seen.clone();
+        let markers = markers.to_vec();
         move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains(marker) {
-                    seen.fetch_add(1, Ordering::AcqRel);
+                for (marker, count) in markers.iter().zip(&seen) {
+                    if line.contains(marker) {
+                        count.fetch_add(1, Ordering::AcqRel);
+                    }
                 }
                 eprintln!("{line}");
             }
@@ -255,6 +277,91 @@ async fn a_killed_rebuild_leaves_the_live_view_untouched_and_the_next_run_resume
         fold(&config, &topic, 4000),
         "the resumed rebuild equals the fold"
     );
+}
+
+/// The interleaving the checkpoint's compare-and-set exists for, driven exactly: a zombie has
+/// fetched a batch and is held before its compare-and-set while paused past its session
+/// timeout; its successor applies and commits the same offsets; the zombie then goes on with
+/// its stale batch before it learns that its partition is gone (its poll thread is held there,
+/// as when a zombie cannot reach the brokers but can reach Postgres). Its compare-and-set must
+/// find the checkpoint moved (it says so) and apply nothing: each offset once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_going_on_with_a_stale_batch_after_its_successor_committed_applies_nothing() {
+    const BATCH_HELD: &str = "choreo failpoint projection.before_cas: holding";
+    const REVOKE_HELD: &str = "choreo failpoint consumer.revoke_lost: holding";
+    const MOVED: &str = "checkpoint moved by another writer";
+    let config = common::kafka("drill-zombie-cas");
+    let topic = topics(&config, 1).await;
+    let (url, pool) = common::fresh_database("drill_zombie_cas").await;
+    let publisher = Publisher::new(&config, "/drill").expect("publisher");
+    publish(&publisher, 0..300).await;
+    let holds = tempfile_dir("zombie-cas");
+    let release = |name: &str| std::fs::write(holds.join(name), b"").expect("release file");
+
+    let mut command = drill_command(&config, &url, &["project"], None);
+    command
+        .env("RUST_LOG", "choreo=info")
+        .env(
+            "CHOREO_FAILPOINT_HOLD",
+            "projection.before_cas,consumer.revoke_lost",
+        )
+        .env("CHOREO_FAILPOINT_HOLD_DIR", &holds);
+    let (zombie, seen) = spawn_watched(command, &[BATCH_HELD, REVOKE_HELD, MOVED]);
+    let zombie = Reaped(zombie);
+    let held = |i: usize| seen[i].load(Ordering::Acquire) > 0;
+    common::eventually(
+        "the zombie to hold its first batch before the compare-and-set",
+        Duration::from_secs(90),
+        || held(0),
+    )
+    .await;
+    signal(&zombie.0, "STOP");
+    assert!(
+        !applied_past(&pool, &topic, &[0]).await,
+        "nothing applied while the zombie holds the batch"
+    );
+
+    // The successor gets the partition once the group drops the zombie, and commits the
+    // offsets the zombie holds.
+    let _successor = Reaped(drill(&config, &url, &["project"], None));
+    common::wait_caught_up(
+        &pool,
+        &config,
+        PROJECTION,
+        &topic,
+        1,
+        Duration::from_secs(90),
+    )
+    .await;
+    // Resumed, the zombie's poll thread finds the assignment lost and is held there; then its
+    // batch goes on to the compare-and-set with the checkpoint it read before.
+    signal(&zombie.0, "CONT");
+    common::eventually(
+        "the zombie's poll thread to find its partition lost",
+        Duration::from_secs(60),
+        || held(1),
+    )
+    .await;
+    release("projection.before_cas");
+    common::eventually(
+        "the zombie to find its checkpoint moved",
+        Duration::from_secs(60),
+        || held(2),
+    )
+    .await;
+    release("consumer.revoke_lost");
+    assert_eq!(
+        view(&pool, "counters_v1").await,
+        fold(&config, &topic, 300),
+        "each offset applied once; the view equals the fold"
+    );
+}
+
+/// A new empty directory under the system's temporary directory.
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("choreo-{}", common::unique(name)));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,11 @@ impl<L: PartitionLogic> RuntimeContext<L> {
             .map(|e| (Arc::from(e.topic()), e.partition()))
             .collect();
         tracing::info!(group = %shared.settings.group_id, partitions = ?revoked, lost, "partitions revoked");
+        if lost {
+            // A drill holds here a zombie that has not learnt yet that its partitions are
+            // gone, while its partition tasks go on.
+            crate::failpoint::hold("consumer.revoke_lost");
+        }
         // Tell the tasks to stop after their batch and wait for them, so their offsets are
         // stored before we commit and give the partitions away. A lost assignment is already
         // owned by someone else: stop at once.
