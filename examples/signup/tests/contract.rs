@@ -33,14 +33,13 @@ fn pretty(document: &Value) -> String {
     text
 }
 
-/// What is wrong with the committed contract of `service`, if anything; with `update`, a
-/// missing or stale (but compatible) one is rewritten instead.
-fn contract_problems(service: &str, update: bool) -> Vec<String> {
+/// What is wrong with the committed contract of `service` at `path`, if anything; with
+/// `update`, a missing or stale (but compatible) one is rewritten instead.
+fn contract_problems(service: &str, path: &Path, update: bool) -> Vec<String> {
     let fresh = document(service, REPLICATION).expect("the document builds");
-    let path = committed_path(service);
     let rerun = "CHOREO_CONTRACT_UPDATE=1 cargo test -p signup --test contract";
-    let write = || std::fs::write(&path, pretty(&fresh)).expect("write the contract");
-    let old: Value = match std::fs::read_to_string(&path) {
+    let write = || std::fs::write(path, pretty(&fresh)).expect("write the contract");
+    let old: Value = match std::fs::read_to_string(path) {
         Ok(text) => match serde_json::from_str(&text) {
             Ok(old) => old,
             Err(e) => return vec![format!("{}: not JSON: {e}", path.display())],
@@ -84,13 +83,68 @@ fn every_service_keeps_its_committed_contract() {
     let update = std::env::var("CHOREO_CONTRACT_UPDATE").is_ok_and(|v| v == "1");
     let problems: Vec<String> = SERVICES
         .iter()
-        .flat_map(|service| contract_problems(service, update))
+        .flat_map(|service| contract_problems(service, &committed_path(service), update))
         .collect();
     assert!(
         problems.is_empty(),
         "the asynchronous API changed:\n{}",
         problems.join("\n")
     );
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("choreo-asyncapi-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn a_broken_or_stale_contract_is_reported_and_only_a_compatible_one_is_rewritten() {
+    let dir = temp_dir();
+    let fresh = document("user-service", REPLICATION).expect("builds");
+    let path = dir.join("user-service.asyncapi.json");
+
+    // Published with a field the code no longer has: breaking, and never rewritten.
+    let mut published = fresh.clone();
+    published["components"]["messages"]["v1_user_signedup"]["payload"]["properties"]["plan"] =
+        serde_json::json!({"type": "string"});
+    std::fs::write(&path, pretty(&published)).expect("write");
+    for update in [false, true] {
+        let problems = contract_problems("user-service", &path, update);
+        assert_eq!(
+            problems,
+            [
+                "user-service: v1.user.signedup: field plan: removed (or renamed): consumers not yet upgraded expect it, and the name cannot be reused; publish the change as v2.user.signedup instead"
+            ]
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        pretty(&published)
+    );
+
+    // Published before a message was added: compatible but stale; the update rewrites it.
+    let mut published = fresh.clone();
+    let messages = published["components"]["messages"]
+        .as_object_mut()
+        .expect("messages");
+    messages.remove("v1_command_answered");
+    std::fs::write(&path, pretty(&published)).expect("write");
+    let problems = contract_problems("user-service", &path, false);
+    assert!(problems[0].contains("is stale"), "{problems:#?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("v1.command.answered: new message")),
+        "{problems:#?}"
+    );
+    assert!(contract_problems("user-service", &path, true).is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        pretty(&fresh)
+    );
+    assert!(contract_problems("user-service", &path, false).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The validator program (`node validate.mjs FILE...`), or `None` where it is not installed
@@ -151,8 +205,7 @@ fn every_document_passes_the_official_asyncapi_parser() {
     let Some(validator) = validator() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("choreo-asyncapi-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir();
     let mut files = Vec::new();
     for service in SERVICES {
         let path = dir.join(format!("{service}.json"));

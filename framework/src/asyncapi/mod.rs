@@ -342,3 +342,6 @@ fn by_topic(names: impl IntoIterator<Item = String>) -> BTreeMap<String, Vec<Str
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -216,6 +216,51 @@ fn an_enum_value_removed_or_added_breaks() {
 
 #[derive(Serialize, Deserialize, schemars::JsonSchema)]
 #[allow(dead_code)]
+enum Shape {
+    Circle { r: f64 },
+    Square { side: f64 },
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+#[allow(dead_code)]
+enum ShapeWithTriangle {
+    Circle { r: f64 },
+    Square { side: f64 },
+    Triangle { base: f64 },
+}
+
+event!(WithShape { shape: Shape });
+event!(WithShapeTriangle {
+    shape: ShapeWithTriangle
+});
+
+#[test]
+fn a_variant_added_breaks() {
+    let (field, reason) = one_problem(&compare::<WithShape, WithShapeTriangle>());
+    assert_eq!(field, "shape");
+    assert!(
+        reason.contains("oneOf changed from 2 to 3 alternatives"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_changed_pattern_or_const_breaks() {
+    let old = document::<Base>();
+    let mut new = old.clone();
+    let id = "/components/messages/v1_thing_happened/payload/properties/id";
+    new.pointer_mut(id).expect("id")["pattern"] = "^[a-z]+$".into();
+    let (field, reason) = one_problem(&check(&old, &new).expect("check"));
+    assert_eq!(field, "id");
+    assert_eq!(reason, "pattern changed from none to \"^[a-z]+$\"");
+    let mut new = old.clone();
+    new.pointer_mut(id).expect("id")["const"] = "x".into();
+    let (_, reason) = one_problem(&check(&old, &new).expect("check"));
+    assert!(reason.starts_with("const changed"), "{reason}");
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+#[allow(dead_code)]
 struct Address {
     city: String,
     zip: String,
