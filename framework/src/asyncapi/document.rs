@@ -84,6 +84,51 @@ pub fn render(api: &AsyncApi) -> Result<Value, AsyncApiError> {
             operation(op, &id, reply),
         );
     }
+    let (messages, schemas) = components(api, &channels, &mut problems);
+    if !problems.is_empty() {
+        return Err(AsyncApiError {
+            title: api.title.clone(),
+            problems,
+        });
+    }
+    let channels: Map<String, Value> = channels
+        .into_iter()
+        .map(|(id, channel)| {
+            let value = render_channel(api, &channel);
+            (id, value)
+        })
+        .collect();
+    let mut info = Map::new();
+    info.insert("title".into(), api.title.clone().into());
+    info.insert("version".into(), api.version.clone().into());
+    if let Some(description) = &api.description {
+        info.insert("description".into(), description.clone().into());
+    }
+    let mut traits = Map::new();
+    traits.insert(cloudevents::TRAIT.into(), cloudevents::message_trait());
+    let mut components = Map::new();
+    components.insert("messages".into(), messages.into());
+    if !schemas.is_empty() {
+        components.insert("schemas".into(), schemas.into());
+    }
+    components.insert("messageTraits".into(), traits.into());
+    Ok(json!({
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": info,
+        "defaultContentType": crate::message::JSON,
+        "channels": channels,
+        "operations": operations,
+        "components": components,
+    }))
+}
+
+/// `components.messages` and `components.schemas` for the messages the channels carry; a
+/// message without a usable schema is a problem.
+fn components(
+    api: &AsyncApi,
+    channels: &BTreeMap<String, Channel>,
+    problems: &mut Vec<String>,
+) -> (Map<String, Value>, Map<String, Value>) {
     let mut messages = Map::new();
     let mut schemas = Map::new();
     let used: Vec<&String> = {
@@ -120,41 +165,7 @@ pub fn render(api: &AsyncApi) -> Result<Value, AsyncApiError> {
         }
         messages.insert(ident(name), message(name, declared.kind, schema));
     }
-    if !problems.is_empty() {
-        return Err(AsyncApiError {
-            title: api.title.clone(),
-            problems,
-        });
-    }
-    let channels: Map<String, Value> = channels
-        .into_iter()
-        .map(|(id, channel)| {
-            let value = render_channel(api, &channel);
-            (id, value)
-        })
-        .collect();
-    let mut info = Map::new();
-    info.insert("title".into(), api.title.clone().into());
-    info.insert("version".into(), api.version.clone().into());
-    if let Some(description) = &api.description {
-        info.insert("description".into(), description.clone().into());
-    }
-    let mut traits = Map::new();
-    traits.insert(cloudevents::TRAIT.into(), cloudevents::message_trait());
-    let mut components = Map::new();
-    components.insert("messages".into(), messages.into());
-    if !schemas.is_empty() {
-        components.insert("schemas".into(), schemas.into());
-    }
-    components.insert("messageTraits".into(), traits.into());
-    Ok(json!({
-        "asyncapi": ASYNCAPI_VERSION,
-        "info": info,
-        "defaultContentType": crate::message::JSON,
-        "channels": channels,
-        "operations": operations,
-        "components": components,
-    }))
+    (messages, schemas)
 }
 
 fn render_channel(api: &AsyncApi, channel: &Channel) -> Value {
