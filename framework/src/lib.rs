@@ -31,6 +31,8 @@
 //!   outputs in Kafka transactions, the inbox); and [`handler`] (plain event handlers).
 //! - `service`, `args` (feature `cli`, on by default): the admin commands every service gets
 //!   (`projections rebuild`, ...) and the settings as clap arguments (`--brokers`, ...).
+//! - `asyncapi` (feature `asyncapi`, on by default): a service's AsyncAPI 3.0 document from
+//!   its declarations, and the contract check between two versions of it.
 //! - [`postgres`], [`shutdown`], [`failpoint`]: the database, the shutdown signal, fault
 //!   drills.
 //!
@@ -50,6 +52,8 @@
 pub mod aggregate;
 #[cfg(feature = "cli")]
 pub mod args;
+#[cfg(feature = "asyncapi")]
+pub mod asyncapi;
 pub mod codec;
 pub mod config;
 pub mod error;

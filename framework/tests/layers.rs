@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["event"],
     &["kafka"],
     &["aggregate", "projection", "reactor", "handler"],
-    &["service", "args", "testing"],
+    &["service", "args", "testing", "asyncapi"],
 ];
 
 const WINGS: &[&str] = &["aggregate", "projection", "reactor", "handler"];

@@ -14,7 +14,7 @@ pub const EMAIL_PARTITIONS: i32 = 6;
 pub const REPLY_PARTITIONS: i32 = 4;
 
 /// Someone asks to sign up. Keyed by the email address: the aggregate that reserves it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SignUp {
     pub user_id: Uuid,
     pub email: String,
@@ -29,7 +29,7 @@ impl Command for SignUp {
 }
 
 /// A user signed up: the fact everyone else reacts to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SignedUp {
     pub user_id: Uuid,
     pub email: String,
@@ -44,7 +44,7 @@ impl Event for SignedUp {
 }
 
 /// The welcome email went out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EmailSent {
     pub to: String,
     pub user_id: Uuid,
@@ -58,6 +58,27 @@ impl Event for EmailSent {
     fn subject(&self) -> String {
         self.to.clone()
     }
+}
+
+/// The topics user-service creates (`user-service setup`) and declares in its AsyncAPI
+/// document.
+pub fn user_service_topics(replication: i32) -> choreo::Result<Vec<TopicSpec>> {
+    Ok(vec![
+        TopicSpec::commands("user", USER_PARTITIONS, replication)?,
+        TopicSpec::events("user", USER_PARTITIONS, replication)?,
+        TopicSpec::replies("user-service", REPLY_PARTITIONS, replication)?,
+        TopicSpec::dead_letters(groups::USER_SERVICE, replication)?,
+        TopicSpec::dead_letters(groups::USERS_VIEW, replication)?,
+    ])
+}
+
+/// The topics email-service creates.
+pub fn email_service_topics(replication: i32) -> choreo::Result<Vec<TopicSpec>> {
+    Ok(vec![
+        TopicSpec::events("email", EMAIL_PARTITIONS, replication)?,
+        TopicSpec::dead_letters(groups::WELCOME_EMAIL, replication)?,
+        TopicSpec::redrive(groups::WELCOME_EMAIL, replication)?,
+    ])
 }
 
 /// Consumer groups, as named in topics and dead letters.

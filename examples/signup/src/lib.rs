@@ -15,6 +15,7 @@
 //! [`contract`] holds what the services share: the messages and the topics. Each service
 //! module holds what only that service knows.
 
+pub mod asyncapi;
 pub mod contract;
 pub mod email;
 pub mod metrics;

@@ -39,6 +39,7 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
 
 /// A business refusal, sent back to the caller. Not an error of the system.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "asyncapi", derive(schemars::JsonSchema))]
 #[error("{code}: {message}")]
 pub struct Rejection {
     /// Machine-readable, e.g. `email_taken`.

@@ -21,6 +21,7 @@ pub mod extensions {
 
 /// Where an event of an accepted command landed: enough to wait for a projection to pass it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "asyncapi", derive(schemars::JsonSchema))]
 pub struct EventRef {
     /// The event's `ce_type`, such as `v1.user.signedup`.
     pub message_type: String,
@@ -36,6 +37,7 @@ pub struct EventRef {
 
 /// What became of a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "asyncapi", derive(schemars::JsonSchema))]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Decided and committed: these events are in the log.

@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use choreo::Shutdown;
 use choreo::args::{KafkaArgs, PostgresArgs};
-use choreo::kafka::TopicSpec;
 use choreo::reactor::{Inbox, Reactor, ReactorRunner};
 use clap::{Parser, Subcommand};
 
-use signup::contract::{self, EMAIL_PARTITIONS, groups};
+use signup::contract;
 use signup::email::{MailSink, WelcomeEmail};
 
 const SERVICE: &str = "email-service";
@@ -37,6 +36,9 @@ struct Cli {
 enum Cmd {
     /// Create (or check) the topics this service owns.
     Setup,
+    /// Print this service's AsyncAPI 3.0 document (JSON): the topics it writes and reads, its
+    /// messages and their payload schemas. Needs no Kafka.
+    Asyncapi,
     /// Run an instance until SIGTERM / ctrl-c.
     Run {
         /// This instance's stable number (its transactional id).
@@ -51,20 +53,16 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     signup::init_tracing();
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Asyncapi) {
+        return signup::asyncapi::print(SERVICE);
+    }
     let kafka = cli.kafka.config()?;
     let postgres = cli.postgres.config();
     match cli.command {
+        Cmd::Asyncapi => signup::asyncapi::print(SERVICE),
         Cmd::Setup => {
             let rf = contract::replication();
-            contract::ensure_topics(
-                &kafka,
-                vec![
-                    TopicSpec::events("email", EMAIL_PARTITIONS, rf)?,
-                    TopicSpec::dead_letters(groups::WELCOME_EMAIL, rf)?,
-                    TopicSpec::redrive(groups::WELCOME_EMAIL, rf)?,
-                ],
-            )
-            .await
+            contract::ensure_topics(&kafka, contract::email_service_topics(rf)?).await
         }
         Cmd::Run { ordinal } => {
             let shutdown = Shutdown::on_signals();

@@ -41,6 +41,9 @@ struct Cli {
 enum Cmd {
     /// Create (or check) the topics this service owns.
     Setup,
+    /// Print this service's AsyncAPI 3.0 document (JSON): the topics it writes and reads, its
+    /// messages and their payload schemas. Needs no Kafka.
+    Asyncapi,
     /// Run an instance until SIGTERM / ctrl-c.
     Run {
         /// Where the HTTP API listens.
@@ -58,9 +61,13 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     signup::init_tracing();
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Asyncapi) {
+        return signup::asyncapi::print("metrics-service");
+    }
     let kafka = cli.kafka.config()?;
     let postgres = cli.postgres.config();
     match cli.command {
+        Cmd::Asyncapi => signup::asyncapi::print("metrics-service"),
         Cmd::Setup => {
             let rf = contract::replication();
             contract::ensure_topics(

@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use choreo::aggregate::{CommandBus, CommandProcessor, Outcome, ProcessorStatus, SendOptions};
 use choreo::args::{KafkaArgs, PostgresArgs};
-use choreo::kafka::TopicSpec;
 use choreo::projection::{live_schema, projection_id, wait_for};
 use choreo::service::{ProjectionAdmin, ProjectionCommand};
 use choreo::{KafkaConfig, PostgresConfig, Shutdown};
@@ -32,7 +31,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use signup::contract::{self, REPLY_PARTITIONS, SignUp, USER_PARTITIONS, groups};
+use signup::contract::{self, REPLY_PARTITIONS, SignUp, USER_PARTITIONS};
 use signup::user::{Registration, UsersView, validate};
 
 const SERVICE: &str = "user-service";
@@ -52,6 +51,9 @@ struct Cli {
 enum Cmd {
     /// Create (or check) the topics this service owns.
     Setup,
+    /// Print this service's AsyncAPI 3.0 document (JSON): the topics it writes and reads, its
+    /// messages and their payload schemas. Needs no Kafka.
+    Asyncapi,
     /// Run an instance until SIGTERM / ctrl-c.
     Run {
         /// This instance's stable number: its transactional id and reply partition.
@@ -70,9 +72,13 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     signup::init_tracing();
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Asyncapi) {
+        return signup::asyncapi::print(SERVICE);
+    }
     let kafka = cli.kafka.config()?;
     let postgres = cli.postgres.config();
     match cli.command {
+        Cmd::Asyncapi => signup::asyncapi::print(SERVICE),
         Cmd::Setup => setup(&kafka).await,
         Cmd::Run { ordinal, listen } => run(&kafka, &postgres, ordinal, listen).await,
         Cmd::Projections(command) => {
@@ -88,17 +94,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn setup(kafka: &KafkaConfig) -> anyhow::Result<()> {
     let rf = contract::replication();
-    contract::ensure_topics(
-        kafka,
-        vec![
-            TopicSpec::commands("user", USER_PARTITIONS, rf)?,
-            TopicSpec::events("user", USER_PARTITIONS, rf)?,
-            TopicSpec::replies(SERVICE, REPLY_PARTITIONS, rf)?,
-            TopicSpec::dead_letters(groups::USER_SERVICE, rf)?,
-            TopicSpec::dead_letters(groups::USERS_VIEW, rf)?,
-        ],
-    )
-    .await
+    contract::ensure_topics(kafka, contract::user_service_topics(rf)?).await
 }
 
 #[derive(Clone)]

@@ -1,10 +1,12 @@
 //! The generic `choreo` CLI: everything an operator needs that takes no user code — topics,
-//! tailing a topic, projection lag, dead letters and the Avro schema store. Commands that need a service's code
+//! tailing a topic, projection lag, dead letters, the Avro schema store and the contract check
+//! between two AsyncAPI documents. Commands that need a service's code
 //! (`projections rebuild`) live in that service's own binary.
 //!
 //! Run with: `cargo run -p choreo --bin choreo -- --help`
 
 mod connect;
+mod contract;
 mod dlq;
 mod projections;
 mod reader;
@@ -54,6 +56,9 @@ enum Command {
     /// The Avro schema store: check a new schema for compatibility, list what is stored.
     #[command(subcommand)]
     Schemas(schemas::SchemasCommand),
+    /// Service contracts: compare two versions of an AsyncAPI document (no Kafka needed).
+    #[command(subcommand)]
+    Contract(contract::ContractCommand),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +72,9 @@ fn main() -> ExitCode {
         .init();
 
     let cli = Cli::parse();
+    if let Command::Contract(command) = &cli.command {
+        return contract::run(command);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `choreo tail | head` closes the pipe early: that is the reader's choice, not a failure.
@@ -92,6 +100,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Projections(command) => projections::run(&services, command).await,
             Command::Dlq(command) => dlq::run(&services, command).await,
             Command::Schemas(command) => schemas::run(&services, command).await,
+            Command::Contract(command) => {
+                anyhow::bail!("handled before connecting: {command:?}")
+            }
         }
     })
 }
