@@ -33,7 +33,10 @@ pub fn check_reachable(config: &KafkaConfig) -> Result<()> {
             &timeout.as_millis().to_string(),
         )])
         .create_with_context(ConnectErrors::default())
-        .map_err(|e| Error::Config(format!("kafka client settings rejected: {e}")))?;
+        .map_err(|e| Error::ClientCreate {
+            client: "client",
+            source: e,
+        })?;
     let error = match consumer.fetch_metadata(None, timeout.max(Duration::from_millis(100))) {
         Ok(_) => return Ok(()),
         Err(e) => e,
@@ -64,7 +67,10 @@ pub async fn check_reachable_async(config: &KafkaConfig) -> Result<()> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || check_reachable(&config))
         .await
-        .map_err(|e| Error::Runtime(format!("the reachability check did not finish: {e}")))?
+        .map_err(|e| Error::TaskFailed {
+            task: "the reachability check".into(),
+            reason: e.to_string(),
+        })?
 }
 
 /// Records the first TLS or SASL failure the client reports while [`check_reachable`] waits.

@@ -364,17 +364,20 @@ impl Publisher {
         payload: &[u8],
         declared: Option<&str>,
     ) -> Result<()> {
-        let (fingerprint, _) = codec::avro::split_header(payload).map_err(Error::Config)?;
+        let (fingerprint, _) =
+            codec::avro::split_header(payload).map_err(|reason| Error::SchemaInvalid {
+                message_type: message_type.to_owned(),
+                reason,
+            })?;
         if self.inner.schemas.is_registered(message_type, fingerprint) {
             return Ok(());
         }
         let text = match declared {
             Some(text) => text.to_owned(),
             None => codec::avro::known(fingerprint)
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "the Avro schema {fingerprint:016x} of {message_type} is unknown to this process"
-                    ))
+                .ok_or_else(|| Error::SchemaUnknown {
+                    message_type: message_type.to_owned(),
+                    fingerprint,
                 })?
                 .text
                 .clone(),
@@ -456,7 +459,12 @@ impl Publisher {
 /// not answering (a timeout, a broker move) may pass: retriable.
 fn registration_error_kind(error: &Error) -> PublishErrorKind {
     match error {
-        Error::Config(_) => PublishErrorKind::Fatal,
+        Error::Config(_)
+        | Error::ClientCreate { .. }
+        | Error::TopicRefused { .. }
+        | Error::SchemaInvalid { .. }
+        | Error::SchemaUnknown { .. }
+        | Error::SchemaIncompatible { .. } => PublishErrorKind::Fatal,
         _ => PublishErrorKind::Retriable,
     }
 }

@@ -150,7 +150,10 @@ impl SchemaStore {
         let topic = self.inner.topic.clone();
         let values = tokio::task::spawn_blocking(move || read_all(&config, &topic))
             .await
-            .map_err(|e| Error::Runtime(format!("schema store read task failed: {e}")))??;
+            .map_err(|e| Error::TaskFailed {
+                task: "schema store read task".into(),
+                reason: e.to_string(),
+            })??;
         let mut stored = Vec::with_capacity(values.len());
         for (offset, value) in values {
             match parse_record(&value) {
@@ -181,8 +184,10 @@ impl SchemaStore {
     /// Checks a new schema for `message_type` against every stored version of that type in
     /// both directions (see [`avro::check_compatibility`]); empty means compatible.
     pub async fn check(&self, message_type: &str, schema: &str) -> Result<Vec<Incompatibility>> {
-        let new = AvroSchema::parse(schema)
-            .map_err(|e| Error::Config(format!("schema for {message_type}: {e}")))?;
+        let new = AvroSchema::parse(schema).map_err(|e| Error::SchemaInvalid {
+            message_type: message_type.to_owned(),
+            reason: e.to_string(),
+        })?;
         self.refresh().await?;
         Ok(avro::check_compatibility(
             &new,
@@ -193,10 +198,10 @@ impl SchemaStore {
     /// Registers `schema` as a writer schema of `message_type`, after checking it against the
     /// stored versions; idempotent. Returns the fingerprint.
     pub async fn register(&self, message_type: &str, schema: &str) -> Result<u64> {
-        let new = Arc::new(
-            AvroSchema::parse(schema)
-                .map_err(|e| Error::Config(format!("schema for {message_type}: {e}")))?,
-        );
+        let new = Arc::new(AvroSchema::parse(schema).map_err(|e| Error::SchemaInvalid {
+            message_type: message_type.to_owned(),
+            reason: e.to_string(),
+        })?);
         // Same type and same text: done (the same fingerprint with other defaults is not).
         let done = self
             .lock_registered()
@@ -216,13 +221,11 @@ impl SchemaStore {
         // fingerprint) leaves defaults out, and a default decides whether old data can be read.
         let problems = avro::check_compatibility(&new, &versions);
         if !problems.is_empty() {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return Err(Error::Config(format!(
-                "the Avro schema {:016x} of {message_type} is incompatible with the schema \
-                 store: {}",
-                new.fingerprint,
-                list.join("; ")
-            )));
+            return Err(Error::SchemaIncompatible {
+                message_type: message_type.to_owned(),
+                fingerprint: new.fingerprint,
+                problems: problems.iter().map(ToString::to_string).collect(),
+            });
         }
         if !versions.iter().any(|v| v.fingerprint == new.fingerprint) {
             self.write(message_type, &new).await?;
@@ -270,8 +273,9 @@ impl SchemaStore {
                         .config
                         .client_config(&[("enable.idempotence", "true"), ("acks", "all")])
                         .create()
-                        .map_err(|e| {
-                            Error::Config(format!("kafka producer settings rejected: {e}"))
+                        .map_err(|e| Error::ClientCreate {
+                            client: "producer",
+                            source: e,
                         })?;
                     *slot = Some(p.clone());
                     p
@@ -285,7 +289,10 @@ impl SchemaStore {
             fingerprint,
             schema: schema.text.clone(),
         })
-        .map_err(|e| Error::Runtime(format!("schema record: {e}")))?;
+        .map_err(|e| Error::SchemaInvalid {
+            message_type: message_type.to_owned(),
+            reason: format!("schema record: {e}"),
+        })?;
         producer
             .send(
                 FutureRecord::to(&self.inner.topic)
@@ -306,7 +313,10 @@ impl SchemaStore {
             .config
             .client_config(&[])
             .create()
-            .map_err(|e| Error::Config(format!("kafka admin settings rejected: {e}")))?;
+            .map_err(|e| Error::ClientCreate {
+                client: "admin",
+                source: e,
+            })?;
         // -1: the broker's default.replication.factor (KIP-464).
         let topic = NewTopic::new(&self.inner.topic, 1, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact");
@@ -319,9 +329,11 @@ impl SchemaStore {
             match result {
                 Ok(_) | Err((_, Code::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(Error::Config(format!(
-                        "cannot create the schema store topic {topic}: {code}"
-                    )));
+                    return Err(Error::TopicRefused {
+                        action: "create",
+                        topic,
+                        code,
+                    });
                 }
             }
         }
@@ -373,7 +385,10 @@ fn read_all(config: &KafkaConfig, topic: &str) -> Result<Vec<(i64, Vec<u8>)>> {
             ("enable.partition.eof", "false"),
         ])
         .create()
-        .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
+        .map_err(|e| Error::ClientCreate {
+            client: "consumer",
+            source: e,
+        })?;
     let (low, high) = match consumer.fetch_watermarks(topic, 0, READ_TIMEOUT) {
         Ok(marks) => marks,
         // No store yet: nothing was ever registered.

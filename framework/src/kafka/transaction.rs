@@ -131,10 +131,11 @@ pub(crate) fn rewind<C: ConsumerContext>(
                 Offset::Offset(*offset),
                 Duration::from_secs(10),
             )
-            .map_err(|e| {
-                Error::Runtime(format!(
-                    "rewind of {topic}[{partition}] to {offset} failed: {e}"
-                ))
+            .map_err(|e| Error::SeekFailed {
+                topic: topic.to_string(),
+                partition: *partition,
+                to: format!("offset {offset} (a rewind)"),
+                reason: e.to_string(),
             })?;
     }
     Ok(())
@@ -196,9 +197,10 @@ pub(crate) fn check_consumer<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> 
             runtime: "consumer (static member)".into(),
             reason,
         }),
-        Some((code, reason)) => Err(Error::Runtime(format!(
-            "consumer failed ({code}): {reason}"
-        ))),
+        Some((code, reason)) => Err(Error::Stopped {
+            runtime: "consumer".into(),
+            reason: format!("fatal error ({code}): {reason}"),
+        }),
         None => Ok(()),
     }
 }
@@ -219,7 +221,10 @@ pub(crate) fn abort_and_rewind<C: ConsumerContext>(
                 runtime: "transactional producer".into(),
                 reason: format!("{fenced} (after {reason})"),
             },
-            _ => Error::Runtime(format!("abort_transaction failed after {reason}: {e}")),
+            _ => Error::AbortFailed {
+                after: reason.to_string(),
+                source: e,
+            },
         })?;
     rewind(consumer, &starts(batch))
 }

@@ -158,9 +158,10 @@ impl<A: Aggregate> CommandProcessor<A> {
             ("linger.ms", "1"),
         ]);
         let make_producer = move || -> Result<FutureProducer> {
-            producer_config
-                .create()
-                .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))
+            producer_config.create().map_err(|e| Error::ClientCreate {
+                client: "producer",
+                source: e,
+            })
         };
         let producer = make_producer()?;
         let done = start_thread(
@@ -171,8 +172,10 @@ impl<A: Aggregate> CommandProcessor<A> {
             make_producer,
             self.max_batch,
         )?;
-        done.await
-            .map_err(|_| Error::Runtime("the processor thread ended without a result".into()))?
+        done.await.map_err(|_| Error::TaskFailed {
+            task: "the processor thread".into(),
+            reason: "it ended without a result".into(),
+        })?
     }
 
     /// The commands and events topics exist with the declared partition count, and the
@@ -236,7 +239,10 @@ fn restore_consumer(kafka: &KafkaConfig, group: &str) -> Result<BaseConsumer> {
             ("fetch.wait.max.ms", "10"),
         ])
         .create()
-        .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))
+        .map_err(|e| Error::ClientCreate {
+            client: "consumer",
+            source: e,
+        })
 }
 
 /// The consumer of the commands topic, a member of the processor's group.
@@ -263,7 +269,10 @@ fn command_consumer<A: Aggregate>(
         .create_with_context(ProcessorContext {
             shared: Arc::clone(shared),
         })
-        .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))
+        .map_err(|e| Error::ClientCreate {
+            client: "consumer",
+            source: e,
+        })
 }
 
 /// Starts the processor's thread, which owns the consumer and the producer; its result
@@ -298,7 +307,10 @@ fn start_thread<A: Aggregate>(
             let _ = producer.flush(Duration::from_secs(10));
             let _ = done_tx.send(result);
         })
-        .map_err(|e| Error::Runtime(format!("cannot start the processor thread: {e}")))?;
+        .map_err(|e| Error::TaskFailed {
+            task: "starting the processor thread".into(),
+            reason: e.to_string(),
+        })?;
     Ok(done_rx)
 }
 

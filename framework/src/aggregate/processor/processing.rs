@@ -60,15 +60,19 @@ pub(super) fn processing_loop<A: Aggregate>(
         let (batch, error) = collect_batch(consumer, size, Duration::from_millis(100));
         match error {
             Some(e @ KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
-                return Err(Error::Runtime(format!(
-                    "command consumer: {e} (auto.offset.reset=error)"
-                )));
+                return Err(Error::Stopped {
+                    runtime: "command processor".into(),
+                    reason: format!("command consumer: {e} (auto.offset.reset=error)"),
+                });
             }
             Some(e) => tracing::warn!(error = %e, "command consumer error"),
             None => {}
         }
         if let Some(reason) = lock(&shared.fatal).clone() {
-            return Err(Error::Runtime(reason));
+            return Err(Error::Stopped {
+                runtime: "command processor".into(),
+                reason,
+            });
         }
         check_consumer(consumer)?;
         if batch.is_empty() {
@@ -210,10 +214,9 @@ fn replace_producer<A: Aggregate>(
     let fresh = make_producer()?;
     fresh
         .init_transactions(Duration::from_secs(30))
-        .map_err(|e| {
-            Error::Runtime(format!(
-                "transaction failed ({reason}), and a new producer could not take over: {e}"
-            ))
+        .map_err(|e| Error::ReplacementFailed {
+            step: "starting the new producer".into(),
+            reason: format!("{e} (after a transaction failed: {reason})"),
         })?;
     drop(std::mem::replace(producer, fresh));
     restore_owned(shared, consumer)?;

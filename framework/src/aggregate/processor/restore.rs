@@ -294,20 +294,20 @@ pub(super) fn restore_owned<A: Aggregate>(
         match restored {
             Ok(start) => consumer
                 .seek(&shared.commands_topic, p, start, Duration::from_secs(10))
-                .map_err(|e| {
-                    Error::Runtime(format!(
-                        "cannot move {}[{p}] to {start:?} after a restore: {e}",
-                        shared.commands_topic
-                    ))
+                .map_err(|e| Error::SeekFailed {
+                    topic: shared.commands_topic.to_string(),
+                    partition: p,
+                    to: format!("{start:?} after a restore"),
+                    reason: e.to_string(),
                 })?,
             Err(reason) => {
                 // Usually the brokers are struggling (that is how the outcome got lost):
                 // stop rather than halt a partition nobody would reassign; a restart restores
                 // on assignment, and halts only if the log itself is bad.
-                return Err(Error::Runtime(format!(
-                    "restore of {}[{p}] after replacing the producer failed: {reason}",
-                    shared.commands_topic
-                )));
+                return Err(Error::ReplacementFailed {
+                    step: format!("restore of {}[{p}]", shared.commands_topic),
+                    reason: reason.to_string(),
+                });
             }
         }
     }

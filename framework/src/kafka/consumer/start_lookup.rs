@@ -39,9 +39,10 @@ impl<L: PartitionLogic> RuntimeContext<L> {
             }));
             let result = match call {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(Error::Runtime(format!(
-                    "start offsets not answered within {left:?}"
-                ))),
+                Ok(Err(_)) => Err(Error::Timeout {
+                    what: "start offsets".into(),
+                    after: left,
+                }),
                 Err(panic) => Err(Error::Panicked {
                     what: "start_offsets".into(),
                     message: panic_message(&*panic),
@@ -140,9 +141,10 @@ impl StartLookup {
             let result = match rx.try_recv() {
                 Err(std_mpsc::TryRecvError::Empty) => return,
                 Ok(result) => result,
-                Err(std_mpsc::TryRecvError::Disconnected) => Err(Error::Runtime(
-                    "the start offset lookup ended without an answer".into(),
-                )),
+                Err(std_mpsc::TryRecvError::Disconnected) => Err(Error::TaskFailed {
+                    task: "the start offset lookup".into(),
+                    reason: "it ended without an answer".into(),
+                }),
             };
             let keys = keys.clone();
             self.in_flight = None;
@@ -212,10 +214,10 @@ impl StartLookup {
             let result = handle
                 .block_on(AssertUnwindSafe(logic.start_offsets(&partitions)).catch_unwind())
                 .unwrap_or_else(|panic| {
-                    Err(Error::Runtime(format!(
-                        "start_offsets panicked: {}",
-                        panic_message(&*panic)
-                    )))
+                    Err(Error::Panicked {
+                        what: "start_offsets".into(),
+                        message: panic_message(&*panic),
+                    })
                 })
                 .and_then(|offsets| one_per_partition(offsets, partitions.len()));
             let _ = tx.send(result);
@@ -229,11 +231,10 @@ fn one_per_partition(offsets: Vec<StartOffset>, partitions: usize) -> Result<Vec
     if offsets.len() == partitions {
         Ok(offsets)
     } else {
-        Err(Error::Runtime(format!(
-            "start_offsets answered {} offsets for {} partitions",
-            offsets.len(),
-            partitions
-        )))
+        Err(Error::StartOffsetsMiscounted {
+            answered: offsets.len(),
+            asked: partitions,
+        })
     }
 }
 
@@ -397,9 +398,15 @@ mod tests {
         let two = vec![StartOffset::Committed, StartOffset::At(5)];
         assert_eq!(one_per_partition(two.clone(), 2).expect("two"), two);
         let err = one_per_partition(two, 3).expect_err("short");
-        assert_eq!(
-            err.to_string(),
-            Error::Runtime("start_offsets answered 2 offsets for 3 partitions".into()).to_string()
+        assert!(
+            matches!(
+                err,
+                Error::StartOffsetsMiscounted {
+                    answered: 2,
+                    asked: 3
+                }
+            ),
+            "{err}"
         );
     }
 }

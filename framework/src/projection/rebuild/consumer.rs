@@ -24,7 +24,10 @@ pub(super) fn rebuild_consumer(kafka: &KafkaConfig, id: &str) -> Result<Arc<Base
                 ("enable.partition.eof", "false"),
             ])
             .create()
-            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?,
+            .map_err(|e| Error::ClientCreate {
+                client: "consumer",
+                source: e,
+            })?,
     ))
 }
 
@@ -58,7 +61,10 @@ pub(super) async fn partitions(
         Ok(out)
     })
     .await
-    .map_err(|e| Error::Runtime(format!("metadata task failed: {e}")))?
+    .map_err(|e| Error::TaskFailed {
+        task: "metadata task".into(),
+        reason: e.to_string(),
+    })?
 }
 
 pub(super) async fn watermarks(
@@ -72,7 +78,10 @@ pub(super) async fn watermarks(
         c.fetch_watermarks(&topic, partition, Duration::from_secs(10))
     })
     .await
-    .map_err(|e| Error::Runtime(format!("watermark task failed: {e}")))?
+    .map_err(|e| Error::TaskFailed {
+        task: "watermark task".into(),
+        reason: e.to_string(),
+    })?
     .map_err(|e| Error::kafka("fetch watermarks", e))
 }
 
@@ -107,7 +116,10 @@ pub(super) async fn poll_batch(
     })
     .await
     .map(Ok)
-    .map_err(|e| Error::Runtime(format!("poll task failed: {e}")))?
+    .map_err(|e| Error::TaskFailed {
+        task: "poll task".into(),
+        reason: e.to_string(),
+    })?
 }
 
 /// Moves positions forward to the consumer's own (it passes transaction markers).

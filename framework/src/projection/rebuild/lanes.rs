@@ -212,9 +212,10 @@ impl Lane {
                     self.conflicted(id, key, expected, checkpoint)?;
                     attempt += 1;
                     if attempt > 20 {
-                        return Err(Error::Runtime(format!(
-                            "rebuild of {id}: shadow checkpoints keep moving"
-                        )));
+                        return Err(Error::RebuildConflict {
+                            projection: id.to_owned(),
+                            reason: "shadow checkpoints keep moving".into(),
+                        });
                     }
                 }
                 Ok(PartsOutcome::Halt(reason)) => {
@@ -231,9 +232,11 @@ impl Lane {
                     // run resumes from the shadow checkpoints.
                     let waited = transient_since.get_or_insert_with(Instant::now).elapsed();
                     if waited > TRANSIENT_BUDGET {
-                        return Err(Error::Runtime(format!(
-                            "rebuild of {id} kept failing for {waited:?}: {reason} (run it again to resume)"
-                        )));
+                        return Err(Error::RetriesExhausted {
+                            what: format!("rebuild of {id}"),
+                            waited,
+                            reason,
+                        });
                     }
                     backoff =
                         (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -261,11 +264,13 @@ impl Lane {
             // Moved back: another rebuild (its advisory lock is on a
             // connection that can be lost) reset it. Applying the records in
             // hand would skip the offsets in between: stop; run it again.
-            return Err(Error::Runtime(format!(
-                "rebuild of {id}: the shadow checkpoint of {}[{}] moved back from {} to {now}; \
-                 is another rebuild running? run it again to resume",
-                key.0, key.1, expected
-            )));
+            return Err(Error::RebuildConflict {
+                projection: id.to_owned(),
+                reason: format!(
+                    "the shadow checkpoint of {}[{}] moved back from {} to {now}",
+                    key.0, key.1, expected
+                ),
+            });
         }
         tracing::warn!(
             partition = key.1,

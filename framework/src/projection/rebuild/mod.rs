@@ -127,7 +127,9 @@ pub async fn rebuild<P: Projection>(
     // One rebuild at a time: a session lock on a connection held until we return.
     let mut lock = RebuildLock::take(pool, &id)
         .await?
-        .ok_or_else(|| Error::Config(format!("a rebuild of {id} is already running")))?;
+        .ok_or_else(|| Error::RebuildRunning {
+            projection: id.to_string(),
+        })?;
     let result = run(projection, kafka, pool, &options, started, &mut lock).await;
     lock.release().await;
     result

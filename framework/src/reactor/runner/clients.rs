@@ -39,7 +39,10 @@ pub(super) fn consumer<R: Reactor>(
         .create_with_context(ReactorContext {
             shared: Arc::clone(shared),
         })
-        .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))
+        .map_err(|e| Error::ClientCreate {
+            client: "consumer",
+            source: e,
+        })
 }
 
 /// The transactional producer; `identity` is its `transactional.id`.
@@ -55,7 +58,10 @@ pub(super) fn producer(kafka: &KafkaConfig, identity: &str) -> Result<FutureProd
             ("partitioner", "murmur2_random"),
         ])
         .create()
-        .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))
+        .map_err(|e| Error::ClientCreate {
+            client: "producer",
+            source: e,
+        })
 }
 
 /// Eight hex digits that change when the subscribed topics do (FNV-1a over the sorted names).

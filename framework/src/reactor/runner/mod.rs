@@ -165,8 +165,10 @@ impl<R: Reactor> ReactorRunner<R> {
             sources,
             self.max_batch,
         )?;
-        done.await
-            .map_err(|_| Error::Runtime("the reactor thread ended without a result".into()))?
+        done.await.map_err(|_| Error::TaskFailed {
+            task: "the reactor thread".into(),
+            reason: "it ended without a result".into(),
+        })?
     }
 }
 
@@ -212,7 +214,10 @@ fn spawn_thread<R: Reactor>(
             let _ = producer.flush(Duration::from_secs(10));
             let _ = done_tx.send(result);
         })
-        .map_err(|e| Error::Runtime(format!("cannot start the reactor thread: {e}")))?;
+        .map_err(|e| Error::TaskFailed {
+            task: "starting the reactor thread".into(),
+            reason: e.to_string(),
+        })?;
     Ok(done_rx)
 }
 

@@ -123,7 +123,10 @@ fn next_batch<R: Reactor>(
         tracing::warn!(reactor = R::NAME, error = %e, "consumer error");
     }
     if let Some(reason) = lock(&shared.fatal).clone() {
-        return Err(Error::Runtime(reason));
+        return Err(Error::Stopped {
+            runtime: format!("reactor {}", R::NAME),
+            reason,
+        });
     }
     check_consumer(consumer)?;
     if shared.rebalances.load(Ordering::Acquire) != before {
