@@ -50,6 +50,7 @@
 pub mod aggregate;
 #[cfg(feature = "cli")]
 pub mod args;
+mod backoff;
 pub mod codec;
 pub mod config;
 pub mod error;

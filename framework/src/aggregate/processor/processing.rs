@@ -15,6 +15,7 @@ use super::restore::restore_owned;
 use super::transaction::{SetAside, run_transaction};
 use super::{Shared, lock};
 use crate::aggregate::Aggregate;
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::kafka::Record;
 use crate::kafka::transaction::{
@@ -210,7 +211,13 @@ fn replace_producer<A: Aggregate>(
         )));
     }
     tracing::warn!(%reason, replacements, "transaction outcome unknown; replacing the producer and restoring every partition");
-    std::thread::sleep(Duration::from_millis(500) * replacements);
+    // 500 ms more per replacement in a row, with jitter.
+    let pause = Backoff::linear(
+        Duration::from_millis(500),
+        Duration::from_millis(500),
+        Duration::from_millis(500) * MAX_REPLACEMENTS,
+    );
+    std::thread::sleep(pause.delay(replacements.saturating_sub(1)));
     let fresh = make_producer()?;
     fresh
         .init_transactions(Duration::from_secs(30))

@@ -15,6 +15,7 @@ use super::context::RuntimeContext;
 use super::partition::{halt_partition, seek_one};
 use super::shared::{Shared, Tp};
 use super::{PartitionLogic, StartOffset, panic_message};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 
 impl<L: PartitionLogic> RuntimeContext<L> {
@@ -24,7 +25,11 @@ impl<L: PartitionLogic> RuntimeContext<L> {
     pub(super) fn start_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<StartOffset>> {
         let shared = &self.shared;
         let deadline = Instant::now() + shared.start_offsets_budget;
-        let mut attempt = 0;
+        let mut backoff = Backoff::linear(
+            Duration::from_millis(200),
+            Duration::from_millis(200),
+            Duration::from_secs(2),
+        );
         loop {
             // Each attempt is bounded too (a black-holed database would otherwise hold the
             // callback for the pool's whole acquire timeout).
@@ -51,9 +56,9 @@ impl<L: PartitionLogic> RuntimeContext<L> {
             match result {
                 Ok(offsets) => return Ok(offsets),
                 Err(e) if Instant::now() < deadline && !shared.stopping() => {
-                    tracing::warn!(error = %e, attempt, "start offsets unavailable; retrying");
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(200 * attempt.min(10)));
+                    let delay = backoff.next();
+                    tracing::warn!(error = %e, retry_in = ?delay, "start offsets unavailable; retrying");
+                    std::thread::sleep(delay);
                 }
                 Err(e) => return Err(e),
             }
@@ -113,9 +118,12 @@ fn set_waiting<L: PartitionLogic>(shared: &Shared<L>, key: &Tp, reason: &str) {
 
 type LookupAnswer = std_mpsc::Receiver<Result<Vec<StartOffset>>>;
 
-/// The wait before the next lookup after `failures` failed ones: 2, 4, then 8 s.
+/// The back-off of background lookups: 2, 4, then 8 s (with jitter).
+const LOOKUP_RETRY: Backoff = Backoff::doubling(Duration::from_secs(2), Duration::from_secs(8));
+
+/// The wait before the next lookup after `failures` failed ones (the first two wait alike).
 fn retry_delay(failures: u32) -> Duration {
-    Duration::from_secs(1 << failures.clamp(1, 3))
+    LOOKUP_RETRY.delay(failures.saturating_sub(1))
 }
 
 /// The background lookup of start offsets for partitions that wait for them: one lookup at a
@@ -364,8 +372,14 @@ mod tests {
 
     #[test]
     fn background_lookups_back_off_2_4_then_8_seconds() {
-        let delays: Vec<u64> = (0..6).map(|n| retry_delay(n).as_secs()).collect();
-        assert_eq!(delays, [2, 2, 4, 8, 8, 8]);
+        let nominal: Vec<u64> = (0..6u32)
+            .map(|n| LOOKUP_RETRY.nominal(n.saturating_sub(1)).as_secs())
+            .collect();
+        assert_eq!(nominal, [2, 2, 4, 8, 8, 8]);
+        for n in 0..6u32 {
+            let (delay, most) = (retry_delay(n), LOOKUP_RETRY.nominal(n.saturating_sub(1)));
+            assert!(delay <= most && delay >= most * 4 / 5, "{delay:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 
 use super::consumer::{poll_batch, rebuild_consumer, refresh_positions, watermarks};
 use super::progress::{Progress, lock};
+use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka::Record;
@@ -188,7 +189,7 @@ impl Lane {
         let id = target.projection;
         let mut attempt = 0u32;
         let mut transient_since: Option<Instant> = None;
-        let mut backoff = Duration::ZERO;
+        let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let parts: Vec<batch::Part<'_>> = by_partition
                 .iter()
@@ -238,10 +239,9 @@ impl Lane {
                             reason,
                         });
                     }
-                    backoff =
-                        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                    tracing::warn!(%reason, retry_in = ?backoff, "rebuild batch failed transiently; retrying");
-                    tokio::time::sleep(backoff).await;
+                    let delay = backoff.next();
+                    tracing::warn!(%reason, retry_in = ?delay, "rebuild batch failed transiently; retrying");
+                    tokio::time::sleep(delay).await;
                     self.resync(pool, id, by_partition).await;
                 }
             }

@@ -2,13 +2,13 @@
 //! resumed after a back-off (doubling per failure, 100 ms to 5 s), while the others go on.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
-use super::TopicPartition;
 use super::status::{ReactorStatus, lock};
+use super::{RETRY, TopicPartition};
+use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::kafka::Record;
 use crate::kafka::transaction::{rewind, starts};
@@ -20,7 +20,7 @@ pub(super) struct Holds {
     until: HashMap<TopicPartition, std::time::Instant>,
     /// The current back-off of partitions that failed lately (doubles per failure, cleared
     /// by a committed event of that partition).
-    backoff: HashMap<TopicPartition, Duration>,
+    backoff: HashMap<TopicPartition, Backoff>,
 }
 
 impl Holds {
@@ -33,13 +33,7 @@ impl Holds {
         offset: i64,
         reason: String,
     ) {
-        let delay = self
-            .backoff
-            .get(&tp)
-            .map_or(Duration::from_millis(100), |d| {
-                (*d * 2).min(Duration::from_secs(5))
-            });
-        self.backoff.insert(tp.clone(), delay);
+        let delay = self.backoff.entry(tp.clone()).or_insert(RETRY).next();
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&tp.0, tp.1);
         if let Err(e) = consumer.pause(&tpl) {
@@ -120,6 +114,7 @@ impl Holds {
 mod tests {
     use super::*;
     use crate::config::KafkaConfig;
+    use std::time::Duration;
     use std::time::Instant;
 
     /// A consumer that never connects (nothing listens on port 1); pausing a partition it
@@ -142,12 +137,12 @@ mod tests {
         let mut delays = Vec::new();
         for _ in 0..8 {
             holds.hold(&consumer, &status, tp(0), 7, "down".into());
-            delays.push(holds.backoff[&tp(0)].as_millis());
+            delays.push(holds.backoff[&tp(0)].current().as_millis());
         }
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         holds.succeeded(&[tp(0)]);
         holds.hold(&consumer, &status, tp(0), 7, "down".into());
-        assert_eq!(holds.backoff[&tp(0)], Duration::from_millis(100));
+        assert_eq!(holds.backoff[&tp(0)].current(), Duration::from_millis(100));
     }
 
     #[test]

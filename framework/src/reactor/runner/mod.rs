@@ -36,6 +36,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::oneshot;
 
 use super::Reactor;
+use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::EventSet;
@@ -223,6 +224,10 @@ fn spawn_thread<R: Reactor>(
 
 /// A topic and partition.
 type TopicPartition = (String, i32);
+
+/// The wait after a transient failure (an aborted transaction, an event held back): 100 ms
+/// doubling to 5 s per failure in a row, with jitter.
+const RETRY: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
 
 /// What the reactor thread and the rebalance callbacks share.
 struct Shared<R: Reactor> {
