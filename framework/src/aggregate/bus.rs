@@ -24,6 +24,7 @@ use crate::aggregate::extensions;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::CommandSet;
+use crate::kafka::client;
 use crate::kafka::{Outgoing, Publisher};
 use crate::message::topics;
 use crate::message::{Causation, Kind, MessageName, Metadata, Tense};
@@ -107,14 +108,7 @@ impl CommandBus {
                 description.partitions
             )));
         }
-        let consumer: BaseConsumer = config
-            // librdkafka wants a group.id even for assign(); this one never joins or commits.
-            .client_config(&[
-                ("group.id", &format!("{reply_topic}.reader")),
-                ("enable.auto.commit", "false"),
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "false"),
-            ])
+        let consumer: BaseConsumer = client::reader(config, &format!("{reply_topic}.reader"), &[])
             .create()
             .map_err(|e| Error::ClientCreate {
                 client: "consumer",

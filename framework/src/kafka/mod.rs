@@ -1,7 +1,7 @@
 //! Everything that talks to Kafka: client settings, topics, the publisher, the consumer
 //! runtime every consumer stands on, and the dead-letter writer.
 
-mod client;
+pub(crate) mod client;
 pub mod consumer;
 mod dlq;
 pub(crate) mod errors;

@@ -376,19 +376,17 @@ fn parse_record(value: &[u8]) -> std::result::Result<StoredSchema, String> {
 /// Reads every record of the store's one partition, from the start to the end as it was
 /// when the read began. Blocking: run it off the async threads.
 fn read_all(config: &KafkaConfig, topic: &str) -> Result<Vec<(i64, Vec<u8>)>> {
-    let consumer: BaseConsumer = config
-        .client_config(&[
-            // Assigned, never subscribed: no group membership, no committed offsets.
-            ("group.id", "choreo-schema-store-reader"),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("enable.partition.eof", "false"),
-        ])
-        .create()
-        .map_err(|e| Error::ClientCreate {
-            client: "consumer",
-            source: e,
-        })?;
+    // Assigned, never subscribed: no group membership, no committed offsets.
+    let consumer: BaseConsumer = super::client::reader(
+        config,
+        "choreo-schema-store-reader",
+        &[("enable.auto.offset.store", "false")],
+    )
+    .create()
+    .map_err(|e| Error::ClientCreate {
+        client: "consumer",
+        source: e,
+    })?;
     let (low, high) = match consumer.fetch_watermarks(topic, 0, READ_TIMEOUT) {
         Ok(marks) => marks,
         // No store yet: nothing was ever registered.

@@ -12,17 +12,12 @@ use rdkafka::topic_partition_list::Offset;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka::Record;
+use crate::kafka::client;
 
 /// A consumer for a rebuild: partitions are assigned directly, nothing is committed to Kafka.
 pub(super) fn rebuild_consumer(kafka: &KafkaConfig, id: &str) -> Result<Arc<BaseConsumer>> {
     Ok(Arc::new(
-        kafka
-            .client_config(&[
-                ("group.id", &format!("{id}.rebuild")),
-                ("enable.auto.commit", "false"),
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "false"),
-            ])
+        client::reader(kafka, &format!("{id}.rebuild"), &[])
             .create()
             .map_err(|e| Error::ClientCreate {
                 client: "consumer",
