@@ -7,6 +7,7 @@ mod dlq;
 pub(crate) mod errors;
 mod publisher;
 mod raw_headers;
+pub(crate) mod read_to_end;
 mod record;
 mod renewing;
 mod schema_store;

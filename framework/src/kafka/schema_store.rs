@@ -32,18 +32,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode as Code;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::avro::{self, AvroSchema, Incompatibility};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::kafka::read_to_end::{Patience, ReadError, read_to_end};
 
 /// The store's topic (under the config's namespace, if any).
 pub const TOPIC: &str = "choreo.schemas";
@@ -398,35 +399,30 @@ fn read_all(config: &KafkaConfig, topic: &str) -> Result<Vec<(i64, Vec<u8>)>> {
     if high <= low {
         return Ok(Vec::new());
     }
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Offset(low))
-        .map_err(|e| Error::kafka("read the schema store", e))?;
-    consumer
-        .assign(&assignment)
-        .map_err(|e| Error::kafka("read the schema store", e))?;
-    let deadline = Instant::now() + READ_TIMEOUT;
     let mut out = Vec::new();
-    let mut next = low;
-    while next < high {
-        if Instant::now() > deadline {
-            return Err(Error::Timeout {
-                what: format!("reading the schema store {topic} (at {next} of {high})"),
-                after: READ_TIMEOUT,
-            });
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(message)) => {
-                next = message.offset() + 1;
-                if let Some(value) = message.payload() {
-                    out.push((message.offset(), value.to_vec()));
-                }
+    let read = read_to_end(
+        &consumer,
+        (topic, 0),
+        (low, high),
+        Patience::Total(READ_TIMEOUT),
+        |message| {
+            if let Some(value) = message.payload() {
+                out.push((message.offset(), value.to_vec()));
             }
-            Some(Err(e)) => return Err(Error::kafka("read the schema store", e)),
+            Ok::<_, std::convert::Infallible>(())
+        },
+    );
+    match read {
+        Ok(_) => Ok(out),
+        Err(ReadError::Assign(e) | ReadError::Poll(e)) => {
+            Err(Error::kafka("read the schema store", e))
         }
+        Err(ReadError::Stalled { at }) => Err(Error::Timeout {
+            what: format!("reading the schema store {topic} (at {at} of {high})"),
+            after: READ_TIMEOUT,
+        }),
+        Err(ReadError::Record(never)) => match never {},
     }
-    Ok(out)
 }
 
 fn is_unknown_topic(error: &KafkaError) -> bool {
