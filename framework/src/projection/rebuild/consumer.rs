@@ -12,6 +12,7 @@ use rdkafka::topic_partition_list::Offset;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka::Record;
+use crate::kafka::TopicPartition;
 use crate::kafka::client;
 
 /// A consumer for a rebuild: partitions are assigned directly, nothing is committed to Kafka.
@@ -32,9 +33,9 @@ pub(super) async fn partitions(
     consumer: &Arc<BaseConsumer>,
     topics: Vec<String>,
     redrive: String,
-) -> Result<Vec<(String, i32)>> {
+) -> Result<Vec<TopicPartition>> {
     let c = Arc::clone(consumer);
-    tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<TopicPartition>> {
         let mut out = Vec::new();
         for topic in topics.iter().chain(std::iter::once(&redrive)) {
             let metadata = c
@@ -51,7 +52,7 @@ pub(super) async fn partitions(
             if count == 0 {
                 return Err(Error::TopicMissing(topic.clone()));
             }
-            out.extend((0..count as i32).map(|p| (topic.clone(), p)));
+            out.extend((0..count as i32).map(|p| TopicPartition::new(topic.as_str(), p)));
         }
         Ok(out)
     })
@@ -120,13 +121,13 @@ pub(super) async fn poll_batch(
 /// Moves positions forward to the consumer's own (it passes transaction markers).
 pub(super) fn refresh_positions(
     consumer: &BaseConsumer,
-    positions: &mut HashMap<(String, i32), i64>,
+    positions: &mut HashMap<TopicPartition, i64>,
 ) {
     if let Ok(list) = consumer.position() {
         for element in list.elements() {
             if let Offset::Offset(o) = element.offset()
                 && let Some(p) =
-                    positions.get_mut(&(element.topic().to_owned(), element.partition()))
+                    positions.get_mut(&TopicPartition::new(element.topic(), element.partition()))
                 && o > *p
             {
                 *p = o;

@@ -35,16 +35,16 @@ impl Holds {
     ) {
         let delay = self.backoff.entry(tp.clone()).or_insert(RETRY).next();
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&tp.0, tp.1);
+        tpl.add_partition(&tp.topic, tp.partition);
         if let Err(e) = consumer.pause(&tpl) {
             // Not paused: its next records come at once and fail again (still never skipped).
-            tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot pause a held partition");
+            tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot pause a held partition");
         }
-        tracing::warn!(topic = %tp.0, partition = tp.1, offset, %reason, retry_in = ?delay,
+        tracing::warn!(topic = %tp.topic, partition = tp.partition, offset, %reason, retry_in = ?delay,
             "transient failure; this partition waits and retries the event, the others go on");
         let mut retrying = lock(&status.inner.retrying);
-        retrying.retain(|(t, p, _)| !(*t == tp.0 && *p == tp.1));
-        retrying.push((tp.0.clone(), tp.1, reason));
+        retrying.retain(|(t, p, _)| !(*t == tp.topic && *p == tp.partition));
+        retrying.push((tp.topic.clone(), tp.partition, reason));
         self.until.insert(tp, std::time::Instant::now() + delay);
     }
 
@@ -64,11 +64,12 @@ impl Holds {
         for tp in due {
             self.until.remove(&tp);
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&tp.0, tp.1);
+            tpl.add_partition(&tp.topic, tp.partition);
             if let Err(e) = consumer.resume(&tpl) {
-                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot resume a held partition");
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot resume a held partition");
             }
-            lock(&status.inner.retrying).retain(|(t, p, _)| !(*t == tp.0 && *p == tp.1));
+            lock(&status.inner.retrying)
+                .retain(|(t, p, _)| !(*t == tp.topic && *p == tp.partition));
         }
     }
 
@@ -83,10 +84,9 @@ impl Holds {
         if self.until.is_empty() {
             return Ok(batch);
         }
-        let (held, go): (Vec<Record>, Vec<Record>) = batch.into_iter().partition(|r| {
-            self.until
-                .contains_key(&(r.topic().to_owned(), r.partition()))
-        });
+        let (held, go): (Vec<Record>, Vec<Record>) = batch
+            .into_iter()
+            .partition(|r| self.until.contains_key(&TopicPartition::of(r)));
         rewind(consumer, &starts(&held))?;
         Ok(go)
     }
@@ -106,7 +106,8 @@ impl Holds {
     ) {
         self.until.retain(|tp, _| assigned.contains_key(tp));
         self.backoff.retain(|tp, _| assigned.contains_key(tp));
-        lock(&status.inner.retrying).retain(|(t, p, _)| assigned.contains_key(&(t.clone(), *p)));
+        lock(&status.inner.retrying)
+            .retain(|(t, p, _)| assigned.contains_key(&TopicPartition::new(t.as_str(), *p)));
     }
 }
 
@@ -127,7 +128,7 @@ mod tests {
     }
 
     fn tp(partition: i32) -> TopicPartition {
-        ("user.events".to_owned(), partition)
+        TopicPartition::new("user.events", partition)
     }
 
     #[test]

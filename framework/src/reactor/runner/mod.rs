@@ -222,8 +222,7 @@ fn spawn_thread<R: Reactor>(
     Ok(done_rx)
 }
 
-/// A topic and partition.
-type TopicPartition = (String, i32);
+use crate::kafka::TopicPartition;
 
 /// The wait after a transient failure (an aborted transaction, an event held back): 100 ms
 /// doubling to 5 s per failure in a row, with jitter.

@@ -77,7 +77,13 @@ pub(super) fn reacting_loop<R: Reactor>(
                     "an output was refused for its content; its input will be dead-lettered");
                 abort_and_rewind(producer, consumer, &batch, &reason)?;
                 if let Some(why) = note_refusal(&mut set_aside, &at, &reason) {
-                    holds.hold(consumer, &shared.status, (at.0, at.1), at.2, why);
+                    holds.hold(
+                        consumer,
+                        &shared.status,
+                        TopicPartition::new(at.0, at.1),
+                        at.2,
+                        why,
+                    );
                 }
             }
             Err(TxError::Refused {
@@ -148,10 +154,7 @@ fn next_batch<R: Reactor>(
             let at = lock(&shared.assigned_at);
             batch
                 .iter()
-                .filter(|r| {
-                    at.get(&(r.topic().to_owned(), r.partition()))
-                        .is_some_and(|g| *g <= before)
-                })
+                .filter(|r| at.get(&TopicPartition::of(r)).is_some_and(|g| *g <= before))
                 .collect()
         };
         rewind(consumer, &starts(kept))?;
