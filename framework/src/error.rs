@@ -161,9 +161,168 @@ pub enum Error {
         projection: String,
     },
 
-    /// A runtime stopped because of another unrecoverable error.
-    #[error("runtime stopped: {0}")]
-    Runtime(String),
+    /// A rebuild of this projection is running already (another process holds its lock):
+    /// wait for it, or stop it, before starting another.
+    #[error("a rebuild of {projection} is already running")]
+    RebuildRunning {
+        /// The projection's id, `{name}.v{version}`.
+        projection: String,
+    },
+
+    /// A rebuild found its shadow checkpoints moved by someone else (another rebuild whose
+    /// lock was lost, or one that keeps conflicting) and stopped; running it again resumes.
+    #[error(
+        "rebuild of {projection}: {reason}; is another rebuild running? run it again to resume"
+    )]
+    RebuildConflict {
+        /// The projection's id, `{name}.v{version}`.
+        projection: String,
+        /// What moved.
+        reason: String,
+    },
+
+    /// A transient failure (PostgreSQL restarting, lost connections) lasted longer than the
+    /// retry budget of a job that gives up: the job stopped and can be run again.
+    #[error("{what} kept failing for {waited:?}: {reason} (run it again to resume)")]
+    RetriesExhausted {
+        /// The job, such as `"rebuild of users.v1"`.
+        what: String,
+        /// How long it retried.
+        waited: Duration,
+        /// The last failure.
+        reason: String,
+    },
+
+    /// A Kafka client (consumer, producer, admin) could not be created: librdkafka refused a
+    /// setting or a file a setting names. Check the Kafka settings (`CHOREO_KAFKA_*`).
+    #[error("kafka {client} settings rejected: {source}")]
+    ClientCreate {
+        /// The kind of client, such as `"consumer"` or `"producer"`.
+        client: &'static str,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
+    /// The brokers refused an operation on a topic (creating, deleting or describing it): an
+    /// authorization failure, a policy, an invalid setting.
+    #[error("cannot {action} topic {topic}: {code}")]
+    TopicRefused {
+        /// What was refused: `"create"`, `"delete"` or `"describe"`.
+        action: &'static str,
+        /// The topic's name.
+        topic: String,
+        /// The broker's error code.
+        code: rdkafka::types::RDKafkaErrorCode,
+    },
+
+    /// An Avro schema cannot be parsed or stored, or a payload does not carry a schema
+    /// header.
+    #[error("schema for {message_type}: {reason}")]
+    SchemaInvalid {
+        /// The message type the schema is for.
+        message_type: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A payload names an Avro schema (by fingerprint) that this process does not know.
+    #[error("the Avro schema {fingerprint:016x} of {message_type} is unknown to this process")]
+    SchemaUnknown {
+        /// The message type.
+        message_type: String,
+        /// The schema's Rabin fingerprint.
+        fingerprint: u64,
+    },
+
+    /// The schema store refused a schema: old data could not be read with it, or it could not
+    /// read data written with a stored version.
+    #[error(
+        "the Avro schema {fingerprint:016x} of {message_type} is incompatible with the schema store: {}",
+        problems.join("; ")
+    )]
+    SchemaIncompatible {
+        /// The message type.
+        message_type: String,
+        /// The refused schema's Rabin fingerprint.
+        fingerprint: u64,
+        /// Each incompatibility, naming the field and the direction.
+        problems: Vec<String>,
+    },
+
+    /// A consumer could not be moved to an offset (a rewind, a position after a restore).
+    #[error("cannot move {topic}[{partition}] to {to}: {reason}")]
+    SeekFailed {
+        /// The partition's topic.
+        topic: String,
+        /// The partition's number.
+        partition: i32,
+        /// Where it was to go, such as `"offset 42"`.
+        to: String,
+        /// The client's error.
+        reason: String,
+    },
+
+    /// Aborting a Kafka transaction failed (not by fencing): the runtime stops, and a restart
+    /// fences the old producer.
+    #[error("abort_transaction failed after {after}: {source}")]
+    AbortFailed {
+        /// Why the transaction was being aborted.
+        after: String,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
+    /// The command processor replaced its producer after an unknown transaction outcome, and
+    /// the new producer or the restore that follows failed: the processor stops; a restart
+    /// restores on assignment.
+    #[error("{step} failed while replacing the producer: {reason}")]
+    ReplacementFailed {
+        /// What failed, such as `"starting the new producer"` or `"restore of user.commands[3]"`.
+        step: String,
+        /// The failure.
+        reason: String,
+    },
+
+    /// The logic of a consumer runtime answered `start_offsets` with a different number of
+    /// offsets than partitions asked for (a bug in the logic).
+    #[error("start_offsets answered {answered} offsets for {asked} partitions")]
+    StartOffsetsMiscounted {
+        /// How many offsets came back.
+        answered: usize,
+        /// How many partitions were asked for.
+        asked: usize,
+    },
+
+    /// The command bus's reply reader stopped (it panicked); every later `send_and_wait`
+    /// fails at once. Make a new bus.
+    #[error("the command bus's reply reader stopped: {reason}")]
+    ReplyReaderStopped {
+        /// Why it stopped.
+        reason: String,
+    },
+
+    /// A thread or a blocking task of choreo's could not start, or ended without a result (it
+    /// panicked, or the async runtime is shutting down).
+    #[error("{task} failed: {reason}")]
+    TaskFailed {
+        /// The thread or task, such as `"starting the poll thread"` or `"metadata task"`.
+        task: String,
+        /// The error.
+        reason: String,
+    },
+
+    /// A runtime (consumer runtime, command processor, reactor) stopped on an error no retry
+    /// can fix: a fatal client error, an authorization failure, `auto.offset.reset=error`, a
+    /// failed assignment. Restarting may help once the cause is fixed.
+    #[error("{runtime} stopped: {reason}")]
+    Stopped {
+        /// The runtime, such as `"consumer group signup"` or `"command processor"`.
+        runtime: String,
+        /// The error it stopped on.
+        reason: String,
+    },
 }
 
 impl Error {

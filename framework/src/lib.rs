@@ -54,6 +54,7 @@ pub mod aggregate;
 pub mod args;
 #[cfg(feature = "asyncapi")]
 pub mod asyncapi;
+mod backoff;
 pub mod codec;
 pub mod config;
 pub mod error;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, bottom first; a module may use its own layer's modules and those below,
 /// except that the wings (one layer) may not use each other.
 const LAYERS: &[&[&str]] = &[
-    &["message", "shutdown", "failpoint"],
+    &["message", "shutdown", "failpoint", "backoff"],
     &["error"],
     &["config", "postgres"],
     &["codec"],

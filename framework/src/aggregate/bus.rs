@@ -24,6 +24,7 @@ use crate::aggregate::extensions;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::CommandSet;
+use crate::kafka::client;
 use crate::kafka::{Outgoing, Publisher};
 use crate::message::topics;
 use crate::message::{Causation, Kind, MessageName, Metadata, Tense};
@@ -90,7 +91,10 @@ impl CommandBus {
             let (config, source) = (config.clone(), format!("/{service}"));
             tokio::task::spawn_blocking(move || Publisher::new(&config, source))
                 .await
-                .map_err(|e| Error::Runtime(format!("creating the bus's publisher: {e}")))??
+                .map_err(|e| Error::TaskFailed {
+                    task: "creating the bus's publisher".into(),
+                    reason: e.to_string(),
+                })??
         };
         let reply_topic = config.topic_name(&topics::replies(service));
         let admin = crate::kafka::TopicAdmin::new(config)?;
@@ -104,16 +108,12 @@ impl CommandBus {
                 description.partitions
             )));
         }
-        let consumer: BaseConsumer = config
-            // librdkafka wants a group.id even for assign(); this one never joins or commits.
-            .client_config(&[
-                ("group.id", &format!("{reply_topic}.reader")),
-                ("enable.auto.commit", "false"),
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "false"),
-            ])
+        let consumer: BaseConsumer = client::reader(config, &format!("{reply_topic}.reader"), &[])
             .create()
-            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
+            .map_err(|e| Error::ClientCreate {
+                client: "consumer",
+                source: e,
+            })?;
         let (topic, partition) = (reply_topic.clone(), reply_partition);
         // Position the reader at the end now, before any send: a reply cannot come earlier.
         let consumer = tokio::task::spawn_blocking(move || -> Result<BaseConsumer> {
@@ -129,7 +129,10 @@ impl CommandBus {
             Ok(consumer)
         })
         .await
-        .map_err(|e| Error::Runtime(format!("reply reader set-up failed: {e}")))??;
+        .map_err(|e| Error::TaskFailed {
+            task: "reply reader set-up".into(),
+            reason: e.to_string(),
+        })??;
         let waiters: Waiters = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let reader_failed: Arc<Mutex<Option<String>>> = Arc::default();
@@ -158,7 +161,10 @@ impl CommandBus {
                     waiters.clear();
                 }
             })
-            .map_err(|e| Error::Runtime(format!("cannot start the reply reader: {e}")))?;
+            .map_err(|e| Error::TaskFailed {
+                task: "starting the reply reader".into(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             publisher,
             config: config.clone(),
@@ -207,7 +213,7 @@ impl CommandBus {
         {
             let mut waiters = lock(&self.waiters);
             if let Some(reason) = self.reader_error() {
-                return Err(Error::Runtime(reason));
+                return Err(Error::ReplyReaderStopped { reason });
             }
             waiters.entry(id).or_default().push((token, tx));
         }
@@ -227,10 +233,9 @@ impl CommandBus {
                     }
                     Ok(Some((reply, _))) => break Ok(reply),
                     Ok(None) => {
-                        break Err(Error::Runtime(
-                            self.reader_error()
-                                .unwrap_or_else(|| "the reply reader stopped".into()),
-                        ));
+                        break Err(Error::ReplyReaderStopped {
+                            reason: self.reader_error().unwrap_or_else(|| "it ended".into()),
+                        });
                     }
                     Err(_) => break Err(timed_out()),
                 }

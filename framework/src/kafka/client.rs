@@ -33,7 +33,10 @@ pub fn check_reachable(config: &KafkaConfig) -> Result<()> {
             &timeout.as_millis().to_string(),
         )])
         .create_with_context(ConnectErrors::default())
-        .map_err(|e| Error::Config(format!("kafka client settings rejected: {e}")))?;
+        .map_err(|e| Error::ClientCreate {
+            client: "client",
+            source: e,
+        })?;
     let error = match consumer.fetch_metadata(None, timeout.max(Duration::from_millis(100))) {
         Ok(_) => return Ok(()),
         Err(e) => e,
@@ -64,7 +67,10 @@ pub async fn check_reachable_async(config: &KafkaConfig) -> Result<()> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || check_reachable(&config))
         .await
-        .map_err(|e| Error::Runtime(format!("the reachability check did not finish: {e}")))?
+        .map_err(|e| Error::TaskFailed {
+            task: "the reachability check".into(),
+            reason: e.to_string(),
+        })?
 }
 
 /// Records the first TLS or SASL failure the client reports while [`check_reachable`] waits.
@@ -139,9 +145,98 @@ pub(crate) fn base(config: &KafkaConfig, extra: &[(&str, &str)]) -> ClientConfig
     config.client_config(extra)
 }
 
+/// Settings of a member of a consumer group that subscribes (the consumer runtime, the
+/// command processor, reactors): cooperative rebalances, committed transactions only, offsets
+/// stored by choreo (never on poll), a 10 s session. Callers add the group and what differs.
+pub(crate) const MEMBER_DEFAULTS: &[(&str, &str)] = &[
+    ("partition.assignment.strategy", "cooperative-sticky"),
+    ("isolation.level", "read_committed"),
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "1000"),
+    ("enable.partition.eof", "false"),
+];
+
+/// Settings of a reader that assigns partitions itself (restores, rebuilds, the bus's reply
+/// reader, the schema store): it never joins its group (librdkafka wants a `group.id` even for
+/// `assign`) and never commits; committed transactions only.
+pub(crate) const READER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("isolation.level", "read_committed"),
+    ("enable.partition.eof", "false"),
+];
+
+/// Settings of a transactional producer (the command processor, reactors), besides its
+/// `transactional.id`: idempotent, `acks=all`, transactions that time out after 10 s.
+pub(crate) const TRANSACTIONAL_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("transaction.timeout.ms", "10000"),
+];
+
+/// `defaults`, then `extra` (which wins over them), then the user's raw properties.
+fn with_defaults(
+    config: &KafkaConfig,
+    defaults: &[(&str, &str)],
+    extra: &[(&str, &str)],
+) -> ClientConfig {
+    let all: Vec<(&str, &str)> = defaults.iter().chain(extra).copied().collect();
+    config.client_config(&all)
+}
+
+/// A group member of `group` ([`MEMBER_DEFAULTS`] then `extra`).
+pub(crate) fn member(config: &KafkaConfig, group: &str, extra: &[(&str, &str)]) -> ClientConfig {
+    let mut defaults = vec![("group.id", group)];
+    defaults.extend_from_slice(MEMBER_DEFAULTS);
+    with_defaults(config, &defaults, extra)
+}
+
+/// An assigning reader whose (never joined) group is `group` ([`READER_DEFAULTS`] then
+/// `extra`).
+pub(crate) fn reader(config: &KafkaConfig, group: &str, extra: &[(&str, &str)]) -> ClientConfig {
+    let mut defaults = vec![("group.id", group)];
+    defaults.extend_from_slice(READER_DEFAULTS);
+    with_defaults(config, &defaults, extra)
+}
+
+/// A transactional producer with `transactional.id` = `id` ([`TRANSACTIONAL_DEFAULTS`] then
+/// `extra`).
+pub(crate) fn transactional(
+    config: &KafkaConfig,
+    id: &str,
+    extra: &[(&str, &str)],
+) -> ClientConfig {
+    let mut defaults = vec![("transactional.id", id)];
+    defaults.extend_from_slice(TRANSACTIONAL_DEFAULTS);
+    with_defaults(config, &defaults, extra)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_of_client_gets_its_defaults_and_the_caller_s_extras_win() {
+        let config = KafkaConfig::new("localhost:9092");
+        let member = member(&config, "billing", &[("enable.auto.commit", "true")]);
+        assert_eq!(member.get("group.id"), Some("billing"));
+        assert_eq!(member.get("enable.auto.commit"), Some("true"));
+        assert_eq!(member.get("isolation.level"), Some("read_committed"));
+        assert_eq!(
+            member.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        let reader = reader(&config, "x.rebuild", &[("fetch.wait.max.ms", "10")]);
+        assert_eq!(reader.get("group.id"), Some("x.rebuild"));
+        assert_eq!(reader.get("enable.auto.commit"), Some("false"));
+        assert_eq!(reader.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(reader.get("session.timeout.ms"), None);
+        let producer = transactional(&config, "svc-0", &[("linger.ms", "1")]);
+        assert_eq!(producer.get("transactional.id"), Some("svc-0"));
+        assert_eq!(producer.get("transaction.timeout.ms"), Some("10000"));
+        assert_eq!(producer.get("linger.ms"), Some("1"));
+    }
 
     #[test]
     fn murmur2_matches_the_java_client() {

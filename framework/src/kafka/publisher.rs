@@ -14,6 +14,7 @@ use rdkafka::producer::{FutureRecord, Producer};
 
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::codec;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -27,6 +28,10 @@ use crate::error::{PublishError, PublishErrorKind};
 /// Sends of one record by `publish` before it reports a retriable failure: the first, and two
 /// more with the same id after 100 ms and 400 ms.
 pub const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// The wait before each resend: 100 ms, then 400 ms (times 4 per try), with jitter.
+const RESEND: Backoff =
+    Backoff::doubling(Duration::from_millis(100), Duration::from_millis(1600)).times(4);
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
@@ -275,7 +280,7 @@ impl Publisher {
         mut failed: PublishError,
     ) -> Result<Delivered, PublishError> {
         for attempt in 1..PUBLISH_ATTEMPTS {
-            tokio::time::sleep(Duration::from_millis(100 << (2 * (attempt - 1)))).await;
+            tokio::time::sleep(RESEND.delay(attempt - 1)).await;
             tracing::warn!(id = %out.meta.id, topic = %out.topic, attempt, reason = %failed.reason,
                 "publish failed; sending the same record again");
             match self.send(out).await {
@@ -364,17 +369,20 @@ impl Publisher {
         payload: &[u8],
         declared: Option<&str>,
     ) -> Result<()> {
-        let (fingerprint, _) = codec::avro::split_header(payload).map_err(Error::Config)?;
+        let (fingerprint, _) =
+            codec::avro::split_header(payload).map_err(|reason| Error::SchemaInvalid {
+                message_type: message_type.to_owned(),
+                reason,
+            })?;
         if self.inner.schemas.is_registered(message_type, fingerprint) {
             return Ok(());
         }
         let text = match declared {
             Some(text) => text.to_owned(),
             None => codec::avro::known(fingerprint)
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "the Avro schema {fingerprint:016x} of {message_type} is unknown to this process"
-                    ))
+                .ok_or_else(|| Error::SchemaUnknown {
+                    message_type: message_type.to_owned(),
+                    fingerprint,
                 })?
                 .text
                 .clone(),
@@ -456,7 +464,12 @@ impl Publisher {
 /// not answering (a timeout, a broker move) may pass: retriable.
 fn registration_error_kind(error: &Error) -> PublishErrorKind {
     match error {
-        Error::Config(_) => PublishErrorKind::Fatal,
+        Error::Config(_)
+        | Error::ClientCreate { .. }
+        | Error::TopicRefused { .. }
+        | Error::SchemaInvalid { .. }
+        | Error::SchemaUnknown { .. }
+        | Error::SchemaIncompatible { .. } => PublishErrorKind::Fatal,
         _ => PublishErrorKind::Retriable,
     }
 }

@@ -54,9 +54,10 @@ pub(crate) struct RenewingProducer {
 
 impl RenewingProducer {
     pub(crate) fn new(client: ClientConfig, what: &'static str) -> Result<Self> {
-        let producer: FutureProducer = client
-            .create()
-            .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))?;
+        let producer: FutureProducer = client.create().map_err(|e| Error::ClientCreate {
+            client: "producer",
+            source: e,
+        })?;
         Ok(Self {
             current: RwLock::new(Arc::new(producer)),
             replacing: Mutex::new(()),

@@ -32,18 +32,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode as Code;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::avro::{self, AvroSchema, Incompatibility};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::kafka::read_to_end::{Patience, ReadError, read_to_end};
 
 /// The store's topic (under the config's namespace, if any).
 pub const TOPIC: &str = "choreo.schemas";
@@ -150,7 +151,10 @@ impl SchemaStore {
         let topic = self.inner.topic.clone();
         let values = tokio::task::spawn_blocking(move || read_all(&config, &topic))
             .await
-            .map_err(|e| Error::Runtime(format!("schema store read task failed: {e}")))??;
+            .map_err(|e| Error::TaskFailed {
+                task: "schema store read task".into(),
+                reason: e.to_string(),
+            })??;
         let mut stored = Vec::with_capacity(values.len());
         for (offset, value) in values {
             match parse_record(&value) {
@@ -181,8 +185,10 @@ impl SchemaStore {
     /// Checks a new schema for `message_type` against every stored version of that type in
     /// both directions (see [`avro::check_compatibility`]); empty means compatible.
     pub async fn check(&self, message_type: &str, schema: &str) -> Result<Vec<Incompatibility>> {
-        let new = AvroSchema::parse(schema)
-            .map_err(|e| Error::Config(format!("schema for {message_type}: {e}")))?;
+        let new = AvroSchema::parse(schema).map_err(|e| Error::SchemaInvalid {
+            message_type: message_type.to_owned(),
+            reason: e.to_string(),
+        })?;
         self.refresh().await?;
         Ok(avro::check_compatibility(
             &new,
@@ -193,10 +199,10 @@ impl SchemaStore {
     /// Registers `schema` as a writer schema of `message_type`, after checking it against the
     /// stored versions; idempotent. Returns the fingerprint.
     pub async fn register(&self, message_type: &str, schema: &str) -> Result<u64> {
-        let new = Arc::new(
-            AvroSchema::parse(schema)
-                .map_err(|e| Error::Config(format!("schema for {message_type}: {e}")))?,
-        );
+        let new = Arc::new(AvroSchema::parse(schema).map_err(|e| Error::SchemaInvalid {
+            message_type: message_type.to_owned(),
+            reason: e.to_string(),
+        })?);
         // Same type and same text: done (the same fingerprint with other defaults is not).
         let done = self
             .lock_registered()
@@ -216,13 +222,11 @@ impl SchemaStore {
         // fingerprint) leaves defaults out, and a default decides whether old data can be read.
         let problems = avro::check_compatibility(&new, &versions);
         if !problems.is_empty() {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return Err(Error::Config(format!(
-                "the Avro schema {:016x} of {message_type} is incompatible with the schema \
-                 store: {}",
-                new.fingerprint,
-                list.join("; ")
-            )));
+            return Err(Error::SchemaIncompatible {
+                message_type: message_type.to_owned(),
+                fingerprint: new.fingerprint,
+                problems: problems.iter().map(ToString::to_string).collect(),
+            });
         }
         if !versions.iter().any(|v| v.fingerprint == new.fingerprint) {
             self.write(message_type, &new).await?;
@@ -270,8 +274,9 @@ impl SchemaStore {
                         .config
                         .client_config(&[("enable.idempotence", "true"), ("acks", "all")])
                         .create()
-                        .map_err(|e| {
-                            Error::Config(format!("kafka producer settings rejected: {e}"))
+                        .map_err(|e| Error::ClientCreate {
+                            client: "producer",
+                            source: e,
                         })?;
                     *slot = Some(p.clone());
                     p
@@ -285,7 +290,10 @@ impl SchemaStore {
             fingerprint,
             schema: schema.text.clone(),
         })
-        .map_err(|e| Error::Runtime(format!("schema record: {e}")))?;
+        .map_err(|e| Error::SchemaInvalid {
+            message_type: message_type.to_owned(),
+            reason: format!("schema record: {e}"),
+        })?;
         producer
             .send(
                 FutureRecord::to(&self.inner.topic)
@@ -306,7 +314,10 @@ impl SchemaStore {
             .config
             .client_config(&[])
             .create()
-            .map_err(|e| Error::Config(format!("kafka admin settings rejected: {e}")))?;
+            .map_err(|e| Error::ClientCreate {
+                client: "admin",
+                source: e,
+            })?;
         // -1: the broker's default.replication.factor (KIP-464).
         let topic = NewTopic::new(&self.inner.topic, 1, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact");
@@ -319,9 +330,11 @@ impl SchemaStore {
             match result {
                 Ok(_) | Err((_, Code::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(Error::Config(format!(
-                        "cannot create the schema store topic {topic}: {code}"
-                    )));
+                    return Err(Error::TopicRefused {
+                        action: "create",
+                        topic,
+                        code,
+                    });
                 }
             }
         }
@@ -364,16 +377,17 @@ fn parse_record(value: &[u8]) -> std::result::Result<StoredSchema, String> {
 /// Reads every record of the store's one partition, from the start to the end as it was
 /// when the read began. Blocking: run it off the async threads.
 fn read_all(config: &KafkaConfig, topic: &str) -> Result<Vec<(i64, Vec<u8>)>> {
-    let consumer: BaseConsumer = config
-        .client_config(&[
-            // Assigned, never subscribed: no group membership, no committed offsets.
-            ("group.id", "choreo-schema-store-reader"),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("enable.partition.eof", "false"),
-        ])
-        .create()
-        .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
+    // Assigned, never subscribed: no group membership, no committed offsets.
+    let consumer: BaseConsumer = super::client::reader(
+        config,
+        "choreo-schema-store-reader",
+        &[("enable.auto.offset.store", "false")],
+    )
+    .create()
+    .map_err(|e| Error::ClientCreate {
+        client: "consumer",
+        source: e,
+    })?;
     let (low, high) = match consumer.fetch_watermarks(topic, 0, READ_TIMEOUT) {
         Ok(marks) => marks,
         // No store yet: nothing was ever registered.
@@ -385,35 +399,30 @@ fn read_all(config: &KafkaConfig, topic: &str) -> Result<Vec<(i64, Vec<u8>)>> {
     if high <= low {
         return Ok(Vec::new());
     }
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Offset(low))
-        .map_err(|e| Error::kafka("read the schema store", e))?;
-    consumer
-        .assign(&assignment)
-        .map_err(|e| Error::kafka("read the schema store", e))?;
-    let deadline = Instant::now() + READ_TIMEOUT;
     let mut out = Vec::new();
-    let mut next = low;
-    while next < high {
-        if Instant::now() > deadline {
-            return Err(Error::Timeout {
-                what: format!("reading the schema store {topic} (at {next} of {high})"),
-                after: READ_TIMEOUT,
-            });
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(message)) => {
-                next = message.offset() + 1;
-                if let Some(value) = message.payload() {
-                    out.push((message.offset(), value.to_vec()));
-                }
+    let read = read_to_end(
+        &consumer,
+        (topic, 0),
+        (low, high),
+        Patience::Total(READ_TIMEOUT),
+        |message| {
+            if let Some(value) = message.payload() {
+                out.push((message.offset(), value.to_vec()));
             }
-            Some(Err(e)) => return Err(Error::kafka("read the schema store", e)),
+            Ok::<_, std::convert::Infallible>(())
+        },
+    );
+    match read {
+        Ok(_) => Ok(out),
+        Err(ReadError::Assign(e) | ReadError::Poll(e)) => {
+            Err(Error::kafka("read the schema store", e))
         }
+        Err(ReadError::Stalled { at }) => Err(Error::Timeout {
+            what: format!("reading the schema store {topic} (at {at} of {high})"),
+            after: READ_TIMEOUT,
+        }),
+        Err(ReadError::Record(never)) => match never {},
     }
-    Ok(out)
 }
 
 fn is_unknown_topic(error: &KafkaError) -> bool {

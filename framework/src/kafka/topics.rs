@@ -167,7 +167,10 @@ impl TopicAdmin {
         super::check_reachable(config)?;
         let admin = super::client::base(config, &[])
             .create()
-            .map_err(|e| Error::Config(format!("kafka admin settings rejected: {e}")))?;
+            .map_err(|e| Error::ClientCreate {
+                client: "admin",
+                source: e,
+            })?;
         Ok(Self {
             admin: Arc::new(admin),
             timeout: Duration::from_secs(30),
@@ -227,9 +230,11 @@ impl TopicAdmin {
                     return Ok(TopicState::AlreadyMatching);
                 }
                 Err((topic, code)) => {
-                    return Err(Error::Config(format!(
-                        "cannot create topic {topic}: {code}"
-                    )));
+                    return Err(Error::TopicRefused {
+                        action: "create",
+                        topic,
+                        code,
+                    });
                 }
             }
         }
@@ -265,7 +270,13 @@ impl TopicAdmin {
             match topic.error().map(RDKafkaErrorCode::from) {
                 None => {}
                 Some(Code::UnknownTopicOrPartition | Code::UnknownTopic) => return Ok(None),
-                Some(code) => return Err(Error::Config(format!("topic {name}: {code}"))),
+                Some(code) => {
+                    return Err(Error::TopicRefused {
+                        action: "describe",
+                        topic: name.to_owned(),
+                        code,
+                    });
+                }
             }
             if topic.partitions().is_empty() {
                 return Ok(None);
@@ -311,7 +322,10 @@ impl TopicAdmin {
         let timeout = self.timeout;
         tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(topic.as_deref(), timeout))
             .await
-            .map_err(|e| Error::Runtime(format!("metadata task failed: {e}")))?
+            .map_err(|e| Error::TaskFailed {
+                task: "metadata task".into(),
+                reason: e.to_string(),
+            })?
             .map_err(|e| Error::kafka("fetch metadata", e))
     }
 
@@ -340,9 +354,11 @@ impl TopicAdmin {
             if let Err((topic, code)) = result
                 && code != Code::UnknownTopicOrPartition
             {
-                return Err(Error::Config(format!(
-                    "cannot delete topic {topic}: {code}"
-                )));
+                return Err(Error::TopicRefused {
+                    action: "delete",
+                    topic,
+                    code,
+                });
             }
         }
         Ok(())

@@ -17,6 +17,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 pub(crate) use super::errors::{TxError, classify, classify_commit};
 use super::record::Record;
+use super::topic_partition::TopicPartition;
 use crate::error::{Error, Result};
 
 /// A record produced inside a transaction.
@@ -118,37 +119,37 @@ pub(crate) fn send(
 }
 
 /// Seeks each partition back to the first offset of a batch that did not commit: the last
-/// committed position. `first` maps (topic, partition) to that offset.
+/// committed position. `first` maps each partition to that offset.
 pub(crate) fn rewind<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
-    first: &HashMap<(String, i32), i64>,
+    first: &HashMap<TopicPartition, i64>,
 ) -> Result<()> {
-    for ((topic, partition), offset) in first {
+    for (tp, offset) in first {
         consumer
             .seek(
-                topic,
-                *partition,
+                &tp.topic,
+                tp.partition,
                 Offset::Offset(*offset),
                 Duration::from_secs(10),
             )
-            .map_err(|e| {
-                Error::Runtime(format!(
-                    "rewind of {topic}[{partition}] to {offset} failed: {e}"
-                ))
+            .map_err(|e| Error::SeekFailed {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                to: format!("offset {offset} (a rewind)"),
+                reason: e.to_string(),
             })?;
     }
     Ok(())
 }
 
-/// The first offset of each (topic, partition) among `records`, in the shape [`rewind`]
-/// takes.
+/// The first offset of each partition among `records`, in the shape [`rewind`] takes.
 pub(crate) fn starts<'a>(
     records: impl IntoIterator<Item = &'a Record>,
-) -> HashMap<(String, i32), i64> {
+) -> HashMap<TopicPartition, i64> {
     let mut first = HashMap::new();
     for record in records {
         first
-            .entry((record.topic().to_owned(), record.partition()))
+            .entry(TopicPartition::new(record.topic(), record.partition()))
             .or_insert(record.offset());
     }
     first
@@ -196,9 +197,10 @@ pub(crate) fn check_consumer<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> 
             runtime: "consumer (static member)".into(),
             reason,
         }),
-        Some((code, reason)) => Err(Error::Runtime(format!(
-            "consumer failed ({code}): {reason}"
-        ))),
+        Some((code, reason)) => Err(Error::Stopped {
+            runtime: "consumer".into(),
+            reason: format!("fatal error ({code}): {reason}"),
+        }),
         None => Ok(()),
     }
 }
@@ -219,7 +221,10 @@ pub(crate) fn abort_and_rewind<C: ConsumerContext>(
                 runtime: "transactional producer".into(),
                 reason: format!("{fenced} (after {reason})"),
             },
-            _ => Error::Runtime(format!("abort_transaction failed after {reason}: {e}")),
+            _ => Error::AbortFailed {
+                after: reason.to_string(),
+                source: e,
+            },
         })?;
     rewind(consumer, &starts(batch))
 }

@@ -86,7 +86,10 @@ impl<P: Projection> ProjectionRunner<P> {
         let watermarks: BaseConsumer = kafka
             .client_config(&[("isolation.level", "read_committed")])
             .create()
-            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
+            .map_err(|e| Error::ClientCreate {
+                client: "consumer",
+                source: e,
+            })?;
         let logic = Arc::new(RunnerLogic {
             projection: self.projection,
             pool: pool.clone(),

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use super::checkpoint::{self, Slot};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 
 /// Waits until projection `projection` (`{name}.v{version}`) has applied every
@@ -18,7 +19,8 @@ pub async fn wait_for(
     timeout: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(2);
+    // Polls soon, then less often: 2 ms doubling to 50 ms, with jitter.
+    let mut backoff = Backoff::doubling(Duration::from_millis(2), Duration::from_millis(50));
     let mut pending: Vec<&(String, i32, i64)> = offsets.iter().collect();
     loop {
         let mut conn = pool.acquire().await.map_err(|e| Error::Postgres {
@@ -55,7 +57,7 @@ pub async fn wait_for(
             });
         }
         pending = still;
+        let delay = backoff.next();
         tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
-        delay = (delay * 2).min(Duration::from_millis(50));
     }
 }

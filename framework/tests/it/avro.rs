@@ -12,8 +12,8 @@ use choreo::event::Upcasters;
 use choreo::kafka::SchemaStore;
 use choreo::projection::{RebuildOptions, rebuild};
 use choreo::{
-    ApplyError, Event, EventHandlers, HandlerError, KafkaConfig, Projection, ProjectionRunner,
-    Publisher, Received, Shutdown,
+    ApplyError, Error, Event, EventHandlers, HandlerError, KafkaConfig, Projection,
+    ProjectionRunner, Publisher, Received, Shutdown,
 };
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -662,8 +662,11 @@ async fn the_store_refuses_an_incompatible_schema_naming_the_field_and_direction
         .register("v2.user.signedup", &no_default)
         .await
         .expect_err("incompatible");
+    let Error::SchemaIncompatible { problems, .. } = &err else {
+        panic!("not SchemaIncompatible: {err}");
+    };
     assert!(
-        err.to_string().contains("referrer") && err.to_string().contains("Backward"),
+        problems.len() == 1 && problems[0].contains("referrer") && problems[0].contains("Backward"),
         "{err}"
     );
     // Other types are not compared with it.

@@ -514,7 +514,7 @@ async fn wait_for_returns_once_the_view_has_passed_the_offsets_of_a_write() {
     let err = wait_for(&pool, PROJECTION, &offsets, Duration::from_millis(300))
         .await
         .expect_err("no runner");
-    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(matches!(err, choreo::Error::Timeout { .. }), "{err}");
     let shutdown = Shutdown::new();
     let (task, _) = start_runner(&config, &pool, &shutdown);
     wait_for(&pool, PROJECTION, &offsets, Duration::from_secs(30))

@@ -52,6 +52,7 @@ use super::Aggregate;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::EventSet;
+use crate::kafka::client;
 use crate::kafka::consumer::panic_message;
 use crate::message::topics;
 use crate::shutdown::Shutdown;
@@ -150,17 +151,12 @@ impl<A: Aggregate> CommandProcessor<A> {
             parked: Mutex::new(HashMap::new()),
         });
         let consumer = command_consumer(kafka, &group, &identity, &shared)?;
-        let producer_config = kafka.client_config(&[
-            ("transactional.id", identity.as_str()),
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("transaction.timeout.ms", "10000"),
-            ("linger.ms", "1"),
-        ]);
+        let producer_config = client::transactional(kafka, &identity, &[("linger.ms", "1")]);
         let make_producer = move || -> Result<FutureProducer> {
-            producer_config
-                .create()
-                .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))
+            producer_config.create().map_err(|e| Error::ClientCreate {
+                client: "producer",
+                source: e,
+            })
         };
         let producer = make_producer()?;
         let done = start_thread(
@@ -171,8 +167,10 @@ impl<A: Aggregate> CommandProcessor<A> {
             make_producer,
             self.max_batch,
         )?;
-        done.await
-            .map_err(|_| Error::Runtime("the processor thread ended without a result".into()))?
+        done.await.map_err(|_| Error::TaskFailed {
+            task: "the processor thread".into(),
+            reason: "it ended without a result".into(),
+        })?
     }
 
     /// The commands and events topics exist with the declared partition count, and the
@@ -223,20 +221,18 @@ async fn learn_schemas<A: Aggregate>(kafka: &KafkaConfig) -> Result<()> {
 
 /// Reads events partitions during restores.
 fn restore_consumer(kafka: &KafkaConfig, group: &str) -> Result<BaseConsumer> {
-    // librdkafka wants a group.id even for assign(); this one never joins or commits.
-    kafka
-        .client_config(&[
-            ("group.id", &format!("{group}.restore")),
-            ("enable.auto.commit", "false"),
-            ("isolation.level", "read_committed"),
-            ("enable.partition.eof", "false"),
-            // Restores read history, partition after partition: a fetch that waits
-            // for new data at the end of one (500 ms by default) would delay the
-            // first fetch of the next.
-            ("fetch.wait.max.ms", "10"),
-        ])
-        .create()
-        .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))
+    client::reader(
+        kafka,
+        &format!("{group}.restore"),
+        // Restores read history, partition after partition: a fetch that waits for new data
+        // at the end of one (500 ms by default) would delay the first fetch of the next.
+        &[("fetch.wait.max.ms", "10")],
+    )
+    .create()
+    .map_err(|e| Error::ClientCreate {
+        client: "consumer",
+        source: e,
+    })
 }
 
 /// The consumer of the commands topic, a member of the processor's group.
@@ -246,24 +242,22 @@ fn command_consumer<A: Aggregate>(
     identity: &str,
     shared: &Arc<Shared<A>>,
 ) -> Result<BaseConsumer<ProcessorContext<A>>> {
-    kafka
-        .client_config(&[
-            ("group.id", group),
+    client::member(
+        kafka,
+        group,
+        &[
             ("group.instance.id", identity),
-            ("partition.assignment.strategy", "cooperative-sticky"),
-            ("isolation.level", "read_committed"),
             // Lost group offsets must not replay every retained command.
             ("auto.offset.reset", "error"),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("session.timeout.ms", "10000"),
-            ("heartbeat.interval.ms", "1000"),
-            ("enable.partition.eof", "false"),
-        ])
-        .create_with_context(ProcessorContext {
-            shared: Arc::clone(shared),
-        })
-        .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))
+        ],
+    )
+    .create_with_context(ProcessorContext {
+        shared: Arc::clone(shared),
+    })
+    .map_err(|e| Error::ClientCreate {
+        client: "consumer",
+        source: e,
+    })
 }
 
 /// Starts the processor's thread, which owns the consumer and the producer; its result
@@ -298,7 +292,10 @@ fn start_thread<A: Aggregate>(
             let _ = producer.flush(Duration::from_secs(10));
             let _ = done_tx.send(result);
         })
-        .map_err(|e| Error::Runtime(format!("cannot start the processor thread: {e}")))?;
+        .map_err(|e| Error::TaskFailed {
+            task: "starting the processor thread".into(),
+            reason: e.to_string(),
+        })?;
     Ok(done_rx)
 }
 

@@ -15,6 +15,7 @@ use super::restore::restore_owned;
 use super::transaction::{SetAside, run_transaction};
 use super::{Shared, lock};
 use crate::aggregate::Aggregate;
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::kafka::Record;
 use crate::kafka::transaction::{
@@ -60,15 +61,19 @@ pub(super) fn processing_loop<A: Aggregate>(
         let (batch, error) = collect_batch(consumer, size, Duration::from_millis(100));
         match error {
             Some(e @ KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
-                return Err(Error::Runtime(format!(
-                    "command consumer: {e} (auto.offset.reset=error)"
-                )));
+                return Err(Error::Stopped {
+                    runtime: "command processor".into(),
+                    reason: format!("command consumer: {e} (auto.offset.reset=error)"),
+                });
             }
             Some(e) => tracing::warn!(error = %e, "command consumer error"),
             None => {}
         }
         if let Some(reason) = lock(&shared.fatal).clone() {
-            return Err(Error::Runtime(reason));
+            return Err(Error::Stopped {
+                runtime: "command processor".into(),
+                reason,
+            });
         }
         check_consumer(consumer)?;
         if batch.is_empty() {
@@ -206,14 +211,19 @@ fn replace_producer<A: Aggregate>(
         )));
     }
     tracing::warn!(%reason, replacements, "transaction outcome unknown; replacing the producer and restoring every partition");
-    std::thread::sleep(Duration::from_millis(500) * replacements);
+    // 500 ms more per replacement in a row, with jitter.
+    let pause = Backoff::linear(
+        Duration::from_millis(500),
+        Duration::from_millis(500),
+        Duration::from_millis(500) * MAX_REPLACEMENTS,
+    );
+    std::thread::sleep(pause.delay(replacements.saturating_sub(1)));
     let fresh = make_producer()?;
     fresh
         .init_transactions(Duration::from_secs(30))
-        .map_err(|e| {
-            Error::Runtime(format!(
-                "transaction failed ({reason}), and a new producer could not take over: {e}"
-            ))
+        .map_err(|e| Error::ReplacementFailed {
+            step: "starting the new producer".into(),
+            reason: format!("{e} (after a transaction failed: {reason})"),
         })?;
     drop(std::mem::replace(producer, fresh));
     restore_owned(shared, consumer)?;

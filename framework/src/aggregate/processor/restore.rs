@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::event::EventSet;
 use crate::failpoint;
 use crate::kafka::consumer::panic_message;
+use crate::kafka::read_to_end::{Patience, ReadError, read_to_end};
 use crate::message::{Metadata, WireRecord};
 
 impl<A: Aggregate> ProcessorContext<A> {
@@ -71,80 +72,31 @@ impl<A: Aggregate> ProcessorContext<A> {
         entries: &mut HashMap<String, Entry<A>>,
     ) -> Result<u64, String> {
         let shared = &self.shared;
-        let mut read = 0u64;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&shared.events_topic, p, Offset::Offset(from))
-            .map_err(|e| e.to_string())?;
-        shared
-            .restore
-            .assign(&tpl)
-            .map_err(|e| format!("cannot assign {}[{p}]: {e}", shared.events_topic))?;
-        let mut idle_since = std::time::Instant::now();
-        // position() is a round trip to librdkafka's main thread: ask it only when a
-        // record could be the last one or nothing came (a commit marker may be all that
-        // is left), not once per record.
-        let mut check = true;
-        loop {
-            if check && self.restore_position(from) >= end {
-                break;
-            }
-            // Near the end only a commit marker may be left: poll briefly, then look at
-            // the position again, rather than wait out a long poll per partition.
-            let wait = if check {
-                Duration::from_millis(5)
-            } else {
-                Duration::from_millis(200)
-            };
-            match shared.restore.poll(wait) {
-                Some(Ok(record)) if record.offset() >= end => {
-                    // Past the end taken above: not part of this restore.
-                    break;
+        let topic = &*shared.events_topic;
+        let read = read_to_end(
+            &shared.restore,
+            (topic, p),
+            (from, end),
+            Patience::Idle(Duration::from_secs(30)),
+            |record| {
+                if !apply_restored::<A, _>(entries, record, topic)? {
+                    shared
+                        .status
+                        .inner
+                        .foreign_skipped
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-                Some(Ok(record)) => {
-                    idle_since = std::time::Instant::now();
-                    read += 1;
-                    check = record.offset() + 1 >= end;
-                    if !apply_restored::<A, _>(entries, &record, &shared.events_topic)? {
-                        shared
-                            .status
-                            .inner
-                            .foreign_skipped
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(format!("reading {}[{p}] failed: {e}", shared.events_topic));
-                }
-                None => {
-                    check = true;
-                    if idle_since.elapsed() > Duration::from_secs(30) {
-                        return Err(format!(
-                            "restore of {}[{p}] stalled before {end}",
-                            shared.events_topic
-                        ));
-                    }
-                }
-            }
-        }
+                Ok(())
+            },
+        )
+        .map_err(|e| match e {
+            ReadError::Assign(e) => format!("cannot assign {topic}[{p}]: {e}"),
+            ReadError::Poll(e) => format!("reading {topic}[{p}] failed: {e}"),
+            ReadError::Stalled { .. } => format!("restore of {topic}[{p}] stalled before {end}"),
+            ReadError::Record(reason) => reason,
+        })?;
         let _ = shared.restore.unassign();
         Ok(read)
-    }
-
-    /// Where the restore consumer will read next (`from` while it does not know).
-    fn restore_position(&self, from: i64) -> i64 {
-        self.shared
-            .restore
-            .position()
-            .ok()
-            .and_then(|l| l.elements().first().map(|e| e.offset()))
-            .and_then(|o| {
-                if let Offset::Offset(o) = o {
-                    Some(o)
-                } else {
-                    None
-                }
-            })
-            .unwrap_or(from)
     }
 
     /// Makes the restored aggregates `p`'s committed state, counts and logs the restore, and
@@ -294,20 +246,20 @@ pub(super) fn restore_owned<A: Aggregate>(
         match restored {
             Ok(start) => consumer
                 .seek(&shared.commands_topic, p, start, Duration::from_secs(10))
-                .map_err(|e| {
-                    Error::Runtime(format!(
-                        "cannot move {}[{p}] to {start:?} after a restore: {e}",
-                        shared.commands_topic
-                    ))
+                .map_err(|e| Error::SeekFailed {
+                    topic: shared.commands_topic.to_string(),
+                    partition: p,
+                    to: format!("{start:?} after a restore"),
+                    reason: e.to_string(),
                 })?,
             Err(reason) => {
                 // Usually the brokers are struggling (that is how the outcome got lost):
                 // stop rather than halt a partition nobody would reassign; a restart restores
                 // on assignment, and halts only if the log itself is bad.
-                return Err(Error::Runtime(format!(
-                    "restore of {}[{p}] after replacing the producer failed: {reason}",
-                    shared.commands_topic
-                )));
+                return Err(Error::ReplacementFailed {
+                    step: format!("restore of {}[{p}]", shared.commands_topic),
+                    reason: reason.to_string(),
+                });
             }
         }
     }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::backoff::Backoff;
+
 /// Handed to a [`PartitionWorker`](super::PartitionWorker): is the partition being taken away, and a stop-aware
 /// back-off.
 #[derive(Debug, Clone)]
@@ -52,11 +54,12 @@ impl PartitionControl {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Sleeps an exponential back-off for retry `attempt` (100 ms doubling to 30 s); returns
+    /// Sleeps an exponential back-off for retry `attempt` (100 ms doubling to 30 s, with
+    /// jitter); returns
     /// false, early, when the partition is stopping.
     pub async fn backoff(&self, attempt: u32) -> bool {
-        let delay = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(9)))
-            .min(Duration::from_secs(30));
+        let delay =
+            Backoff::doubling(Duration::from_millis(100), Duration::from_secs(30)).delay(attempt);
         let deadline = tokio::time::Instant::now() + delay;
         while tokio::time::Instant::now() < deadline {
             if self.stopping() {

@@ -60,7 +60,10 @@ impl ConsumerRuntime {
             .create_with_context(RuntimeContext {
                 shared: Arc::clone(&shared),
             })
-            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?;
+            .map_err(|e| Error::ClientCreate {
+                client: "consumer",
+                source: e,
+            })?;
         let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -76,10 +79,14 @@ impl ConsumerRuntime {
         shared.settings.status.lock().joined = false;
         let state = shared.state();
         match (&state.fatal, finished) {
-            (Some(reason), _) => Err(Error::Runtime(reason.clone())),
-            (None, Err(_)) => Err(Error::Runtime(
-                "the poll thread ended without a result".into(),
-            )),
+            (Some(reason), _) => Err(Error::Stopped {
+                runtime: format!("consumer group {}", shared.settings.group_id),
+                reason: reason.clone(),
+            }),
+            (None, Err(_)) => Err(Error::TaskFailed {
+                task: "the poll thread".into(),
+                reason: "it ended without a result".into(),
+            }),
             (None, Ok(())) => Ok(RunSummary {
                 halted: state.halted.clone(),
                 assignments: shared.generation.load(Ordering::Acquire),
@@ -129,6 +136,9 @@ fn spawn_poll_thread<L: PartitionLogic>(
             }
             let _ = done_tx.send(());
         })
-        .map_err(|e| Error::Runtime(format!("cannot start the poll thread: {e}")))?;
+        .map_err(|e| Error::TaskFailed {
+            task: "starting the poll thread".into(),
+            reason: e.to_string(),
+        })?;
     Ok(done_rx)
 }

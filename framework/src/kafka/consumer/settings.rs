@@ -80,20 +80,16 @@ pub(super) fn client_config(config: &KafkaConfig, settings: &ConsumerSettings) -
     } else {
         "read_uncommitted"
     };
-    let mut client = crate::kafka::client::base(
+    // Offsets are stored by the runtime after the worker finished (never on poll), and
+    // committed by librdkafka every second.
+    let mut client = crate::kafka::client::member(
         config,
+        &settings.group_id,
         &[
-            ("group.id", settings.group_id.as_str()),
-            ("partition.assignment.strategy", "cooperative-sticky"),
             ("enable.auto.commit", "true"),
             ("auto.commit.interval.ms", "1000"),
-            // Offsets are stored by the runtime after the worker finished, never on poll.
-            ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", settings.auto_offset_reset.as_str()),
             ("isolation.level", read_committed),
-            ("session.timeout.ms", "10000"),
-            ("heartbeat.interval.ms", "1000"),
-            ("enable.partition.eof", "false"),
         ],
     );
     for (key, value) in &settings.properties {

@@ -15,6 +15,7 @@ use super::context::RuntimeContext;
 use super::partition::{halt_partition, seek_one};
 use super::shared::{Shared, Tp};
 use super::{PartitionLogic, StartOffset, panic_message};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 
 impl<L: PartitionLogic> RuntimeContext<L> {
@@ -24,7 +25,11 @@ impl<L: PartitionLogic> RuntimeContext<L> {
     pub(super) fn start_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<StartOffset>> {
         let shared = &self.shared;
         let deadline = Instant::now() + shared.start_offsets_budget;
-        let mut attempt = 0;
+        let mut backoff = Backoff::linear(
+            Duration::from_millis(200),
+            Duration::from_millis(200),
+            Duration::from_secs(2),
+        );
         loop {
             // Each attempt is bounded too (a black-holed database would otherwise hold the
             // callback for the pool's whole acquire timeout).
@@ -39,9 +44,10 @@ impl<L: PartitionLogic> RuntimeContext<L> {
             }));
             let result = match call {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(Error::Runtime(format!(
-                    "start offsets not answered within {left:?}"
-                ))),
+                Ok(Err(_)) => Err(Error::Timeout {
+                    what: "start offsets".into(),
+                    after: left,
+                }),
                 Err(panic) => Err(Error::Panicked {
                     what: "start_offsets".into(),
                     message: panic_message(&*panic),
@@ -50,9 +56,9 @@ impl<L: PartitionLogic> RuntimeContext<L> {
             match result {
                 Ok(offsets) => return Ok(offsets),
                 Err(e) if Instant::now() < deadline && !shared.stopping() => {
-                    tracing::warn!(error = %e, attempt, "start offsets unavailable; retrying");
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(200 * attempt.min(10)));
+                    let delay = backoff.next();
+                    tracing::warn!(error = %e, retry_in = ?delay, "start offsets unavailable; retrying");
+                    std::thread::sleep(delay);
                 }
                 Err(e) => return Err(e),
             }
@@ -112,9 +118,12 @@ fn set_waiting<L: PartitionLogic>(shared: &Shared<L>, key: &Tp, reason: &str) {
 
 type LookupAnswer = std_mpsc::Receiver<Result<Vec<StartOffset>>>;
 
-/// The wait before the next lookup after `failures` failed ones: 2, 4, then 8 s.
+/// The back-off of background lookups: 2, 4, then 8 s (with jitter).
+const LOOKUP_RETRY: Backoff = Backoff::doubling(Duration::from_secs(2), Duration::from_secs(8));
+
+/// The wait before the next lookup after `failures` failed ones (the first two wait alike).
 fn retry_delay(failures: u32) -> Duration {
-    Duration::from_secs(1 << failures.clamp(1, 3))
+    LOOKUP_RETRY.delay(failures.saturating_sub(1))
 }
 
 /// The background lookup of start offsets for partitions that wait for them: one lookup at a
@@ -140,9 +149,10 @@ impl StartLookup {
             let result = match rx.try_recv() {
                 Err(std_mpsc::TryRecvError::Empty) => return,
                 Ok(result) => result,
-                Err(std_mpsc::TryRecvError::Disconnected) => Err(Error::Runtime(
-                    "the start offset lookup ended without an answer".into(),
-                )),
+                Err(std_mpsc::TryRecvError::Disconnected) => Err(Error::TaskFailed {
+                    task: "the start offset lookup".into(),
+                    reason: "it ended without an answer".into(),
+                }),
             };
             let keys = keys.clone();
             self.in_flight = None;
@@ -212,10 +222,10 @@ impl StartLookup {
             let result = handle
                 .block_on(AssertUnwindSafe(logic.start_offsets(&partitions)).catch_unwind())
                 .unwrap_or_else(|panic| {
-                    Err(Error::Runtime(format!(
-                        "start_offsets panicked: {}",
-                        panic_message(&*panic)
-                    )))
+                    Err(Error::Panicked {
+                        what: "start_offsets".into(),
+                        message: panic_message(&*panic),
+                    })
                 })
                 .and_then(|offsets| one_per_partition(offsets, partitions.len()));
             let _ = tx.send(result);
@@ -229,11 +239,10 @@ fn one_per_partition(offsets: Vec<StartOffset>, partitions: usize) -> Result<Vec
     if offsets.len() == partitions {
         Ok(offsets)
     } else {
-        Err(Error::Runtime(format!(
-            "start_offsets answered {} offsets for {} partitions",
-            offsets.len(),
-            partitions
-        )))
+        Err(Error::StartOffsetsMiscounted {
+            answered: offsets.len(),
+            asked: partitions,
+        })
     }
 }
 
@@ -363,8 +372,14 @@ mod tests {
 
     #[test]
     fn background_lookups_back_off_2_4_then_8_seconds() {
-        let delays: Vec<u64> = (0..6).map(|n| retry_delay(n).as_secs()).collect();
-        assert_eq!(delays, [2, 2, 4, 8, 8, 8]);
+        let nominal: Vec<u64> = (0..6u32)
+            .map(|n| LOOKUP_RETRY.nominal(n.saturating_sub(1)).as_secs())
+            .collect();
+        assert_eq!(nominal, [2, 2, 4, 8, 8, 8]);
+        for n in 0..6u32 {
+            let (delay, most) = (retry_delay(n), LOOKUP_RETRY.nominal(n.saturating_sub(1)));
+            assert!(delay <= most && delay >= most * 4 / 5, "{delay:?}");
+        }
     }
 
     #[test]
@@ -397,9 +412,15 @@ mod tests {
         let two = vec![StartOffset::Committed, StartOffset::At(5)];
         assert_eq!(one_per_partition(two.clone(), 2).expect("two"), two);
         let err = one_per_partition(two, 3).expect_err("short");
-        assert_eq!(
-            err.to_string(),
-            Error::Runtime("start_offsets answered 2 offsets for 3 partitions".into()).to_string()
+        assert!(
+            matches!(
+                err,
+                Error::StartOffsetsMiscounted {
+                    answered: 2,
+                    asked: 3
+                }
+            ),
+            "{err}"
         );
     }
 }

@@ -12,19 +12,18 @@ use rdkafka::topic_partition_list::Offset;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka::Record;
+use crate::kafka::TopicPartition;
+use crate::kafka::client;
 
 /// A consumer for a rebuild: partitions are assigned directly, nothing is committed to Kafka.
 pub(super) fn rebuild_consumer(kafka: &KafkaConfig, id: &str) -> Result<Arc<BaseConsumer>> {
     Ok(Arc::new(
-        kafka
-            .client_config(&[
-                ("group.id", &format!("{id}.rebuild")),
-                ("enable.auto.commit", "false"),
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "false"),
-            ])
+        client::reader(kafka, &format!("{id}.rebuild"), &[])
             .create()
-            .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))?,
+            .map_err(|e| Error::ClientCreate {
+                client: "consumer",
+                source: e,
+            })?,
     ))
 }
 
@@ -34,9 +33,9 @@ pub(super) async fn partitions(
     consumer: &Arc<BaseConsumer>,
     topics: Vec<String>,
     redrive: String,
-) -> Result<Vec<(String, i32)>> {
+) -> Result<Vec<TopicPartition>> {
     let c = Arc::clone(consumer);
-    tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<TopicPartition>> {
         let mut out = Vec::new();
         for topic in topics.iter().chain(std::iter::once(&redrive)) {
             let metadata = c
@@ -53,12 +52,15 @@ pub(super) async fn partitions(
             if count == 0 {
                 return Err(Error::TopicMissing(topic.clone()));
             }
-            out.extend((0..count as i32).map(|p| (topic.clone(), p)));
+            out.extend((0..count as i32).map(|p| TopicPartition::new(topic.as_str(), p)));
         }
         Ok(out)
     })
     .await
-    .map_err(|e| Error::Runtime(format!("metadata task failed: {e}")))?
+    .map_err(|e| Error::TaskFailed {
+        task: "metadata task".into(),
+        reason: e.to_string(),
+    })?
 }
 
 pub(super) async fn watermarks(
@@ -72,7 +74,10 @@ pub(super) async fn watermarks(
         c.fetch_watermarks(&topic, partition, Duration::from_secs(10))
     })
     .await
-    .map_err(|e| Error::Runtime(format!("watermark task failed: {e}")))?
+    .map_err(|e| Error::TaskFailed {
+        task: "watermark task".into(),
+        reason: e.to_string(),
+    })?
     .map_err(|e| Error::kafka("fetch watermarks", e))
 }
 
@@ -107,19 +112,22 @@ pub(super) async fn poll_batch(
     })
     .await
     .map(Ok)
-    .map_err(|e| Error::Runtime(format!("poll task failed: {e}")))?
+    .map_err(|e| Error::TaskFailed {
+        task: "poll task".into(),
+        reason: e.to_string(),
+    })?
 }
 
 /// Moves positions forward to the consumer's own (it passes transaction markers).
 pub(super) fn refresh_positions(
     consumer: &BaseConsumer,
-    positions: &mut HashMap<(String, i32), i64>,
+    positions: &mut HashMap<TopicPartition, i64>,
 ) {
     if let Ok(list) = consumer.position() {
         for element in list.elements() {
             if let Offset::Offset(o) = element.offset()
                 && let Some(p) =
-                    positions.get_mut(&(element.topic().to_owned(), element.partition()))
+                    positions.get_mut(&TopicPartition::new(element.topic(), element.partition()))
                 && o > *p
             {
                 *p = o;

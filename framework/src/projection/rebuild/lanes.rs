@@ -12,6 +12,7 @@ use sqlx::PgPool;
 
 use super::consumer::{poll_batch, rebuild_consumer, refresh_positions, watermarks};
 use super::progress::{Progress, lock};
+use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka::Record;
@@ -23,7 +24,7 @@ use crate::projection::checkpoint::{self, Slot};
 const TRANSIENT_BUDGET: Duration = Duration::from_secs(300);
 
 /// A topic and partition.
-type Key = (String, i32);
+use crate::kafka::TopicPartition;
 
 /// A consumer over some of the partitions.
 ///
@@ -34,8 +35,8 @@ type Key = (String, i32);
 /// would fail the compare-and-set one offset past every final commit marker.
 pub(super) struct Lane {
     consumer: Arc<BaseConsumer>,
-    checkpoints: HashMap<Key, i64>,
-    reached: HashMap<Key, i64>,
+    checkpoints: HashMap<TopicPartition, i64>,
+    reached: HashMap<TopicPartition, i64>,
 }
 
 /// Opens the lanes and assigns them their partitions at the shadow checkpoints (created at
@@ -45,7 +46,7 @@ pub(super) async fn open(
     pool: &PgPool,
     id: &str,
     consumer: Arc<BaseConsumer>,
-    partitions: &[Key],
+    partitions: &[TopicPartition],
     wanted: usize,
 ) -> Result<Vec<Lane>> {
     let pg = |op| move |e| Error::Postgres { op, source: e };
@@ -66,7 +67,8 @@ pub(super) async fn open(
     let mut conn = pool.acquire().await.map_err(pg("acquire"))?;
     let mut assignments: Vec<TopicPartitionList> =
         (0..lane_count).map(|_| TopicPartitionList::new()).collect();
-    for (i, (topic, partition)) in partitions.iter().enumerate() {
+    for (i, tp) in partitions.iter().enumerate() {
+        let (topic, partition) = (&tp.topic, &tp.partition);
         let lane = i % lane_count;
         let (low, _) = watermarks(&lanes[lane].consumer, topic, *partition).await?;
         let start = checkpoint::init(&mut conn, id, Slot::Shadow, topic, *partition, low)
@@ -84,12 +86,8 @@ pub(super) async fn open(
         assignments[lane]
             .add_partition_offset(topic, *partition, Offset::Offset(start))
             .map_err(|e| Error::kafka("assign", e))?;
-        lanes[lane]
-            .checkpoints
-            .insert((topic.clone(), *partition), start);
-        lanes[lane]
-            .reached
-            .insert((topic.clone(), *partition), start);
+        lanes[lane].checkpoints.insert(tp.clone(), start);
+        lanes[lane].reached.insert(tp.clone(), start);
     }
     drop(conn);
     for (lane, assignment) in lanes.iter().zip(&assignments) {
@@ -117,11 +115,13 @@ impl Lane {
 
     /// The end offsets (last stable offsets) of the lane's partitions as they are now, and
     /// how many offsets short of them the lane is.
-    pub(super) async fn ends(&self) -> Result<(HashMap<Key, i64>, u64)> {
+    pub(super) async fn ends(&self) -> Result<(HashMap<TopicPartition, i64>, u64)> {
         let mut ends = HashMap::new();
         let mut left = 0u64;
         for (key, position) in &self.reached {
-            let end = watermarks(&self.consumer, &key.0, key.1).await?.1;
+            let end = watermarks(&self.consumer, &key.topic, key.partition)
+                .await?
+                .1;
             left += (end - position).max(0) as u64;
             ends.insert(key.clone(), end);
         }
@@ -132,7 +132,7 @@ impl Lane {
     /// read and the dead letters written.
     pub(super) async fn read_to<P: Projection>(
         &mut self,
-        ends: &HashMap<Key, i64>,
+        ends: &HashMap<TopicPartition, i64>,
         pool: &PgPool,
         projection: &P,
         target: &Target<'_>,
@@ -171,7 +171,7 @@ impl Lane {
     }
 
     /// Whether a partition of the lane has not read up to its end in `ends`.
-    fn short_of(&self, ends: &HashMap<Key, i64>) -> bool {
+    fn short_of(&self, ends: &HashMap<TopicPartition, i64>) -> bool {
         ends.iter()
             .any(|(k, end)| self.reached.get(k).is_some_and(|p| p < end))
     }
@@ -180,7 +180,7 @@ impl Lane {
     /// apply, one commit; retried until it commits. Returns the dead letters written.
     async fn apply_polled<P: Projection>(
         &mut self,
-        by_partition: &[(Key, Vec<Record>)],
+        by_partition: &[(TopicPartition, Vec<Record>)],
         pool: &PgPool,
         projection: &P,
         target: &Target<'_>,
@@ -188,7 +188,7 @@ impl Lane {
         let id = target.projection;
         let mut attempt = 0u32;
         let mut transient_since: Option<Instant> = None;
-        let mut backoff = Duration::ZERO;
+        let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let parts: Vec<batch::Part<'_>> = by_partition
                 .iter()
@@ -212,16 +212,17 @@ impl Lane {
                     self.conflicted(id, key, expected, checkpoint)?;
                     attempt += 1;
                     if attempt > 20 {
-                        return Err(Error::Runtime(format!(
-                            "rebuild of {id}: shadow checkpoints keep moving"
-                        )));
+                        return Err(Error::RebuildConflict {
+                            projection: id.to_owned(),
+                            reason: "shadow checkpoints keep moving".into(),
+                        });
                     }
                 }
                 Ok(PartsOutcome::Halt(reason)) => {
                     let key = &by_partition[0].0;
                     return Err(Error::Halted {
-                        topic: key.0.clone(),
-                        partition: key.1,
+                        topic: key.topic.clone(),
+                        partition: key.partition,
                         reason,
                     });
                 }
@@ -231,14 +232,15 @@ impl Lane {
                     // run resumes from the shadow checkpoints.
                     let waited = transient_since.get_or_insert_with(Instant::now).elapsed();
                     if waited > TRANSIENT_BUDGET {
-                        return Err(Error::Runtime(format!(
-                            "rebuild of {id} kept failing for {waited:?}: {reason} (run it again to resume)"
-                        )));
+                        return Err(Error::RetriesExhausted {
+                            what: format!("rebuild of {id}"),
+                            waited,
+                            reason,
+                        });
                     }
-                    backoff =
-                        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                    tracing::warn!(%reason, retry_in = ?backoff, "rebuild batch failed transiently; retrying");
-                    tokio::time::sleep(backoff).await;
+                    let delay = backoff.next();
+                    tracing::warn!(%reason, retry_in = ?delay, "rebuild batch failed transiently; retrying");
+                    tokio::time::sleep(delay).await;
                     self.resync(pool, id, by_partition).await;
                 }
             }
@@ -250,7 +252,7 @@ impl Lane {
     fn conflicted(
         &mut self,
         id: &str,
-        key: &Key,
+        key: &TopicPartition,
         expected: i64,
         checkpoint: Option<i64>,
     ) -> Result<()> {
@@ -261,14 +263,16 @@ impl Lane {
             // Moved back: another rebuild (its advisory lock is on a
             // connection that can be lost) reset it. Applying the records in
             // hand would skip the offsets in between: stop; run it again.
-            return Err(Error::Runtime(format!(
-                "rebuild of {id}: the shadow checkpoint of {}[{}] moved back from {} to {now}; \
-                 is another rebuild running? run it again to resume",
-                key.0, key.1, expected
-            )));
+            return Err(Error::RebuildConflict {
+                projection: id.to_owned(),
+                reason: format!(
+                    "the shadow checkpoint of {}[{}] moved back from {} to {now}",
+                    key.topic, key.partition, expected
+                ),
+            });
         }
         tracing::warn!(
-            partition = key.1,
+            partition = key.partition,
             now,
             "shadow checkpoint moved; re-reading"
         );
@@ -278,7 +282,12 @@ impl Lane {
 
     /// After a transient failure the outcome may be unknown (a connection lost at COMMIT):
     /// take the checkpoints as they are now, or try again later if that fails too.
-    async fn resync(&mut self, pool: &PgPool, id: &str, by_partition: &[(Key, Vec<Record>)]) {
+    async fn resync(
+        &mut self,
+        pool: &PgPool,
+        id: &str,
+        by_partition: &[(TopicPartition, Vec<Record>)],
+    ) {
         match read_shadow_checkpoints(pool, id, by_partition).await {
             Ok(now) => {
                 for (key, next) in now {
@@ -292,7 +301,7 @@ impl Lane {
     }
 
     /// The shadow checkpoint of `key` is now `next`; the lane has read at least that far.
-    fn advance(&mut self, key: &Key, next: i64) {
+    fn advance(&mut self, key: &TopicPartition, next: i64) {
         self.checkpoints.insert(key.clone(), next);
         let reached = self.reached.entry(key.clone()).or_insert(next);
         *reached = (*reached).max(next);
@@ -307,10 +316,10 @@ impl Lane {
 
 /// A polled batch grouped by partition, partitions in the order they first appear, records
 /// in the order polled.
-fn by_partition(polled: Vec<Record>) -> Vec<(Key, Vec<Record>)> {
-    let mut by_partition: Vec<(Key, Vec<Record>)> = Vec::new();
+fn by_partition(polled: Vec<Record>) -> Vec<(TopicPartition, Vec<Record>)> {
+    let mut by_partition: Vec<(TopicPartition, Vec<Record>)> = Vec::new();
     for record in polled {
-        let key = (record.topic().to_owned(), record.partition());
+        let key = TopicPartition::of(&record);
         match by_partition.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push(record),
             None => by_partition.push((key, vec![record])),
@@ -323,13 +332,13 @@ fn by_partition(polled: Vec<Record>) -> Vec<(Key, Vec<Record>)> {
 async fn read_shadow_checkpoints(
     pool: &PgPool,
     id: &str,
-    parts: &[(Key, Vec<Record>)],
-) -> Result<Vec<(Key, i64)>> {
+    parts: &[(TopicPartition, Vec<Record>)],
+) -> Result<Vec<(TopicPartition, i64)>> {
     let pg = |op| move |e| Error::Postgres { op, source: e };
     let mut c = pool.acquire().await.map_err(pg("acquire"))?;
     let mut out = Vec::new();
     for (key, _) in parts {
-        if let Some(now) = checkpoint::read(&mut c, id, Slot::Shadow, &key.0, key.1)
+        if let Some(now) = checkpoint::read(&mut c, id, Slot::Shadow, &key.topic, key.partition)
             .await
             .map_err(pg("read checkpoint"))?
         {
@@ -357,8 +366,8 @@ mod tests {
         Record::copy(&message, Arc::from(topic))
     }
 
-    fn key(topic: &str, partition: i32) -> Key {
-        (topic.to_owned(), partition)
+    fn key(topic: &str, partition: i32) -> TopicPartition {
+        TopicPartition::new(topic, partition)
     }
 
     /// A lane whose consumer never connects (nothing listens on port 1).
@@ -376,7 +385,7 @@ mod tests {
             record("b", 0, 1),
             record("a", 1, 8),
         ];
-        let grouped: Vec<(Key, Vec<i64>)> = by_partition(polled)
+        let grouped: Vec<(TopicPartition, Vec<i64>)> = by_partition(polled)
             .into_iter()
             .map(|(k, list)| (k, list.iter().map(Record::offset).collect()))
             .collect();

@@ -41,6 +41,7 @@ use crate::event::EventSet;
 use crate::failpoint;
 use crate::kafka::DeadLetterWriter;
 use crate::kafka::SchemaStore;
+use crate::kafka::TopicPartition;
 use crate::message::topics;
 use lanes::Lane;
 use lock::RebuildLock;
@@ -127,7 +128,9 @@ pub async fn rebuild<P: Projection>(
     // One rebuild at a time: a session lock on a connection held until we return.
     let mut lock = RebuildLock::take(pool, &id)
         .await?
-        .ok_or_else(|| Error::Config(format!("a rebuild of {id} is already running")))?;
+        .ok_or_else(|| Error::RebuildRunning {
+            projection: id.to_string(),
+        })?;
     let result = run(projection, kafka, pool, &options, started, &mut lock).await;
     lock.release().await;
     result
@@ -223,7 +226,7 @@ async fn read_pass<P: Projection>(
     batch_size: usize,
     progress: &Mutex<Progress>,
 ) -> Result<(u64, u64)> {
-    let mut ends: Vec<HashMap<(String, i32), i64>> = Vec::with_capacity(lanes.len());
+    let mut ends: Vec<HashMap<TopicPartition, i64>> = Vec::with_capacity(lanes.len());
     let mut left = 0u64;
     for lane in lanes.iter() {
         let (lane_ends, lane_left) = lane.ends().await?;

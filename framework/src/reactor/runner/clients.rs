@@ -10,6 +10,7 @@ use super::rebalance::ReactorContext;
 use super::{Shared, StartFrom};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::kafka::client;
 use crate::reactor::Reactor;
 
 /// The consumer: group = the reactor's group, static member `member`, offsets committed only
@@ -23,39 +24,36 @@ pub(super) fn consumer<R: Reactor>(
         StartFrom::Beginning => "earliest",
         StartFrom::End => "latest",
     };
-    kafka
-        .client_config(&[
-            ("group.id", shared.group.as_str()),
-            ("group.instance.id", member),
-            ("partition.assignment.strategy", "cooperative-sticky"),
-            ("isolation.level", "read_committed"),
-            ("auto.offset.reset", reset),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("session.timeout.ms", "10000"),
-            ("heartbeat.interval.ms", "1000"),
-            ("enable.partition.eof", "false"),
-        ])
-        .create_with_context(ReactorContext {
-            shared: Arc::clone(shared),
-        })
-        .map_err(|e| Error::Config(format!("kafka consumer settings rejected: {e}")))
+    client::member(
+        kafka,
+        &shared.group,
+        &[("group.instance.id", member), ("auto.offset.reset", reset)],
+    )
+    .create_with_context(ReactorContext {
+        shared: Arc::clone(shared),
+    })
+    .map_err(|e| Error::ClientCreate {
+        client: "consumer",
+        source: e,
+    })
 }
 
 /// The transactional producer; `identity` is its `transactional.id`.
 pub(super) fn producer(kafka: &KafkaConfig, identity: &str) -> Result<FutureProducer> {
-    kafka
-        .client_config(&[
-            ("transactional.id", identity),
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("transaction.timeout.ms", "10000"),
+    client::transactional(
+        kafka,
+        identity,
+        &[
             ("linger.ms", "5"),
             // Outputs keyed like every choreo client's: the Java clients' partitioner.
             ("partitioner", "murmur2_random"),
-        ])
-        .create()
-        .map_err(|e| Error::Config(format!("kafka producer settings rejected: {e}")))
+        ],
+    )
+    .create()
+    .map_err(|e| Error::ClientCreate {
+        client: "producer",
+        source: e,
+    })
 }
 
 /// Eight hex digits that change when the subscribed topics do (FNV-1a over the sorted names).

@@ -2,13 +2,13 @@
 //! resumed after a back-off (doubling per failure, 100 ms to 5 s), while the others go on.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
-use super::TopicPartition;
 use super::status::{ReactorStatus, lock};
+use super::{RETRY, TopicPartition};
+use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::kafka::Record;
 use crate::kafka::transaction::{rewind, starts};
@@ -20,7 +20,7 @@ pub(super) struct Holds {
     until: HashMap<TopicPartition, std::time::Instant>,
     /// The current back-off of partitions that failed lately (doubles per failure, cleared
     /// by a committed event of that partition).
-    backoff: HashMap<TopicPartition, Duration>,
+    backoff: HashMap<TopicPartition, Backoff>,
 }
 
 impl Holds {
@@ -33,24 +33,18 @@ impl Holds {
         offset: i64,
         reason: String,
     ) {
-        let delay = self
-            .backoff
-            .get(&tp)
-            .map_or(Duration::from_millis(100), |d| {
-                (*d * 2).min(Duration::from_secs(5))
-            });
-        self.backoff.insert(tp.clone(), delay);
+        let delay = self.backoff.entry(tp.clone()).or_insert(RETRY).next();
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&tp.0, tp.1);
+        tpl.add_partition(&tp.topic, tp.partition);
         if let Err(e) = consumer.pause(&tpl) {
             // Not paused: its next records come at once and fail again (still never skipped).
-            tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot pause a held partition");
+            tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot pause a held partition");
         }
-        tracing::warn!(topic = %tp.0, partition = tp.1, offset, %reason, retry_in = ?delay,
+        tracing::warn!(topic = %tp.topic, partition = tp.partition, offset, %reason, retry_in = ?delay,
             "transient failure; this partition waits and retries the event, the others go on");
         let mut retrying = lock(&status.inner.retrying);
-        retrying.retain(|(t, p, _)| !(*t == tp.0 && *p == tp.1));
-        retrying.push((tp.0.clone(), tp.1, reason));
+        retrying.retain(|(t, p, _)| !(*t == tp.topic && *p == tp.partition));
+        retrying.push((tp.topic.clone(), tp.partition, reason));
         self.until.insert(tp, std::time::Instant::now() + delay);
     }
 
@@ -70,11 +64,12 @@ impl Holds {
         for tp in due {
             self.until.remove(&tp);
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&tp.0, tp.1);
+            tpl.add_partition(&tp.topic, tp.partition);
             if let Err(e) = consumer.resume(&tpl) {
-                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot resume a held partition");
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot resume a held partition");
             }
-            lock(&status.inner.retrying).retain(|(t, p, _)| !(*t == tp.0 && *p == tp.1));
+            lock(&status.inner.retrying)
+                .retain(|(t, p, _)| !(*t == tp.topic && *p == tp.partition));
         }
     }
 
@@ -89,10 +84,9 @@ impl Holds {
         if self.until.is_empty() {
             return Ok(batch);
         }
-        let (held, go): (Vec<Record>, Vec<Record>) = batch.into_iter().partition(|r| {
-            self.until
-                .contains_key(&(r.topic().to_owned(), r.partition()))
-        });
+        let (held, go): (Vec<Record>, Vec<Record>) = batch
+            .into_iter()
+            .partition(|r| self.until.contains_key(&TopicPartition::of(r)));
         rewind(consumer, &starts(&held))?;
         Ok(go)
     }
@@ -112,7 +106,8 @@ impl Holds {
     ) {
         self.until.retain(|tp, _| assigned.contains_key(tp));
         self.backoff.retain(|tp, _| assigned.contains_key(tp));
-        lock(&status.inner.retrying).retain(|(t, p, _)| assigned.contains_key(&(t.clone(), *p)));
+        lock(&status.inner.retrying)
+            .retain(|(t, p, _)| assigned.contains_key(&TopicPartition::new(t.as_str(), *p)));
     }
 }
 
@@ -120,6 +115,7 @@ impl Holds {
 mod tests {
     use super::*;
     use crate::config::KafkaConfig;
+    use std::time::Duration;
     use std::time::Instant;
 
     /// A consumer that never connects (nothing listens on port 1); pausing a partition it
@@ -132,7 +128,7 @@ mod tests {
     }
 
     fn tp(partition: i32) -> TopicPartition {
-        ("user.events".to_owned(), partition)
+        TopicPartition::new("user.events", partition)
     }
 
     #[test]
@@ -142,12 +138,12 @@ mod tests {
         let mut delays = Vec::new();
         for _ in 0..8 {
             holds.hold(&consumer, &status, tp(0), 7, "down".into());
-            delays.push(holds.backoff[&tp(0)].as_millis());
+            delays.push(holds.backoff[&tp(0)].current().as_millis());
         }
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         holds.succeeded(&[tp(0)]);
         holds.hold(&consumer, &status, tp(0), 7, "down".into());
-        assert_eq!(holds.backoff[&tp(0)], Duration::from_millis(100));
+        assert_eq!(holds.backoff[&tp(0)].current(), Duration::from_millis(100));
     }
 
     #[test]

@@ -36,6 +36,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::oneshot;
 
 use super::Reactor;
+use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::event::EventSet;
@@ -165,8 +166,10 @@ impl<R: Reactor> ReactorRunner<R> {
             sources,
             self.max_batch,
         )?;
-        done.await
-            .map_err(|_| Error::Runtime("the reactor thread ended without a result".into()))?
+        done.await.map_err(|_| Error::TaskFailed {
+            task: "the reactor thread".into(),
+            reason: "it ended without a result".into(),
+        })?
     }
 }
 
@@ -212,12 +215,18 @@ fn spawn_thread<R: Reactor>(
             let _ = producer.flush(Duration::from_secs(10));
             let _ = done_tx.send(result);
         })
-        .map_err(|e| Error::Runtime(format!("cannot start the reactor thread: {e}")))?;
+        .map_err(|e| Error::TaskFailed {
+            task: "starting the reactor thread".into(),
+            reason: e.to_string(),
+        })?;
     Ok(done_rx)
 }
 
-/// A topic and partition.
-type TopicPartition = (String, i32);
+use crate::kafka::TopicPartition;
+
+/// The wait after a transient failure (an aborted transaction, an event held back): 100 ms
+/// doubling to 5 s per failure in a row, with jitter.
+const RETRY: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
 
 /// What the reactor thread and the rebalance callbacks share.
 struct Shared<R: Reactor> {

@@ -14,7 +14,7 @@ use super::rebalance::ReactorContext;
 use super::set_aside::{SetAside, note_refusal, position};
 use super::status::lock;
 use super::transaction::{Ended, run_transaction};
-use super::{Shared, TopicPartition};
+use super::{RETRY, Shared, TopicPartition};
 use crate::error::{Error, Result};
 use crate::kafka::Record;
 use crate::kafka::transaction::{
@@ -37,17 +37,19 @@ pub(super) fn reacting_loop<R: Reactor>(
     consumer
         .subscribe(&topics)
         .map_err(|e| Error::kafka("subscribe", e))?;
-    let mut backoff = Duration::ZERO;
+    // After an aborted transaction every turn waits, longer per abort, until one commits.
+    let mut backoff = RETRY;
+    let mut delay = Duration::ZERO;
     let mut holds = Holds::default();
     let mut set_aside = SetAside::new();
     // Transactions still to run with a single input: the broker refused a request of a
     // transaction that held several, and only one at a time says which input it was.
     let mut isolate = 0usize;
     while !shared.shutdown.is_triggered() {
-        if !backoff.is_zero() {
+        if !delay.is_zero() {
             shared.handle.block_on(async {
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                     () = shared.shutdown.wait() => {}
                 }
             });
@@ -60,7 +62,8 @@ pub(super) fn reacting_loop<R: Reactor>(
         isolate = isolate.saturating_sub(1);
         match run_transaction(shared, consumer, producer, &batch, &set_aside) {
             Ok(ended) => {
-                backoff = Duration::ZERO;
+                backoff.reset();
+                delay = Duration::ZERO;
                 settle(shared, consumer, &mut holds, &mut set_aside, &batch, ended)?;
             }
             Err(TxError::Refused {
@@ -74,7 +77,13 @@ pub(super) fn reacting_loop<R: Reactor>(
                     "an output was refused for its content; its input will be dead-lettered");
                 abort_and_rewind(producer, consumer, &batch, &reason)?;
                 if let Some(why) = note_refusal(&mut set_aside, &at, &reason) {
-                    holds.hold(consumer, &shared.status, (at.0, at.1), at.2, why);
+                    holds.hold(
+                        consumer,
+                        &shared.status,
+                        TopicPartition::new(at.0, at.1),
+                        at.2,
+                        why,
+                    );
                 }
             }
             Err(TxError::Refused {
@@ -89,7 +98,7 @@ pub(super) fn reacting_loop<R: Reactor>(
             Err(TxError::Abortable(reason) | TxError::Refused { reason, .. }) => {
                 tracing::warn!(reactor = R::NAME, %reason, "transaction aborted; rewinding");
                 abort_and_rewind(producer, consumer, &batch, &reason)?;
-                backoff = (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                delay = backoff.next();
             }
             Err(TxError::Fenced(reason)) => {
                 tracing::error!(reactor = R::NAME, %reason, "fenced by a newer instance with the same transactional id; stopping");
@@ -123,7 +132,10 @@ fn next_batch<R: Reactor>(
         tracing::warn!(reactor = R::NAME, error = %e, "consumer error");
     }
     if let Some(reason) = lock(&shared.fatal).clone() {
-        return Err(Error::Runtime(reason));
+        return Err(Error::Stopped {
+            runtime: format!("reactor {}", R::NAME),
+            reason,
+        });
     }
     check_consumer(consumer)?;
     if shared.rebalances.load(Ordering::Acquire) != before {
@@ -142,10 +154,7 @@ fn next_batch<R: Reactor>(
             let at = lock(&shared.assigned_at);
             batch
                 .iter()
-                .filter(|r| {
-                    at.get(&(r.topic().to_owned(), r.partition()))
-                        .is_some_and(|g| *g <= before)
-                })
+                .filter(|r| at.get(&TopicPartition::of(r)).is_some_and(|g| *g <= before))
                 .collect()
         };
         rewind(consumer, &starts(kept))?;

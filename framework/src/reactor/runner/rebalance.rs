@@ -38,7 +38,7 @@ impl<R: Reactor> ConsumerContext for ReactorContext<R> {
         let partitions: Vec<TopicPartition> = tpl
             .elements()
             .iter()
-            .map(|e| (e.topic().to_owned(), e.partition()))
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
             .collect();
         let generation = shared.rebalances.fetch_add(1, Ordering::AcqRel) + 1;
         match err {
@@ -88,7 +88,7 @@ fn assign<R: Reactor>(
     for tp in partitions {
         at.insert(tp.clone(), generation);
     }
-    *lock(&shared.status.inner.assigned) = at.keys().cloned().collect();
+    *lock(&shared.status.inner.assigned) = at.keys().map(TopicPartition::to_tuple).collect();
     tracing::info!(reactor = R::NAME, ?partitions, "partitions assigned");
 }
 
@@ -105,7 +105,7 @@ fn revoke<R: Reactor>(
     }
     let mut at = lock(&shared.assigned_at);
     at.retain(|tp, _| !partitions.contains(tp));
-    *lock(&shared.status.inner.assigned) = at.keys().cloned().collect();
+    *lock(&shared.status.inner.assigned) = at.keys().map(TopicPartition::to_tuple).collect();
     tracing::info!(reactor = R::NAME, ?partitions, "partitions revoked");
 }
 

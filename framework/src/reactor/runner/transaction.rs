@@ -94,7 +94,7 @@ fn stage<R: Reactor>(
             ended.stopped_at = Some(i);
             break;
         }
-        let tp = (record.topic().to_owned(), record.partition());
+        let tp = TopicPartition::of(record);
         if ended.held.contains_key(&tp) {
             continue;
         }
@@ -161,8 +161,8 @@ fn commit<R: Reactor>(
         "produce output",
     )?;
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in &staged.next {
-        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    for (tp, offset) in &staged.next {
+        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset));
     }
     send_offsets(consumer, producer, &tpl)?;
     failpoint::hit("reactor.before_commit");
