@@ -7,6 +7,8 @@ mod avro;
 #[cfg(feature = "testing")]
 mod broker;
 mod cli;
+#[cfg(feature = "testing")]
+mod cluster;
 mod common;
 #[cfg(all(feature = "failpoints", feature = "testing"))]
 mod drills;

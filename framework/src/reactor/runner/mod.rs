@@ -157,12 +157,15 @@ impl<R: Reactor> ReactorRunner<R> {
             schemas: SchemaStore::new(kafka),
         });
         let consumer = clients::consumer(kafka, &shared, &member)?;
-        let producer = clients::producer(kafka, &identity)?;
+        let make_producer: MakeProducer = Box::new({
+            let (kafka, identity) = (kafka.clone(), identity.clone());
+            move || clients::producer(&kafka, &identity)
+        });
         let done = spawn_thread(
             &identity,
             shared,
             consumer,
-            producer,
+            make_producer,
             sources,
             self.max_batch,
         )?;
@@ -185,6 +188,9 @@ async fn check_topics(kafka: &KafkaConfig, sources: &[String], dlq_topic: &Strin
     Ok(())
 }
 
+/// Makes the reactor's transactional producer (again, after an unknown outcome).
+type MakeProducer = Box<dyn Fn() -> Result<FutureProducer> + Send>;
+
 /// Starts the reactor thread, which owns the consumer and the producer; its result (a panic
 /// becomes an error) arrives on the returned channel once it has dropped the consumer and
 /// flushed the producer.
@@ -192,16 +198,22 @@ fn spawn_thread<R: Reactor>(
     identity: &str,
     shared: Arc<Shared<R>>,
     consumer: BaseConsumer<ReactorContext<R>>,
-    producer: FutureProducer,
+    make_producer: MakeProducer,
     sources: Vec<String>,
     max_batch: usize,
 ) -> Result<oneshot::Receiver<Result<()>>> {
+    let mut producer = make_producer()?;
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name(format!("choreo-reactor-{identity}"))
         .spawn(move || {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                reacting::reacting_loop(&shared, &consumer, &producer, &sources, max_batch)
+                let clients = reacting::Clients {
+                    consumer: &consumer,
+                    producer: &mut producer,
+                    make_producer: &*make_producer,
+                };
+                reacting::reacting_loop(&shared, clients, &sources, max_batch)
             }));
             let result = match outcome {
                 Ok(result) => result,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::holds::Holds;
 use super::rebalance::ReactorContext;
@@ -15,6 +16,7 @@ use super::set_aside::{SetAside, note_refusal, position};
 use super::status::lock;
 use super::transaction::{Ended, run_transaction};
 use super::{RETRY, Shared, TopicPartition};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::kafka::Record;
 use crate::kafka::transaction::{
@@ -22,13 +24,28 @@ use crate::kafka::transaction::{
 };
 use crate::reactor::Reactor;
 
+/// The reactor thread's Kafka clients: the producer is replaced when a transaction's outcome
+/// is unknown.
+pub(super) struct Clients<'a, R: Reactor> {
+    pub(super) consumer: &'a BaseConsumer<ReactorContext<R>>,
+    pub(super) producer: &'a mut FutureProducer,
+    pub(super) make_producer: &'a dyn Fn() -> Result<FutureProducer>,
+}
+
+/// Producer replacements in a row (no commit between them) before the reactor gives up.
+const MAX_REPLACEMENTS: u32 = 5;
+
 pub(super) fn reacting_loop<R: Reactor>(
     shared: &Arc<Shared<R>>,
-    consumer: &BaseConsumer<ReactorContext<R>>,
-    producer: &FutureProducer,
+    clients: Clients<'_, R>,
     sources: &[String],
     max_batch: usize,
 ) -> Result<()> {
+    let Clients {
+        consumer,
+        producer,
+        make_producer,
+    } = clients;
     // Fences any earlier producer with our transactional id and aborts its open transaction.
     producer
         .init_transactions(Duration::from_secs(30))
@@ -45,6 +62,8 @@ pub(super) fn reacting_loop<R: Reactor>(
     // Transactions still to run with a single input: the broker refused a request of a
     // transaction that held several, and only one at a time says which input it was.
     let mut isolate = 0usize;
+    // Producer replacements since the last committed transaction.
+    let mut replacements = 0u32;
     while !shared.shutdown.is_triggered() {
         if !delay.is_zero() {
             shared.handle.block_on(async {
@@ -60,22 +79,28 @@ pub(super) fn reacting_loop<R: Reactor>(
             continue;
         };
         isolate = isolate.saturating_sub(1);
-        match run_transaction(shared, consumer, producer, &batch, &set_aside) {
+        let failed = match run_transaction(shared, consumer, producer, &batch, &set_aside) {
             Ok(ended) => {
                 backoff.reset();
                 delay = Duration::ZERO;
+                replacements = 0;
                 settle(shared, consumer, &mut holds, &mut set_aside, &batch, ended)?;
+                continue;
             }
-            Err(TxError::Refused {
+            Err(failed) => failed,
+        };
+        // An abort that fails leaves the outcome unknown too: replace the producer.
+        let unknown = match failed {
+            TxError::Refused {
                 reason,
                 input: Some(index),
-            }) if index < batch.len() => {
+            } if index < batch.len() => {
                 // Sending that output again cannot succeed: the input that made it goes to the
                 // dead letters instead when the batch runs again, at once.
                 let at = position(&batch[index]);
                 tracing::warn!(reactor = R::NAME, topic = %at.0, partition = at.1, offset = at.2, %reason,
                     "an output was refused for its content; its input will be dead-lettered");
-                abort_and_rewind(producer, consumer, &batch, &reason)?;
+                let aborted = abort_and_rewind(producer, consumer, &batch, &reason);
                 if let Some(why) = note_refusal(&mut set_aside, &at, &reason) {
                     holds.hold(
                         consumer,
@@ -85,38 +110,125 @@ pub(super) fn reacting_loop<R: Reactor>(
                         why,
                     );
                 }
+                unknown_after_abort(aborted)?
             }
-            Err(TxError::Refused {
+            TxError::Refused {
                 reason,
                 input: None,
-            }) => {
+            } => {
                 tracing::warn!(reactor = R::NAME, %reason, events = batch.len(),
                     "the broker refused a record of this transaction; running its events one per transaction to find which");
-                abort_and_rewind(producer, consumer, &batch, &reason)?;
                 isolate = batch.len();
+                unknown_after_abort(abort_and_rewind(producer, consumer, &batch, &reason))?
             }
-            Err(TxError::Abortable(reason) | TxError::Refused { reason, .. }) => {
+            TxError::Abortable(reason) | TxError::Refused { reason, .. } => {
                 tracing::warn!(reactor = R::NAME, %reason, "transaction aborted; rewinding");
-                abort_and_rewind(producer, consumer, &batch, &reason)?;
                 delay = backoff.next();
+                unknown_after_abort(abort_and_rewind(producer, consumer, &batch, &reason))?
             }
-            Err(TxError::Fenced(reason)) => {
+            TxError::Fenced(reason) => {
                 tracing::error!(reactor = R::NAME, %reason, "fenced by a newer instance with the same transactional id; stopping");
                 return Err(Error::Fenced {
                     runtime: format!("reactor {}", R::NAME),
                     reason,
                 });
             }
-            Err(TxError::Fatal(reason)) => {
-                return Err(Error::TransactionUnknown(format!(
-                    "{reason}; a timed-out commit may still land, so this reactor stops: \
-                     restart it to fence the old producer"
-                )));
-            }
+            TxError::Fatal(reason) => Some(reason),
+        };
+        if let Some(reason) = unknown {
+            replacements += 1;
+            replace_producer::<R>(
+                consumer,
+                producer,
+                make_producer,
+                &batch,
+                &reason,
+                replacements,
+            )?;
+            shared
+                .status
+                .inner
+                .producer_replacements
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(())
 }
+
+/// `None` when the abort went through; the reason when it failed in a way that leaves the
+/// transaction's outcome unknown (fencing still stops the reactor).
+fn unknown_after_abort(aborted: Result<()>) -> Result<Option<String>> {
+    match aborted {
+        Ok(()) => Ok(None),
+        Err(Error::AbortFailed { after, source }) => Ok(Some(format!(
+            "abort_transaction failed ({source}) after: {after}"
+        ))),
+        Err(other) => Err(other),
+    }
+}
+
+/// After a transaction whose outcome is unknown (`reason`; a commit that timed out, a broker
+/// lost mid-transaction), the `replacements`th in a row. A new producer with the same
+/// transactional id fences the old one, so its transaction is then committed or aborted for
+/// good; the batch's partitions go back to the group's committed offsets (read once that is
+/// settled), and the batch runs again with the same derived output ids, or not at all if it
+/// had committed.
+fn replace_producer<R: Reactor>(
+    consumer: &BaseConsumer<ReactorContext<R>>,
+    producer: &mut FutureProducer,
+    make_producer: &dyn Fn() -> Result<FutureProducer>,
+    batch: &[Record],
+    reason: &str,
+    replacements: u32,
+) -> Result<()> {
+    if replacements > MAX_REPLACEMENTS {
+        return Err(Error::TransactionUnknown(format!(
+            "{reason}; outcomes keep being unknown, stopping after {MAX_REPLACEMENTS} producer replacements"
+        )));
+    }
+    tracing::warn!(reactor = R::NAME, %reason, replacements,
+        "transaction outcome unknown; replacing the producer and going on from the committed offsets");
+    std::thread::sleep(REPLACEMENT_PAUSE.delay(replacements.saturating_sub(1)));
+    let fresh = make_producer()?;
+    fresh
+        .init_transactions(Duration::from_secs(30))
+        .map_err(|e| Error::ReplacementFailed {
+            step: "starting the new producer".into(),
+            reason: format!("{e} (after a transaction failed: {reason})"),
+        })?;
+    drop(std::mem::replace(producer, fresh));
+    let mut back = starts(batch);
+    let mut asked = TopicPartitionList::new();
+    for tp in back.keys() {
+        asked
+            .add_partition(&tp.topic, tp.partition)
+            .set_offset(Offset::Invalid)
+            .ok();
+    }
+    let committed = consumer
+        .committed_offsets(asked, Duration::from_secs(30))
+        .map_err(|e| Error::ReplacementFailed {
+            step: "reading the committed offsets".into(),
+            reason: format!("{e} (after a transaction failed: {reason})"),
+        })?;
+    for element in committed.elements() {
+        // No committed offset: the batch's first record is where this group starts.
+        if let Offset::Offset(at) = element.offset() {
+            back.insert(
+                TopicPartition::new(element.topic(), element.partition()),
+                at,
+            );
+        }
+    }
+    rewind(consumer, &back)
+}
+
+/// 500 ms more per replacement in a row, with jitter.
+const REPLACEMENT_PAUSE: Backoff = Backoff::linear(
+    Duration::from_millis(500),
+    Duration::from_millis(500),
+    Duration::from_millis(500 * MAX_REPLACEMENTS as u64),
+);
 
 /// Polls up to `size` records and takes out those of held partitions. `None`: nothing to run
 /// this turn (nothing came, or a rebalance ran meanwhile and the batch was rewound).

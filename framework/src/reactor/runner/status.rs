@@ -14,6 +14,7 @@ pub(super) struct StatusInner {
     pub(super) reacted: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
     pub(super) transactions: AtomicU64,
+    pub(super) producer_replacements: AtomicU64,
     pub(super) assigned: Mutex<Vec<(String, i32)>>,
     pub(super) retrying: Mutex<Vec<(String, i32, String)>>,
 }
@@ -40,6 +41,12 @@ impl ReactorStatus {
     /// Committed transactions.
     pub fn transactions(&self) -> u64 {
         self.inner.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Producers replaced after a transaction whose outcome was unknown (a commit that timed
+    /// out, a broker lost mid-transaction): the reactor goes on from the committed offsets.
+    pub fn producer_replacements(&self) -> u64 {
+        self.inner.producer_replacements.load(Ordering::Relaxed)
     }
 
     /// The partitions this instance owns now.
