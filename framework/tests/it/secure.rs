@@ -169,34 +169,24 @@ async fn events_are_published_and_consumed_over_sasl_ssl_within_the_principals_a
     }
 
     let seen: Arc<Mutex<Vec<Received<UserSignedUp>>>> = Arc::default();
-    let shutdown = Shutdown::new();
     let sink = Arc::clone(&seen);
-    let runner = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move {
-            EventHandlers::new(group)
-                .on(move |e: Received<UserSignedUp>| {
-                    let sink = Arc::clone(&sink);
-                    async move {
-                        sink.lock().expect("lock").push(e);
-                        Ok::<_, HandlerError>(())
-                    }
-                })
-                .run(&config, shutdown)
-                .await
-        }
-    });
+    let handlers = common::run_handlers(
+        &config,
+        EventHandlers::new(group).on(move |e: Received<UserSignedUp>| {
+            let sink = Arc::clone(&sink);
+            async move {
+                sink.lock().expect("lock").push(e);
+                Ok::<_, HandlerError>(())
+            }
+        }),
+    );
     common::eventually(
         "the three events handled over SASL_SSL",
         Duration::from_secs(60),
         || seen.lock().expect("lock").len() >= 3,
     )
     .await;
-    shutdown.trigger();
-    runner
-        .await
-        .expect("join")
-        .expect("handlers ran and stopped");
+    handlers.stop().await.expect("handlers ran and stopped");
     let mut emails: Vec<String> = seen
         .lock()
         .expect("lock")
@@ -222,9 +212,8 @@ async fn a_command_is_processed_in_a_transaction_and_replied_to_over_sasl_ssl() 
     // write included).
     let config = secure.kafka("bank.", "sec-agg");
     aggregates::bank_topics(&config).await;
-    let shutdown = Shutdown::new();
-    let (task, status) = aggregates::start(&config, 0, &shutdown);
-    aggregates::wait_ready(&status, aggregates::PARTITIONS as usize).await;
+    let processor = aggregates::start(&config, 0);
+    aggregates::wait_ready(processor.status(), aggregates::PARTITIONS as usize).await;
     let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
     let wait = Duration::from_secs(30);
     let opened = bus
@@ -260,10 +249,7 @@ async fn a_command_is_processed_in_a_transaction_and_replied_to_over_sasl_ssl() 
         2,
         "opened and deposited, committed"
     );
-    shutdown.trigger();
-    task.await
-        .expect("join")
-        .expect("processor stopped cleanly");
+    processor.stop().await.expect("processor stopped cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
