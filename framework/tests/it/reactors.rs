@@ -16,7 +16,7 @@ use rdkafka::message::OwnedMessage;
 use uuid::Uuid;
 
 use crate::common;
-use crate::drills::{drill, stop, wait_exit};
+use crate::process::{drill, stop, wait_exit};
 
 const PARTITIONS: i32 = 3;
 
