@@ -407,27 +407,56 @@ async fn snapshots_shorten_restores_and_an_unusable_one_falls_back_to_the_whole_
     let config = common::kafka("agg-snapshots");
     bank_topics(&config).await;
     let (_, pool) = common::fresh_database("agg_snapshots").await;
-    let bus = CommandBus::new(&config, "bank", 1).await.expect("bus");
-    let wait = Duration::from_secs(30);
-    let run = |settings: SnapshotSettings| {
-        let processor = common::run_processor(
-            &config,
-            CommandProcessor::<Account>::new("bank", "account", 0, PARTITIONS).snapshots(settings),
-        );
-        let status = processor.status().clone();
-        (processor, status)
+    let bank = Bank {
+        bus: CommandBus::new(&config, "bank", 1).await.expect("bus"),
+        config,
+        pool,
     };
-    let every = 5;
-    let (processor, status) = run(SnapshotSettings::new(pool.clone(), every, 1));
+    let mut events = step_snapshots_are_written(&bank).await;
+    step_a_restart_restores_from_the_snapshots(&bank, &mut events).await;
+    step_unusable_snapshots_fall_back_to_the_whole_log(&bank, events).await;
+}
+
+/// What the snapshot test's steps share.
+struct Bank {
+    config: KafkaConfig,
+    pool: sqlx::PgPool,
+    bus: CommandBus,
+}
+
+/// Accounts of the snapshot test; a snapshot every 5 events.
+const SNAPSHOT_ACCOUNTS: usize = 6;
+const SNAPSHOT_EVERY: u64 = 5;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The bank's processor with snapshots in `settings`, and its status.
+fn with_snapshots(bank: &Bank, settings: SnapshotSettings) -> (Processor, ProcessorStatus) {
+    let processor = common::run_processor(
+        &bank.config,
+        CommandProcessor::<Account>::new("bank", "account", 0, PARTITIONS).snapshots(settings),
+    );
+    let status = processor.status().clone();
+    (processor, status)
+}
+
+/// Opens six accounts and deposits four times into each, snapshots on; returns the number of
+/// events written.
+async fn step_snapshots_are_written(bank: &Bank) -> u64 {
+    let (processor, status) = with_snapshots(
+        bank,
+        SnapshotSettings::new(bank.pool.clone(), SNAPSHOT_EVERY, 1),
+    );
     wait_ready(&status, PARTITIONS as usize).await;
-    let accounts: Vec<String> = (0..6).map(|i| format!("acct-{i}")).collect();
+    let accounts: Vec<String> = (0..SNAPSHOT_ACCOUNTS)
+        .map(|i| format!("acct-{i}"))
+        .collect();
     let mut events = 0u64;
     for round in 0..5 {
         let sends = accounts.iter().map(|a| {
             let command = if round == 0 { open(a) } else { deposit(a, 10) };
-            let bus = bus.clone();
+            let bus = bank.bus.clone();
             async move {
-                bus.send_and_wait(&command, SendOptions::default(), wait)
+                bus.send_and_wait(&command, SendOptions::default(), WAIT)
                     .await
             }
         });
@@ -442,44 +471,59 @@ async fn snapshots_shorten_restores_and_an_unusable_one_falls_back_to_the_whole_
     .await;
     processor.stop().await.expect("run");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM choreo_meta.snapshots")
-        .fetch_one(&pool)
+        .fetch_one(&bank.pool)
         .await
         .expect("count");
     assert!(stored >= 1, "snapshot rows in Postgres");
+    events
+}
 
-    // A restart restores from the snapshots: fewer events read, the same state.
-    let (processor, status) = run(SnapshotSettings::new(pool.clone(), every, 1));
+/// A restart restores from the snapshots: fewer events read, the same state. Counts the
+/// withdrawal it makes into `events`.
+async fn step_a_restart_restores_from_the_snapshots(bank: &Bank, events: &mut u64) {
+    let (processor, status) = with_snapshots(
+        bank,
+        SnapshotSettings::new(bank.pool.clone(), SNAPSHOT_EVERY, 1),
+    );
     wait_ready(&status, PARTITIONS as usize).await;
     assert!(status.snapshots_loaded() >= 1, "restored from a snapshot");
     assert!(
-        status.restored_events() < events,
+        status.restored_events() < *events,
         "only the tail is read: {} of {events} events",
         status.restored_events()
     );
-    assert_eq!(status.aggregates_in_memory(), accounts.len() as u64);
-    let refused = bus
-        .send_and_wait(&withdraw("acct-0", 41), SendOptions::default(), wait)
+    assert_eq!(status.aggregates_in_memory(), SNAPSHOT_ACCOUNTS as u64);
+    let refused = bank
+        .bus
+        .send_and_wait(&withdraw("acct-0", 41), SendOptions::default(), WAIT)
         .await
         .expect("reply");
     assert!(!accepted(&refused), "the balance is 40");
-    let ok = bus
-        .send_and_wait(&withdraw("acct-0", 40), SendOptions::default(), wait)
+    let ok = bank
+        .bus
+        .send_and_wait(&withdraw("acct-0", 40), SendOptions::default(), WAIT)
         .await
         .expect("reply");
     match &ok.outcome {
         Outcome::Accepted { events } => assert_eq!(events[0].sequence, 6, "the version continues"),
         other => panic!("{other:?}"),
     }
-    events += 1;
+    *events += 1;
     processor.stop().await.expect("run");
+}
 
-    // Corrupt bodies, then another state version: each time the whole log is read, same state.
+/// Corrupt bodies, then another state version: each time the whole log (`events`) is read,
+/// same state.
+async fn step_unusable_snapshots_fall_back_to_the_whole_log(bank: &Bank, events: u64) {
     sqlx::query("UPDATE choreo_meta.snapshots SET body = 'not json'::bytea")
-        .execute(&pool)
+        .execute(&bank.pool)
         .await
         .expect("corrupt");
     for version in [1, 2] {
-        let (processor, status) = run(SnapshotSettings::new(pool.clone(), 1000, version));
+        let (processor, status) = with_snapshots(
+            bank,
+            SnapshotSettings::new(bank.pool.clone(), 1000, version),
+        );
         wait_ready(&status, PARTITIONS as usize).await;
         assert_eq!(
             status.snapshots_loaded(),
@@ -487,8 +531,9 @@ async fn snapshots_shorten_restores_and_an_unusable_one_falls_back_to_the_whole_
             "an unusable snapshot is ignored"
         );
         assert_eq!(status.restored_events(), events, "the whole log is read");
-        let refused = bus
-            .send_and_wait(&withdraw("acct-0", 1), SendOptions::default(), wait)
+        let refused = bank
+            .bus
+            .send_and_wait(&withdraw("acct-0", 1), SendOptions::default(), WAIT)
             .await
             .expect("reply");
         assert!(!accepted(&refused), "the balance is 0");
