@@ -2,10 +2,11 @@
 //! a zombie paused past its session timeout. After each, the view must equal an independent
 //! fold of the log, with every offset applied in exactly one committed batch.
 
+use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use choreo::Publisher;
+use choreo::{KafkaConfig, Publisher};
 use rdkafka::consumer::BaseConsumer;
 
 use crate::common;
@@ -226,32 +227,61 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
     let config = common::kafka("drill-zombie");
     let topic = topics(&config, 3).await;
     let (url, pool) = common::fresh_database("drill_zombie").await;
-    let publisher = Publisher::new(&config, "/drill").expect("publisher");
-    publish(&publisher, 0..1000).await;
-    let zombie = drill(&config, &url, &["project"], None);
-    common::wait_caught_up(
-        &pool,
-        &config,
-        PROJECTION,
-        &topic,
-        3,
-        Duration::from_secs(90),
-    )
-    .await;
+    let z = Zombie {
+        admin: rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", config.brokers())
+            .create()
+            .expect("admin consumer"),
+        group: config.topic_name(PROJECTION),
+        publisher: Publisher::new(&config, "/drill").expect("publisher"),
+        config,
+        topic,
+        url,
+        pool,
+    };
+    let (zombie, zombie_member, caught_up) = step_the_zombie_catches_up_alone(&z).await;
+    let (successor, producing) =
+        step_paused_past_its_session_timeout_it_is_dropped(&z, &zombie, &zombie_member, &caught_up)
+            .await;
+    step_resumed_it_applies_nothing_twice(&z, zombie, successor, producing).await;
+}
 
-    let caught_up = common::end_offsets(&config, &topic, 3);
+/// What the zombie drill's steps share.
+struct Zombie {
+    config: KafkaConfig,
+    topic: String,
+    url: String,
+    pool: sqlx::PgPool,
+    publisher: Publisher,
+    /// Describes the projection's group.
+    admin: BaseConsumer,
+    group: String,
+}
+
+/// The zombie-to-be projects the first 1000 events alone; returns it, its member id and the
+/// end offsets it caught up to.
+async fn step_the_zombie_catches_up_alone(z: &Zombie) -> (Child, String, Vec<i64>) {
+    let Zombie {
+        config,
+        topic,
+        url,
+        pool,
+        publisher,
+        admin,
+        group,
+    } = z;
+    publish(publisher, 0..1000).await;
+    let zombie = drill(config, url, &["project"], None);
+    common::wait_caught_up(pool, config, PROJECTION, topic, 3, Duration::from_secs(90)).await;
+
+    let caught_up = common::end_offsets(config, topic, 3);
     // The zombie's member id, while it is alone in its group.
-    let admin: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", config.brokers())
-        .create()
-        .expect("admin consumer");
-    let group = config.topic_name(PROJECTION);
     let mut zombie_member = String::new();
     common::eventually(
         "the zombie alone in its group",
         Duration::from_secs(60),
         || {
-            let (state, members) = group_members(&admin, &group);
+            let (state, members) = group_members(admin, group);
             if state == "Stable" && members.len() == 1 {
                 zombie_member.clone_from(&members[0]);
                 return true;
@@ -260,9 +290,19 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
         },
     )
     .await;
+    (zombie, zombie_member, caught_up)
+}
 
+/// While events keep coming, the zombie is paused (SIGSTOP) as it applies the new ones, and a
+/// successor starts; the group drops the zombie for it. Returns the successor and the producer.
+async fn step_paused_past_its_session_timeout_it_is_dropped(
+    z: &Zombie,
+    zombie: &Child,
+    zombie_member: &str,
+    caught_up: &[i64],
+) -> (Child, tokio::task::JoinHandle<()>) {
     let producing = tokio::spawn({
-        let publisher = publisher.clone();
+        let publisher = z.publisher.clone();
         async move {
             for round in 0..20 {
                 publish(&publisher, 1000 + round * 100..1100 + round * 100).await;
@@ -271,33 +311,44 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
         }
     });
     // Paused while it applies the new events (it has applied some of them).
-    let (db, events) = (&pool, &topic);
+    let (db, events) = (&z.pool, &z.topic);
     common::eventually_async(
         "the zombie applying the new events",
         Duration::from_secs(60),
-        || applied_past(db, events, &caught_up),
+        || applied_past(db, events, caught_up),
     )
     .await;
-    signal(&zombie, "STOP");
-    let successor = drill(&config, &url, &["project"], None);
+    signal(zombie, "STOP");
+    let successor = drill(&z.config, &z.url, &["project"], None);
     // Past the zombie's 10 s session timeout the group drops it and hands its partitions to
     // the successor: resumed only once the broker shows that.
     common::eventually(
         "the group to drop the zombie for the successor",
         Duration::from_secs(90),
         || {
-            let (state, members) = group_members(&admin, &group);
-            state == "Stable" && !members.is_empty() && !members.contains(&zombie_member)
+            let (state, members) = group_members(&z.admin, &z.group);
+            state == "Stable" && !members.is_empty() && !members.iter().any(|m| m == zombie_member)
         },
     )
     .await;
+    (successor, producing)
+}
+
+/// Resumed (SIGCONT), the zombie goes on with its stale batch: the view still equals the
+/// fold, each offset in exactly one committed batch.
+async fn step_resumed_it_applies_nothing_twice(
+    z: &Zombie,
+    zombie: Child,
+    successor: Child,
+    producing: tokio::task::JoinHandle<()>,
+) {
     signal(&zombie, "CONT");
     producing.await.expect("producer");
     common::wait_caught_up(
-        &pool,
-        &config,
+        &z.pool,
+        &z.config,
         PROJECTION,
-        &topic,
+        &z.topic,
         3,
         Duration::from_secs(90),
     )
@@ -305,8 +356,8 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
     stop(zombie);
     stop(successor);
     assert_eq!(
-        view(&pool, "counters_v1").await,
-        fold(&config, &topic, 3000),
+        view(&z.pool, "counters_v1").await,
+        fold(&z.config, &z.topic, 3000),
         "each offset in exactly one committed batch"
     );
 }
