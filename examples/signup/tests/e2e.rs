@@ -22,20 +22,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use choreo::kafka::Record;
+use choreo::testing::{brokers, create_database, eventually};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 const HOW_TO_START: &str = "start them with `scripts/dev-services up` (or run `scripts/test`)";
-
-fn brokers() -> String {
-    std::env::var("CHOREO_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn database_url() -> String {
-    std::env::var("CHOREO_DATABASE_URL")
-        .unwrap_or_else(|_| choreo::config::DEFAULT_DATABASE_URL.to_owned())
-}
 
 /// One run of the stack: its namespace, database, mail sink and processes.
 struct Stack {
@@ -146,18 +138,6 @@ fn http(
         .map(|(_, b)| b)
         .unwrap_or("");
     (status, serde_json::from_str(json).unwrap_or(Value::Null))
-}
-
-/// Waits until `check` holds, or panics with `what`.
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn port_is_up(port: u16) -> bool {
@@ -281,28 +261,70 @@ fn committed_records(topic: &str, partitions: i32) -> Vec<(String, String, Strin
         .collect()
 }
 
-async fn fresh_database(name: &str) -> String {
-    let admin = choreo::postgres::connect(&choreo::PostgresConfig::new(database_url()))
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable ({e}): {HOW_TO_START}"));
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let base = database_url().rsplit_once('/').unwrap().0.to_owned();
-    format!("{base}/{name}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_signup_story() {
+    let mut story = step_start_the_stack().await;
+    step_sign_up_through_both_instances(&mut story);
+    step_retries_duplicates_and_bad_requests(&story);
+    step_records_from_other_producers(&mut story).await;
+    let (email0_before_kill, huge) = step_kill_an_instance_of_each_group(&mut story).await;
+    step_one_email_per_signup(&story, &huge).await;
+    let live = step_metrics_equal_the_signups(&story, &huge).await;
+    step_a_rebuilt_metrics_view_equals_the_live_one(&story, &live);
+    step_the_survivors_take_over(&mut story, email0_before_kill).await;
+    step_the_users_view_holds_every_signup(&story, &huge).await;
+}
+
+/// What the story's steps share: the stack, its ports, and the accepted signups.
+struct Story {
+    stack: Stack,
+    namespace: String,
+    user_a: u16,
+    user_b: u16,
+    metrics_port: u16,
+    /// Address → user id of every accepted signup.
+    accepted: BTreeMap<String, String>,
+}
+
+/// The signup with a 2 MB address from another producer: its address and payload size.
+struct Huge {
+    email: String,
+    payload: usize,
+}
+
+/// Names the step in the test's output, so a failure says which step it was in.
+fn step(name: &str) {
+    eprintln!("== step: {name}");
+}
+
+fn user_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_user-service")
+}
+
+fn email_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_email-service")
+}
+
+fn metrics_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_metrics-service")
+}
+
+/// The metrics view, as the metrics service answers it.
+fn metrics_total(port: u16) -> Value {
+    let (status, view) = http(port, "GET", "/v1/metrics/signups", None, None);
+    assert_eq!(status, 200, "{view}");
+    view
+}
+
+async fn step_start_the_stack() -> Story {
+    step("start the stack");
     let kafka = choreo::KafkaConfig::new(brokers());
     if let Err(e) = choreo::kafka::check_reachable(&kafka) {
         panic!("Kafka is not reachable ({e}): {HOW_TO_START}");
     }
     let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let namespace = format!("e2e{run}");
-    let database_url = fresh_database(&format!("signup_e2e_{run}")).await;
+    let database_url = create_database(&format!("signup_e2e_{run}")).await;
     let base = std::env::temp_dir().join(format!("signup-e2e-{run}"));
     let mut stack = Stack {
         namespace: namespace.clone(),
@@ -312,9 +334,7 @@ async fn the_signup_story() {
         children: HashMap::new(),
     };
     std::fs::create_dir_all(&stack.mail_dir).unwrap();
-    let user_bin = env!("CARGO_BIN_EXE_user-service");
-    let email_bin = env!("CARGO_BIN_EXE_email-service");
-    let metrics_bin = env!("CARGO_BIN_EXE_metrics-service");
+    let (user_bin, email_bin, metrics_bin) = (user_bin(), email_bin(), metrics_bin());
     for bin in [user_bin, email_bin, metrics_bin] {
         stack.run(bin, &["setup"]);
     }
@@ -350,12 +370,27 @@ async fn the_signup_story() {
     );
     eventually("the HTTP ports", Duration::from_secs(60), || {
         port_is_up(user_a) && port_is_up(user_b) && port_is_up(metrics_port)
-    });
+    })
+    .await;
+    Story {
+        stack,
+        namespace,
+        user_a,
+        user_b,
+        metrics_port,
+        accepted: BTreeMap::new(),
+    }
+}
 
-    // Signups through both instances; each GET right after its POST finds the user.
-    let mut accepted: BTreeMap<String, String> = BTreeMap::new();
+/// Signups through both instances; each GET right after its POST finds the user.
+fn step_sign_up_through_both_instances(story: &mut Story) {
+    step("sign up through both instances");
     for i in 0..20 {
-        let port = if i % 2 == 0 { user_a } else { user_b };
+        let port = if i % 2 == 0 {
+            story.user_a
+        } else {
+            story.user_b
+        };
         let email = format!(
             "user{i}@{}",
             ["example.com", "example.org", "mail.test"][i % 3]
@@ -373,15 +408,19 @@ async fn the_signup_story() {
         );
         assert_eq!(status, 200, "GET right after POST: {user}");
         assert_eq!(user["email"], email.as_str());
-        accepted.insert(email, user_id);
+        story.accepted.insert(email, user_id);
     }
+}
 
+fn step_retries_duplicates_and_bad_requests(story: &Story) {
+    step("retries, duplicates and bad requests");
+    let (user_a, user_b) = (story.user_a, story.user_b);
     // A retry with the same key: the same answer, no second user.
     let (status, again, _) = sign_up(user_b, "user0@example.com", "User 0", "key-0");
     assert_eq!(status, 201, "retry: {again}");
     assert_eq!(
         again["user_id"].as_str(),
-        accepted.get("user0@example.com").map(String::as_str)
+        story.accepted.get("user0@example.com").map(String::as_str)
     );
     // The same address again, without the key: taken.
     let (status, taken) = http(
@@ -413,24 +452,35 @@ async fn the_signup_story() {
         None,
     );
     assert_eq!(status, 404);
+}
 
-    // Records from other producers in user.events: one whose header name is not UTF-8
-    // (rdkafka's own reader panics on it: it once stopped all three services), and a
-    // structured-mode CloudEvent with an id that is not a UUID. Every service goes on: the
-    // first is dead-lettered, the second handled like any signup; the restores after the
-    // kills below skip both (user-service did not write them).
+/// Records from other producers in user.events: one whose header name is not UTF-8
+/// (rdkafka's own reader panics on it: it once stopped all three services), and a
+/// structured-mode CloudEvent with an id that is not a UUID. Every service goes on: the
+/// first is dead-lettered, the second handled like any signup; the restores after the
+/// kills below skip both (user-service did not write them).
+async fn step_records_from_other_producers(story: &mut Story) {
+    step("records from other producers");
     let foreign_user = uuid::Uuid::new_v4();
-    send_foreign_records(&namespace, foreign_user).await;
-    accepted.insert(FOREIGN_EMAIL.to_owned(), foreign_user.to_string());
+    send_foreign_records(&story.namespace, foreign_user).await;
+    story
+        .accepted
+        .insert(FOREIGN_EMAIL.to_owned(), foreign_user.to_string());
+}
 
-    // Take an instance of each group away (SIGKILL); the others take over their partitions.
+/// Takes an instance of each group away (SIGKILL); the others take over their partitions.
+/// Returns the length of email-0's log at the kill, and the 2 MB signup sent after it.
+async fn step_kill_an_instance_of_each_group(story: &mut Story) -> (usize, Huge) {
+    step("kill an instance of each group");
+    let stack = &mut story.stack;
     // The email instance killed owns partitions by then (waited for, not assumed), and what
     // email-0 says from now on shows the takeover.
     eventually(
         "email-1 to own partitions of user.events",
         Duration::from_secs(60),
         || owns_some(&stack.log("email-1")),
-    );
+    )
+    .await;
     let email0_before_kill = stack.log("email-0").len();
     stack.kill("email-1");
     stack.kill("user-1");
@@ -439,21 +489,32 @@ async fn the_signup_story() {
             "user{i}@{}",
             ["example.com", "example.org", "mail.test"][i % 3]
         );
-        let (status, body, _) = sign_up(user_a, &email, &format!("User {i}"), &format!("key-{i}"));
+        let (status, body, _) = sign_up(
+            story.user_a,
+            &email,
+            &format!("User {i}"),
+            &format!("key-{i}"),
+        );
         assert_eq!(status, 201, "signup {email} after the kill: {body}");
-        accepted.insert(email, body["user_id"].as_str().unwrap().to_owned());
+        story
+            .accepted
+            .insert(email, body["user_id"].as_str().unwrap().to_owned());
     }
     // A signup with a 2 MB address from another producer, sent after the kills: its email
     // takes long enough to write that a SIGKILL in the middle would send it twice (the sink
     // is at-least-once), which is not what this part checks.
-    let (huge_email, huge_payload) = send_huge_signup(&namespace).await;
+    let (email, payload) = send_huge_signup(&story.namespace).await;
+    (email0_before_kill, Huge { email, payload })
+}
 
-    // Every accepted signup: exactly one committed v1.email.sent, one welcome email. Waited
-    // for by the committed events, the positive sign that every signup was handled to the
-    // end (takeover included); an email is written before its event commits, and a handled
-    // signup is not handled again, so the mail sink is complete then too.
-    let expected = accepted.len();
-    let email_topic = format!("{namespace}.email.events");
+/// Every accepted signup: exactly one committed v1.email.sent, one welcome email. Waited
+/// for by the committed events, the positive sign that every signup was handled to the
+/// end (takeover included); an email is written before its event commits, and a handled
+/// signup is not handled again, so the mail sink is complete then too.
+async fn step_one_email_per_signup(story: &Story, huge: &Huge) {
+    step("one email per signup");
+    let accepted = &story.accepted;
+    let email_topic = format!("{}.email.events", story.namespace);
     eventually(
         "a v1.email.sent per signup",
         Duration::from_secs(90),
@@ -465,7 +526,8 @@ async fn the_signup_story() {
                     .collect();
             accepted.keys().all(|email| subjects.contains(email))
         },
-    );
+    )
+    .await;
     let mut wanted: BTreeMap<String, usize> = accepted.keys().map(|e| (e.clone(), 1)).collect();
     let mut sent: BTreeMap<String, usize> = BTreeMap::new();
     for (kind, subject, _) in committed_records(&email_topic, signup::contract::EMAIL_PARTITIONS) {
@@ -482,14 +544,15 @@ async fn the_signup_story() {
         "the email reactor to dead-letter the 2 MB signup",
         Duration::from_secs(60),
         || {
-            dead_letters(&namespace)
+            dead_letters(&story.namespace)
                 .iter()
-                .any(|d| d.topic.contains("welcome-email") && d.payload_bytes == huge_payload)
+                .any(|d| d.topic.contains("welcome-email") && d.payload_bytes == huge.payload)
         },
-    );
-    wanted.insert(huge_email.clone(), 1);
+    )
+    .await;
+    wanted.insert(huge.email.clone(), 1);
     let mut per_address: BTreeMap<String, usize> = BTreeMap::new();
-    for to in emails(&stack.mail_dir) {
+    for to in emails(&story.stack.mail_dir) {
         *per_address.entry(to).or_default() += 1;
     }
     let short = |a: &String| a.chars().take(40).collect::<String>();
@@ -506,22 +569,22 @@ async fn the_signup_story() {
         "one welcome email per accepted signup and one for the 2 MB address; \
          (address, emails, wanted) differ: {differences:?}"
     );
+}
 
-    // The metrics equal the accepted signups.
-    let total = || {
-        let (status, view) = http(metrics_port, "GET", "/v1/metrics/signups", None, None);
-        assert_eq!(status, 200, "{view}");
-        view
-    };
+/// The metrics equal the accepted signups; returns the live view.
+async fn step_metrics_equal_the_signups(story: &Story, huge: &Huge) -> Value {
+    step("the metrics equal the signups");
+    let expected = story.accepted.len();
     // The metrics count the 2 MB signup too: its domain is short.
     eventually(
         "the metrics to count every signup",
         Duration::from_secs(60),
-        || total()["total"].as_i64() == Some(expected as i64 + 1),
-    );
-    let live = total();
+        || metrics_total(story.metrics_port)["total"].as_i64() == Some(expected as i64 + 1),
+    )
+    .await;
+    let live = metrics_total(story.metrics_port);
     let mut domains: BTreeMap<String, i64> = BTreeMap::new();
-    for email in accepted.keys().chain([&huge_email]) {
+    for email in story.accepted.keys().chain([&huge.email]) {
         *domains
             .entry(email.rsplit_once('@').unwrap().1.to_owned())
             .or_default() += 1;
@@ -538,17 +601,30 @@ async fn the_signup_story() {
         })
         .collect();
     assert_eq!(reported, domains);
+    live
+}
 
-    // Replay: rebuild the metrics view from the log while the service runs; same view.
-    let report = stack.run(
-        metrics_bin,
+/// Replay: rebuild the metrics view from the log while the service runs; same view.
+fn step_a_rebuilt_metrics_view_equals_the_live_one(story: &Story, live: &Value) {
+    step("a rebuilt metrics view equals the live one");
+    let report = story.stack.run(
+        metrics_bin(),
         &["projections", "rebuild", "signup_metrics", "--quiet"],
     );
     assert!(
         report.contains("signup_metrics"),
         "rebuild report: {report}"
     );
-    assert_eq!(total(), live, "the rebuilt view equals the live one");
+    assert_eq!(
+        &metrics_total(story.metrics_port),
+        live,
+        "the rebuilt view equals the live one"
+    );
+}
+
+async fn step_the_survivors_take_over(story: &mut Story, email0_before_kill: usize) {
+    step("the survivors take over");
+    let stack = &mut story.stack;
     // Taken over once email-1's session timed out, whether or not a later signup needed it.
     eventually(
         "the surviving email instance to take over every partition",
@@ -557,7 +633,8 @@ async fn the_signup_story() {
             stack.log("email-0")[email0_before_kill..]
                 .contains("owns partitions [0, 1, 2, 3, 4, 5]")
         },
-    );
+    )
+    .await;
     for name in ["user-0", "email-0", "metrics"] {
         assert!(
             stack.running(name),
@@ -565,26 +642,32 @@ async fn the_signup_story() {
             stack.log(name)
         );
     }
-    // The users view holds every accepted signup (its partitions went on past the foreign
-    // records), and dead-lettered the 2 MB address: over the unique index's row limit, an
-    // error about the data (SQLSTATE 54000), not one to retry forever.
-    for user_id in accepted.values() {
+}
+
+/// The users view holds every accepted signup (its partitions went on past the foreign
+/// records), and dead-lettered the 2 MB address: over the unique index's row limit, an
+/// error about the data (SQLSTATE 54000), not one to retry forever.
+async fn step_the_users_view_holds_every_signup(story: &Story, huge: &Huge) {
+    step("the users view holds every signup");
+    for user_id in story.accepted.values() {
         let path = format!("/v1/users/{user_id}");
         eventually(
             &format!("the users view to hold {user_id}"),
             Duration::from_secs(60),
-            || http(user_a, "GET", &path, None, None).0 == 200,
-        );
+            || http(story.user_a, "GET", &path, None, None).0 == 200,
+        )
+        .await;
     }
     eventually(
         "the users view to dead-letter the 2 MB signup",
         Duration::from_secs(60),
         || {
-            dead_letters(&namespace)
+            dead_letters(&story.namespace)
                 .iter()
-                .any(|d| d.topic.contains("users") && d.payload_bytes == huge_payload)
+                .any(|d| d.topic.contains("users") && d.payload_bytes == huge.payload)
         },
-    );
+    )
+    .await;
     // Whichever user-service instance owned the record's partition dead-lettered it (user-1
     // may have, before it was killed; its log stays on disk).
     eventually(
@@ -593,9 +676,10 @@ async fn the_signup_story() {
         || {
             ["user-0", "user-1"]
                 .iter()
-                .any(|name| stack.log(name).contains("not UTF-8"))
+                .any(|name| story.stack.log(name).contains("not UTF-8"))
         },
-    );
+    )
+    .await;
 }
 
 /// The address of the structured-mode signup another producer sends.

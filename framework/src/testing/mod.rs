@@ -1,12 +1,15 @@
-//! Test support (feature `testing`): given/when/then for aggregates without Kafka; and the
-//! drill projection and drill aggregate used by fault drills, which record enough to check
-//! exactly-once claims against an independent fold of the log.
+//! Test support (feature `testing`): given/when/then for aggregates without Kafka; the drill
+//! projection and drill aggregate used by fault drills, which record enough to check
+//! exactly-once claims against an independent fold of the log; and the dev services as tests
+//! reach them (brokers, a database of a test's own, waiting on a condition).
 
 pub mod account;
 pub mod echo;
 mod given;
+mod services;
 
 pub use given::{Given, Then, given};
+pub use services::{brokers, create_database, database_url, eventually};
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;

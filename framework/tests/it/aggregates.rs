@@ -4,16 +4,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use choreo::KafkaConfig;
 use choreo::aggregate::{
     CommandBus, CommandProcessor, Outcome, ProcessorStatus, Reply, SendOptions, SnapshotSettings,
 };
 use choreo::kafka::{TopicAdmin, TopicSpec, dlq_headers, partition_for_key};
 use choreo::testing::account::*;
-use choreo::{KafkaConfig, Shutdown};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
-use crate::common;
+use crate::common::{self, Running};
 
 pub const PARTITIONS: i32 = 3;
 
@@ -35,17 +35,13 @@ pub async fn bank_topics(config: &KafkaConfig) {
         .expect("topics");
 }
 
-pub fn start(
-    config: &KafkaConfig,
-    ordinal: u32,
-    shutdown: &Shutdown,
-) -> (tokio::task::JoinHandle<choreo::Result<()>>, ProcessorStatus) {
-    let processor = CommandProcessor::<Account>::new("bank", "account", ordinal, PARTITIONS);
-    let status = processor.status();
-    let (config, shutdown) = (config.clone(), shutdown.clone());
-    (
-        tokio::spawn(async move { processor.run(&config, shutdown).await }),
-        status,
+/// The account processor of the bank, instance `ordinal`, running until stopped.
+pub type Processor = Running<choreo::Result<()>, ProcessorStatus>;
+
+pub fn start(config: &KafkaConfig, ordinal: u32) -> Processor {
+    common::run_processor(
+        config,
+        CommandProcessor::<Account>::new("bank", "account", ordinal, PARTITIONS),
     )
 }
 
@@ -134,8 +130,8 @@ pub fn check_log(records: &[OwnedMessage]) -> BTreeMap<String, i64> {
 async fn commands_are_decided_once_replied_with_offsets_and_duplicates_get_the_first_outcome() {
     let config = common::kafka("agg-basic");
     bank_topics(&config).await;
-    let shutdown = Shutdown::new();
-    let (task, status) = start(&config, 0, &shutdown);
+    let processor = start(&config, 0);
+    let status = processor.status().clone();
     wait_ready(&status, PARTITIONS as usize).await;
     let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
     let wait = Duration::from_secs(30);
@@ -208,8 +204,7 @@ async fn commands_are_decided_once_replied_with_offsets_and_duplicates_get_the_f
         opened.command_id.to_string(),
         "causation = the command id"
     );
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    processor.stop().await.expect("run");
     assert!(status.transactions() >= 4);
 }
 
@@ -217,8 +212,8 @@ async fn commands_are_decided_once_replied_with_offsets_and_duplicates_get_the_f
 async fn a_duplicate_in_the_same_batch_keeps_the_first_outcome_with_its_offsets() {
     let config = common::kafka("agg-same-batch");
     bank_topics(&config).await;
-    let shutdown = Shutdown::new();
-    let (task, status) = start(&config, 0, &shutdown);
+    let processor = start(&config, 0);
+    let status = processor.status().clone();
     wait_ready(&status, PARTITIONS as usize).await;
     let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
     let wait = Duration::from_secs(30);
@@ -249,8 +244,7 @@ async fn a_duplicate_in_the_same_batch_keeps_the_first_outcome_with_its_offsets(
         "one event, named with its offset: {reply:?}"
     );
     assert!(offsets[0].2 >= 0, "a real offset: {offsets:?}");
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    processor.stop().await.expect("run");
     let log = committed_events(&config, 2, true);
     assert_eq!(log.len(), 2, "opened, deposited once");
     assert_eq!(check_log(&log)["bo"], 7);
@@ -262,8 +256,8 @@ async fn a_restarted_processor_restores_state_from_the_log_before_handling_comma
     bank_topics(&config).await;
     let bus = CommandBus::new(&config, "bank", 1).await.expect("bus");
     let wait = Duration::from_secs(30);
-    let shutdown = Shutdown::new();
-    let (task, status) = start(&config, 0, &shutdown);
+    let processor = start(&config, 0);
+    let status = processor.status().clone();
     wait_ready(&status, PARTITIONS as usize).await;
     for account in ["a", "b", "c", "d"] {
         assert!(accepted(
@@ -277,11 +271,10 @@ async fn a_restarted_processor_restores_state_from_the_log_before_handling_comma
                 .expect("reply")
         ));
     }
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    processor.stop().await.expect("run");
 
-    let shutdown = Shutdown::new();
-    let (task, status) = start(&config, 0, &shutdown);
+    let processor = start(&config, 0);
+    let status = processor.status().clone();
     wait_ready(&status, PARTITIONS as usize).await;
     assert_eq!(status.aggregates_in_memory(), 4, "every account restored");
     let refused = bus
@@ -297,8 +290,7 @@ async fn a_restarted_processor_restores_state_from_the_log_before_handling_comma
         Outcome::Accepted { events } => assert_eq!(events[0].sequence, 3, "the version continues"),
         other => panic!("{other:?}"),
     }
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    processor.stop().await.expect("run");
     check_log(&committed_events(&config, 9, true));
 }
 
@@ -306,8 +298,8 @@ async fn a_restarted_processor_restores_state_from_the_log_before_handling_comma
 async fn a_command_on_the_wrong_partition_is_rejected_with_a_reply_and_a_dead_letter() {
     let config = common::kafka("agg-partition");
     bank_topics(&config).await;
-    let shutdown = Shutdown::new();
-    let (task, status) = start(&config, 0, &shutdown);
+    let processor = start(&config, 0);
+    let status = processor.status().clone();
     wait_ready(&status, PARTITIONS as usize).await;
     let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
     assert!(accepted(
@@ -375,8 +367,7 @@ async fn a_command_on_the_wrong_partition_is_rejected_with_a_reply_and_a_dead_le
         common::header_map(&letters[0])[dlq_headers::ERROR].contains("murmur2"),
         "dead letter names the reason"
     );
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    processor.stop().await.expect("run");
     assert_eq!(
         committed_events(&config, 1, true).len(),
         1,
@@ -388,31 +379,27 @@ async fn a_command_on_the_wrong_partition_is_rejected_with_a_reply_and_a_dead_le
 async fn a_second_processor_with_the_same_transactional_identity_fences_the_first_which_stops() {
     let config = common::kafka("agg-fence");
     bank_topics(&config).await;
-    let (first_stop, second_stop) = (Shutdown::new(), Shutdown::new());
-    let (first, status) = start(&config, 7, &first_stop);
-    wait_ready(&status, PARTITIONS as usize).await;
-    let (second, second_status) = start(&config, 7, &second_stop);
+    let first = start(&config, 7);
+    wait_ready(first.status(), PARTITIONS as usize).await;
+    let second = start(&config, 7);
     // The newcomer's init_transactions fences the first one's producer; the first learns it
     // at its next transaction.
     let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
     let _ = bus
         .send_and_wait(&open("f"), SendOptions::default(), Duration::from_secs(20))
         .await;
-    let outcome = tokio::time::timeout(Duration::from_secs(60), first)
+    let outcome = tokio::time::timeout(Duration::from_secs(60), first.finished())
         .await
-        .expect("the first stops")
-        .expect("join");
+        .expect("the first stops");
     let err = outcome.expect_err("the fenced processor stops with an error");
     assert!(matches!(err, choreo::Error::Fenced { .. }), "{err}");
-    wait_ready(&second_status, PARTITIONS as usize).await;
+    wait_ready(second.status(), PARTITIONS as usize).await;
     let reply = bus
         .send_and_wait(&open("g"), SendOptions::default(), Duration::from_secs(30))
         .await
         .expect("the new one answers");
     assert!(accepted(&reply));
-    second_stop.trigger();
-    second.await.expect("join").expect("run");
-    drop(first_stop);
+    second.stop().await.expect("run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,28 +407,56 @@ async fn snapshots_shorten_restores_and_an_unusable_one_falls_back_to_the_whole_
     let config = common::kafka("agg-snapshots");
     bank_topics(&config).await;
     let (_, pool) = common::fresh_database("agg_snapshots").await;
-    let bus = CommandBus::new(&config, "bank", 1).await.expect("bus");
-    let wait = Duration::from_secs(30);
-    let run = |settings: SnapshotSettings| {
-        let shutdown = Shutdown::new();
-        let processor =
-            CommandProcessor::<Account>::new("bank", "account", 0, PARTITIONS).snapshots(settings);
-        let status = processor.status();
-        let (config, stop) = (config.clone(), shutdown.clone());
-        let task = tokio::spawn(async move { processor.run(&config, stop).await });
-        (task, status, shutdown)
+    let bank = Bank {
+        bus: CommandBus::new(&config, "bank", 1).await.expect("bus"),
+        config,
+        pool,
     };
-    let every = 5;
-    let (task, status, shutdown) = run(SnapshotSettings::new(pool.clone(), every, 1));
+    let mut events = step_snapshots_are_written(&bank).await;
+    step_a_restart_restores_from_the_snapshots(&bank, &mut events).await;
+    step_unusable_snapshots_fall_back_to_the_whole_log(&bank, events).await;
+}
+
+/// What the snapshot test's steps share.
+struct Bank {
+    config: KafkaConfig,
+    pool: sqlx::PgPool,
+    bus: CommandBus,
+}
+
+/// Accounts of the snapshot test; a snapshot every 5 events.
+const SNAPSHOT_ACCOUNTS: usize = 6;
+const SNAPSHOT_EVERY: u64 = 5;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The bank's processor with snapshots in `settings`, and its status.
+fn with_snapshots(bank: &Bank, settings: SnapshotSettings) -> (Processor, ProcessorStatus) {
+    let processor = common::run_processor(
+        &bank.config,
+        CommandProcessor::<Account>::new("bank", "account", 0, PARTITIONS).snapshots(settings),
+    );
+    let status = processor.status().clone();
+    (processor, status)
+}
+
+/// Opens six accounts and deposits four times into each, snapshots on; returns the number of
+/// events written.
+async fn step_snapshots_are_written(bank: &Bank) -> u64 {
+    let (processor, status) = with_snapshots(
+        bank,
+        SnapshotSettings::new(bank.pool.clone(), SNAPSHOT_EVERY, 1),
+    );
     wait_ready(&status, PARTITIONS as usize).await;
-    let accounts: Vec<String> = (0..6).map(|i| format!("acct-{i}")).collect();
+    let accounts: Vec<String> = (0..SNAPSHOT_ACCOUNTS)
+        .map(|i| format!("acct-{i}"))
+        .collect();
     let mut events = 0u64;
     for round in 0..5 {
         let sends = accounts.iter().map(|a| {
             let command = if round == 0 { open(a) } else { deposit(a, 10) };
-            let bus = bus.clone();
+            let bus = bank.bus.clone();
             async move {
-                bus.send_and_wait(&command, SendOptions::default(), wait)
+                bus.send_and_wait(&command, SendOptions::default(), WAIT)
                     .await
             }
         });
@@ -454,48 +469,61 @@ async fn snapshots_shorten_restores_and_an_unusable_one_falls_back_to_the_whole_
         status.snapshots_written() >= 1
     })
     .await;
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    processor.stop().await.expect("run");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM choreo_meta.snapshots")
-        .fetch_one(&pool)
+        .fetch_one(&bank.pool)
         .await
         .expect("count");
     assert!(stored >= 1, "snapshot rows in Postgres");
+    events
+}
 
-    // A restart restores from the snapshots: fewer events read, the same state.
-    let (task, status, shutdown) = run(SnapshotSettings::new(pool.clone(), every, 1));
+/// A restart restores from the snapshots: fewer events read, the same state. Counts the
+/// withdrawal it makes into `events`.
+async fn step_a_restart_restores_from_the_snapshots(bank: &Bank, events: &mut u64) {
+    let (processor, status) = with_snapshots(
+        bank,
+        SnapshotSettings::new(bank.pool.clone(), SNAPSHOT_EVERY, 1),
+    );
     wait_ready(&status, PARTITIONS as usize).await;
     assert!(status.snapshots_loaded() >= 1, "restored from a snapshot");
     assert!(
-        status.restored_events() < events,
+        status.restored_events() < *events,
         "only the tail is read: {} of {events} events",
         status.restored_events()
     );
-    assert_eq!(status.aggregates_in_memory(), accounts.len() as u64);
-    let refused = bus
-        .send_and_wait(&withdraw("acct-0", 41), SendOptions::default(), wait)
+    assert_eq!(status.aggregates_in_memory(), SNAPSHOT_ACCOUNTS as u64);
+    let refused = bank
+        .bus
+        .send_and_wait(&withdraw("acct-0", 41), SendOptions::default(), WAIT)
         .await
         .expect("reply");
     assert!(!accepted(&refused), "the balance is 40");
-    let ok = bus
-        .send_and_wait(&withdraw("acct-0", 40), SendOptions::default(), wait)
+    let ok = bank
+        .bus
+        .send_and_wait(&withdraw("acct-0", 40), SendOptions::default(), WAIT)
         .await
         .expect("reply");
     match &ok.outcome {
         Outcome::Accepted { events } => assert_eq!(events[0].sequence, 6, "the version continues"),
         other => panic!("{other:?}"),
     }
-    events += 1;
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    *events += 1;
+    processor.stop().await.expect("run");
+}
 
-    // Corrupt bodies, then another state version: each time the whole log is read, same state.
+/// Corrupt bodies, then another state version: each time the whole log (`events`) is read,
+/// same state.
+async fn step_unusable_snapshots_fall_back_to_the_whole_log(bank: &Bank, events: u64) {
     sqlx::query("UPDATE choreo_meta.snapshots SET body = 'not json'::bytea")
-        .execute(&pool)
+        .execute(&bank.pool)
         .await
         .expect("corrupt");
     for version in [1, 2] {
-        let (task, status, shutdown) = run(SnapshotSettings::new(pool.clone(), 1000, version));
+        let (processor, status) = with_snapshots(
+            bank,
+            SnapshotSettings::new(bank.pool.clone(), 1000, version),
+        );
         wait_ready(&status, PARTITIONS as usize).await;
         assert_eq!(
             status.snapshots_loaded(),
@@ -503,13 +531,13 @@ async fn snapshots_shorten_restores_and_an_unusable_one_falls_back_to_the_whole_
             "an unusable snapshot is ignored"
         );
         assert_eq!(status.restored_events(), events, "the whole log is read");
-        let refused = bus
-            .send_and_wait(&withdraw("acct-0", 1), SendOptions::default(), wait)
+        let refused = bank
+            .bus
+            .send_and_wait(&withdraw("acct-0", 1), SendOptions::default(), WAIT)
             .await
             .expect("reply");
         assert!(!accepted(&refused), "the balance is 0");
-        shutdown.trigger();
-        task.await.expect("join").expect("run");
+        processor.stop().await.expect("run");
     }
 }
 
@@ -519,9 +547,9 @@ async fn a_partition_that_comes_back_quickly_restores_from_its_parked_state() {
     bank_topics(&config).await;
     let bus = CommandBus::new(&config, "bank", 1).await.expect("bus");
     let wait = Duration::from_secs(30);
-    let shutdown_a = Shutdown::new();
-    let (task_a, status_a) = start(&config, 0, &shutdown_a);
-    wait_ready(&status_a, PARTITIONS as usize).await;
+    let processor_a = start(&config, 0);
+    let status_a = processor_a.status();
+    wait_ready(status_a, PARTITIONS as usize).await;
     let accounts: Vec<String> = (0..9).map(|i| format!("acct-{i}")).collect();
     for a in &accounts {
         assert!(accepted(
@@ -537,8 +565,8 @@ async fn a_partition_that_comes_back_quickly_restores_from_its_parked_state() {
     }
     // B joins: A gives some partitions away (and parks their state); B leaves again: after
     // the session timeout they come back to A, which only catches up.
-    let shutdown_b = Shutdown::new();
-    let (task_b, status_b) = start(&config, 1, &shutdown_b);
+    let processor_b = start(&config, 1);
+    let status_b = processor_b.status();
     common::eventually(
         "the partitions to be shared",
         Duration::from_secs(60),
@@ -556,8 +584,7 @@ async fn a_partition_that_comes_back_quickly_restores_from_its_parked_state() {
                 .expect("reply")
         ));
     }
-    shutdown_b.trigger();
-    task_b.await.expect("join").expect("run b");
+    processor_b.stop().await.expect("run b");
     let before = status_a.restored_events();
     common::eventually(
         "A to own every partition again",
@@ -584,8 +611,7 @@ async fn a_partition_that_comes_back_quickly_restores_from_its_parked_state() {
             .expect("reply");
         assert!(accepted(&ok), "{a}: the balance is 20");
     }
-    shutdown_a.trigger();
-    task_a.await.expect("join").expect("run a");
+    processor_a.stop().await.expect("run a");
     check_log(&committed_events(&config, accounts.len() * 4, true));
 }
 
@@ -631,8 +657,8 @@ async fn a_processor_is_ready_only_once_joined_and_restored_and_no_longer_once_s
         )
         .expect("a pending offset commit");
 
-    let shutdown = Shutdown::new();
-    let (task, status) = start(&config, 0, &shutdown);
+    let processor = start(&config, 0);
+    let status = processor.status().clone();
     assert!(!status.is_ready(), "not ready before joining the group");
     common::eventually(
         "the first assignment, restoring every partition",
@@ -677,8 +703,7 @@ async fn a_processor_is_ready_only_once_joined_and_restored_and_no_longer_once_s
         .expect("reply");
     assert!(accepted(&reply));
 
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    processor.stop().await.expect("run");
     assert!(!status.is_ready(), "not ready once it left the group");
 }
 
@@ -689,18 +714,17 @@ async fn an_instance_whose_assignment_is_empty_is_ready_once_joined() {
     // empty assignment too.
     let config = common::kafka("agg-empty");
     bank_topics(&config).await;
-    let shutdown = Shutdown::new();
     let instances: Vec<_> = (0..=PARTITIONS as u32)
-        .map(|ordinal| start(&config, ordinal, &shutdown))
+        .map(|ordinal| start(&config, ordinal))
         .collect();
     common::eventually(
         "every instance ready and every partition owned",
         Duration::from_secs(60),
         || {
-            instances.iter().all(|(_, s)| s.is_ready())
+            instances.iter().all(|i| i.status().is_ready())
                 && instances
                     .iter()
-                    .map(|(_, s)| s.ready_partitions().len())
+                    .map(|i| i.status().ready_partitions().len())
                     .sum::<usize>()
                     == PARTITIONS as usize
         },
@@ -708,11 +732,14 @@ async fn an_instance_whose_assignment_is_empty_is_ready_once_joined() {
     .await;
     let owned: Vec<usize> = instances
         .iter()
-        .map(|(_, s)| s.ready_partitions().len())
+        .map(|i| i.status().ready_partitions().len())
         .collect();
-    shutdown.trigger();
-    for (task, _) in instances {
-        task.await.expect("join").expect("run");
+    // All stopped at once, as one service would be.
+    for instance in &instances {
+        instance.shutdown().trigger();
+    }
+    for instance in instances {
+        instance.stop().await.expect("run");
     }
     assert_eq!(
         owned.iter().filter(|n| **n == 0).count(),

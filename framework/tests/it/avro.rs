@@ -13,7 +13,7 @@ use choreo::kafka::SchemaStore;
 use choreo::projection::{RebuildOptions, rebuild};
 use choreo::{
     ApplyError, Error, Event, EventHandlers, HandlerError, KafkaConfig, Projection,
-    ProjectionRunner, Publisher, Received, Shutdown,
+    ProjectionRunner, Publisher, Received,
 };
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -286,13 +286,9 @@ async fn json_and_avro_v1_and_v2_events_in_one_topic_rebuild_into_the_live_view(
     assert_eq!(registered, want);
 
     // Live run.
-    let shutdown = Shutdown::new();
-    let runner = ProjectionRunner::new(Arc::new(Signups));
-    let status = runner.status();
-    let task = {
-        let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
-        tokio::spawn(async move { runner.run(&config, &pool, shutdown).await })
-    };
+    let projection =
+        common::run_projection(&config, &pool, ProjectionRunner::new(Arc::new(Signups)));
+    let status = projection.status().clone();
     common::wait_caught_up(
         &pool,
         &config,
@@ -302,8 +298,7 @@ async fn json_and_avro_v1_and_v2_events_in_one_topic_rebuild_into_the_live_view(
         Duration::from_secs(60),
     )
     .await;
-    shutdown.trigger();
-    let summary = task.await.expect("join").expect("run");
+    let summary = projection.stop().await.expect("run");
     assert!(
         summary.halted.is_empty() && status.halted().is_empty(),
         "{:?}",
@@ -477,21 +472,15 @@ async fn an_unknown_writer_schema_refreshes_the_store_then_halts_never_dead_lett
             }
         })
     };
-    let mut handlers = handlers;
-    let status = handlers.status();
-    let shutdown = Shutdown::new();
-    let task = {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(async move { handlers.run(&config, shutdown).await })
-    };
+    let handlers = common::run_handlers(&config, handlers);
+    let status = handlers.status().clone();
     common::eventually(
         "the partition to halt on the stranger",
         Duration::from_secs(60),
         || !status.halted().is_empty(),
     )
     .await;
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    handlers.stop().await.expect("run");
 
     // The newer writer's record was read after a refresh, resolved to our schema.
     assert_eq!(
@@ -588,7 +577,7 @@ async fn bad_avro_input_is_dead_lettered_with_a_precise_reason() {
     .await;
 
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut handlers = {
+    let handlers = {
         let seen = Arc::clone(&seen);
         EventHandlers::new(group.clone()).on(move |e: Received<SignedUp>| {
             let seen = Arc::clone(&seen);
@@ -598,18 +587,13 @@ async fn bad_avro_input_is_dead_lettered_with_a_precise_reason() {
             }
         })
     };
-    let status = handlers.status();
-    let shutdown = Shutdown::new();
-    let task = {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        tokio::spawn(async move { handlers.run(&config, shutdown).await })
-    };
+    let handlers = common::run_handlers(&config, handlers);
+    let status = handlers.status().clone();
     common::eventually("the good record", Duration::from_secs(60), || {
         !seen.lock().expect("lock").is_empty()
     })
     .await;
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    handlers.stop().await.expect("run");
     assert!(status.halted().is_empty(), "{:?}", status.halted());
     assert_eq!(
         *seen.lock().expect("lock"),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use choreo::kafka::{TopicAdmin, TopicSpec};
 use choreo::testing::CounterBumped;
-use choreo::{EventHandlers, HandlerError, KafkaConfig, Publisher, Received, Shutdown};
+use choreo::{EventHandlers, HandlerError, KafkaConfig, Publisher, Received};
 use uuid::Uuid;
 
 use crate::common;
@@ -110,7 +110,6 @@ async fn a_broker_restart_loses_no_acknowledged_event() {
         .expect("topics");
 
     let seen: Arc<Mutex<BTreeSet<Uuid>>> = Arc::default();
-    let shutdown = Shutdown::new();
     let handlers = EventHandlers::new("restart-printer").on({
         let seen = Arc::clone(&seen);
         move |event: Received<CounterBumped>| {
@@ -121,10 +120,7 @@ async fn a_broker_restart_loses_no_acknowledged_event() {
             }
         }
     });
-    let consuming = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { handlers.run(&config, shutdown).await }
-    });
+    let consuming = common::run_handlers(&config, handlers);
     let publisher = Publisher::new(&config, "/restart").expect("publisher");
     let (mut acked, mut failed) = publish_all(&publisher, 0..300).await;
 
@@ -155,8 +151,7 @@ async fn a_broker_restart_loses_no_acknowledged_event() {
         || seen.lock().expect("lock").is_superset(&acked),
     )
     .await;
-    shutdown.trigger();
-    consuming.await.expect("join").expect("handlers");
+    consuming.stop().await.expect("handlers");
 
     let in_log: BTreeSet<Uuid> = common::read_all(
         &config,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use choreo::kafka::{TopicAdmin, TopicSpec};
-use choreo::{KafkaConfig, PostgresConfig};
+use choreo::{KafkaConfig, PostgresConfig, Shutdown};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
@@ -247,6 +247,138 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A runtime spawned on a `Shutdown` of its own, with its status handle (`S`, `()` when the
+/// test needs none). `stop` triggers the shutdown and returns the run's result; `finished`
+/// waits for a run that ends by itself. Dropped without either (a failed assertion), it
+/// triggers the shutdown, so nothing keeps running after the test.
+pub struct Running<T, S = ()> {
+    shutdown: Shutdown,
+    task: Option<tokio::task::JoinHandle<T>>,
+    status: S,
+}
+
+impl<T: Send + 'static> Running<T> {
+    /// Spawns `run(shutdown)` on a new `Shutdown`.
+    pub fn spawn<F, Fut>(run: F) -> Self
+    where
+        F: FnOnce(Shutdown) -> Fut,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        Running::spawn_with((), run)
+    }
+}
+
+#[allow(dead_code)]
+impl<T: Send + 'static, S> Running<T, S> {
+    /// Spawns `run(shutdown)` on a new `Shutdown`, holding `status` (the runtime's status
+    /// handle, taken before `run`).
+    pub fn spawn_with<F, Fut>(status: S, run: F) -> Self
+    where
+        F: FnOnce(Shutdown) -> Fut,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(run(shutdown.clone()));
+        Self {
+            shutdown,
+            task: Some(task),
+            status,
+        }
+    }
+}
+
+#[allow(dead_code)]
+impl<T, S> Running<T, S> {
+    /// The runtime's status handle.
+    pub fn status(&self) -> &S {
+        &self.status
+    }
+
+    /// The run's shutdown signal.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Whether the run has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Triggers the shutdown and returns the run's result (panics if the run panicked).
+    pub async fn stop(mut self) -> T {
+        self.shutdown.trigger();
+        self.join().await
+    }
+
+    /// Waits for the run to end without triggering its shutdown (a run that stops by itself).
+    pub async fn finished(mut self) -> T {
+        self.join().await
+    }
+
+    async fn join(&mut self) -> T {
+        self.task
+            .take()
+            .expect("a run is joined once")
+            .await
+            .expect("the run panicked")
+    }
+}
+
+impl<T, S> Drop for Running<T, S> {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Runs `processor` until stopped, holding its status.
+#[allow(dead_code)]
+pub fn run_processor<A: choreo::aggregate::Aggregate>(
+    config: &KafkaConfig,
+    processor: choreo::aggregate::CommandProcessor<A>,
+) -> Running<choreo::Result<()>, choreo::aggregate::ProcessorStatus> {
+    let config = config.clone();
+    Running::spawn_with(processor.status(), move |shutdown| async move {
+        processor.run(&config, shutdown).await
+    })
+}
+
+/// Runs `runner` until stopped, holding its status.
+#[allow(dead_code)]
+pub fn run_reactor<R: choreo::reactor::Reactor>(
+    config: &KafkaConfig,
+    runner: choreo::reactor::ReactorRunner<R>,
+) -> Running<choreo::Result<()>, choreo::reactor::ReactorStatus> {
+    let config = config.clone();
+    Running::spawn_with(runner.status(), move |shutdown| async move {
+        runner.run(&config, shutdown).await
+    })
+}
+
+/// Runs `runner` on `pool` until stopped, holding its status.
+#[allow(dead_code)]
+pub fn run_projection<P: choreo::Projection>(
+    config: &KafkaConfig,
+    pool: &sqlx::PgPool,
+    runner: choreo::ProjectionRunner<P>,
+) -> Running<choreo::Result<choreo::kafka::RunSummary>, choreo::kafka::ConsumerStatus> {
+    let (config, pool) = (config.clone(), pool.clone());
+    Running::spawn_with(runner.status(), move |shutdown| async move {
+        runner.run(&config, &pool, shutdown).await
+    })
+}
+
+/// Runs `handlers` until stopped, holding their status.
+#[allow(dead_code)]
+pub fn run_handlers(
+    config: &KafkaConfig,
+    mut handlers: choreo::EventHandlers,
+) -> Running<choreo::Result<choreo::kafka::RunSummary>, choreo::kafka::ConsumerStatus> {
+    let config = config.clone();
+    Running::spawn_with(handlers.status(), move |shutdown| async move {
+        handlers.run(&config, shutdown).await
+    })
 }
 
 /// The event most tests publish.

@@ -2,160 +2,18 @@
 //! a zombie paused past its session timeout. After each, the view must equal an independent
 //! fold of the log, with every offset applied in exactly one committed batch.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use choreo::{KafkaConfig, Publisher};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 
 use crate::common;
+use crate::process::{
+    Reaped, drill, drill_command, group_members, signal, spawn_watched, stdout_of, stop, wait_exit,
+};
 use crate::projections::{PROJECTION, applied_past, fold, publish, topics, view};
-
-/// The command that starts `choreo-drill` with the test's Kafka namespace and database.
-fn drill_command(
-    config: &KafkaConfig,
-    database_url: &str,
-    args: &[&str],
-    failpoint: Option<&str>,
-) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_choreo-drill"));
-    command
-        .args(args)
-        .env("CHOREO_KAFKA_BROKERS", config.brokers())
-        .env(
-            "CHOREO_TOPIC_NAMESPACE",
-            config.topic_namespace().expect("tests use a namespace"),
-        )
-        .env("CHOREO_DATABASE_URL", database_url)
-        .env_remove("CHOREO_FAILPOINT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(point) = failpoint {
-        command.env("CHOREO_FAILPOINT", point);
-    }
-    command
-}
-
-/// Starts `choreo-drill` with the test's Kafka namespace and database.
-pub(crate) fn drill(
-    config: &KafkaConfig,
-    database_url: &str,
-    args: &[&str],
-    failpoint: Option<&str>,
-) -> Child {
-    drill_command(config, database_url, args, failpoint)
-        .spawn()
-        .expect("start choreo-drill")
-}
-
-/// A child process killed and reaped when dropped, so a failing test leaves no drill running
-/// (one that still holds the test's output pipe open would keep the test run from ending).
-pub(crate) struct Reaped(pub Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `choreo-drill` like [`drill`], passing its stderr on line by line and counting the
-/// lines that contain `marker` (what a stall failpoint prints when it starts stalling): a
-/// test waits for the count instead of guessing how long the process takes to get there.
-fn drill_watched(
-    config: &KafkaConfig,
-    database_url: &str,
-    args: &[&str],
-    failpoint: Option<&str>,
-    marker: &'static str,
-) -> (Child, Arc<AtomicUsize>) {
-    let command = drill_command(config, database_url, args, failpoint);
-    let (child, mut seen) = spawn_watched(command, &[marker]);
-    (child, seen.remove(0))
-}
-
-/// Spawns `command` with its stderr passed on line by line, counting for each of `markers`
-/// the lines that contain it.
-fn spawn_watched(mut command: Command, markers: &[&'static str]) -> (Child, Vec<Arc<AtomicUsize>>) {
-    let mut child = command
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start choreo-drill");
-    let stderr = child.stderr.take().expect("stderr");
-    let seen: Vec<Arc<AtomicUsize>> = markers.iter().map(|_| Arc::default()).collect();
-    std::thread::spawn({
-        let seen = seen.clone();
-        let markers = markers.to_vec();
-        move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                for (marker, count) in markers.iter().zip(&seen) {
-                    if line.contains(marker) {
-                        count.fetch_add(1, Ordering::AcqRel);
-                    }
-                }
-                eprintln!("{line}");
-            }
-        }
-    });
-    (child, seen)
-}
-
-/// The state of consumer group `group` and the ids of its members, as the broker describes
-/// it.
-fn group_members(admin: &BaseConsumer, group: &str) -> (String, Vec<String>) {
-    admin
-        .fetch_group_list(Some(group), Duration::from_secs(10))
-        .ok()
-        .and_then(|list| {
-            list.groups().first().map(|g| {
-                (
-                    g.state().to_owned(),
-                    g.members().iter().map(|m| m.id().to_owned()).collect(),
-                )
-            })
-        })
-        .unwrap_or_default()
-}
-
-/// Waits for the process to end; panics after `timeout`.
-pub(crate) fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("choreo-drill did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{name} failed");
-}
-
-/// Stops a drill process gracefully (SIGTERM) and checks it exited cleanly.
-pub(crate) fn stop(mut child: Child) {
-    signal(&child, "TERM");
-    let status = wait_exit(&mut child, Duration::from_secs(60));
-    assert!(status.success(), "graceful stop: {status}");
-}
-
-fn stdout_of(child: Child) -> String {
-    let output = child.wait_with_output().expect("output");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 async fn killed_live_projection_recovers(test: &str, failpoint: &str) {
     let config = common::kafka(test);
@@ -369,32 +227,61 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
     let config = common::kafka("drill-zombie");
     let topic = topics(&config, 3).await;
     let (url, pool) = common::fresh_database("drill_zombie").await;
-    let publisher = Publisher::new(&config, "/drill").expect("publisher");
-    publish(&publisher, 0..1000).await;
-    let zombie = drill(&config, &url, &["project"], None);
-    common::wait_caught_up(
-        &pool,
-        &config,
-        PROJECTION,
-        &topic,
-        3,
-        Duration::from_secs(90),
-    )
-    .await;
+    let z = Zombie {
+        admin: rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", config.brokers())
+            .create()
+            .expect("admin consumer"),
+        group: config.topic_name(PROJECTION),
+        publisher: Publisher::new(&config, "/drill").expect("publisher"),
+        config,
+        topic,
+        url,
+        pool,
+    };
+    let (zombie, zombie_member, caught_up) = step_the_zombie_catches_up_alone(&z).await;
+    let (successor, producing) =
+        step_paused_past_its_session_timeout_it_is_dropped(&z, &zombie, &zombie_member, &caught_up)
+            .await;
+    step_resumed_it_applies_nothing_twice(&z, zombie, successor, producing).await;
+}
 
-    let caught_up = common::end_offsets(&config, &topic, 3);
+/// What the zombie drill's steps share.
+struct Zombie {
+    config: KafkaConfig,
+    topic: String,
+    url: String,
+    pool: sqlx::PgPool,
+    publisher: Publisher,
+    /// Describes the projection's group.
+    admin: BaseConsumer,
+    group: String,
+}
+
+/// The zombie-to-be projects the first 1000 events alone; returns it, its member id and the
+/// end offsets it caught up to.
+async fn step_the_zombie_catches_up_alone(z: &Zombie) -> (Child, String, Vec<i64>) {
+    let Zombie {
+        config,
+        topic,
+        url,
+        pool,
+        publisher,
+        admin,
+        group,
+    } = z;
+    publish(publisher, 0..1000).await;
+    let zombie = drill(config, url, &["project"], None);
+    common::wait_caught_up(pool, config, PROJECTION, topic, 3, Duration::from_secs(90)).await;
+
+    let caught_up = common::end_offsets(config, topic, 3);
     // The zombie's member id, while it is alone in its group.
-    let admin: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", config.brokers())
-        .create()
-        .expect("admin consumer");
-    let group = config.topic_name(PROJECTION);
     let mut zombie_member = String::new();
     common::eventually(
         "the zombie alone in its group",
         Duration::from_secs(60),
         || {
-            let (state, members) = group_members(&admin, &group);
+            let (state, members) = group_members(admin, group);
             if state == "Stable" && members.len() == 1 {
                 zombie_member.clone_from(&members[0]);
                 return true;
@@ -403,9 +290,19 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
         },
     )
     .await;
+    (zombie, zombie_member, caught_up)
+}
 
+/// While events keep coming, the zombie is paused (SIGSTOP) as it applies the new ones, and a
+/// successor starts; the group drops the zombie for it. Returns the successor and the producer.
+async fn step_paused_past_its_session_timeout_it_is_dropped(
+    z: &Zombie,
+    zombie: &Child,
+    zombie_member: &str,
+    caught_up: &[i64],
+) -> (Child, tokio::task::JoinHandle<()>) {
     let producing = tokio::spawn({
-        let publisher = publisher.clone();
+        let publisher = z.publisher.clone();
         async move {
             for round in 0..20 {
                 publish(&publisher, 1000 + round * 100..1100 + round * 100).await;
@@ -414,33 +311,44 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
         }
     });
     // Paused while it applies the new events (it has applied some of them).
-    let (db, events) = (&pool, &topic);
+    let (db, events) = (&z.pool, &z.topic);
     common::eventually_async(
         "the zombie applying the new events",
         Duration::from_secs(60),
-        || applied_past(db, events, &caught_up),
+        || applied_past(db, events, caught_up),
     )
     .await;
-    signal(&zombie, "STOP");
-    let successor = drill(&config, &url, &["project"], None);
+    signal(zombie, "STOP");
+    let successor = drill(&z.config, &z.url, &["project"], None);
     // Past the zombie's 10 s session timeout the group drops it and hands its partitions to
     // the successor: resumed only once the broker shows that.
     common::eventually(
         "the group to drop the zombie for the successor",
         Duration::from_secs(90),
         || {
-            let (state, members) = group_members(&admin, &group);
-            state == "Stable" && !members.is_empty() && !members.contains(&zombie_member)
+            let (state, members) = group_members(&z.admin, &z.group);
+            state == "Stable" && !members.is_empty() && !members.iter().any(|m| m == zombie_member)
         },
     )
     .await;
+    (successor, producing)
+}
+
+/// Resumed (SIGCONT), the zombie goes on with its stale batch: the view still equals the
+/// fold, each offset in exactly one committed batch.
+async fn step_resumed_it_applies_nothing_twice(
+    z: &Zombie,
+    zombie: Child,
+    successor: Child,
+    producing: tokio::task::JoinHandle<()>,
+) {
     signal(&zombie, "CONT");
     producing.await.expect("producer");
     common::wait_caught_up(
-        &pool,
-        &config,
+        &z.pool,
+        &z.config,
         PROJECTION,
-        &topic,
+        &z.topic,
         3,
         Duration::from_secs(90),
     )
@@ -448,8 +356,8 @@ async fn a_zombie_paused_past_its_session_timeout_never_double_applies() {
     stop(zombie);
     stop(successor);
     assert_eq!(
-        view(&pool, "counters_v1").await,
-        fold(&config, &topic, 3000),
+        view(&z.pool, "counters_v1").await,
+        fold(&z.config, &z.topic, 3000),
         "each offset in exactly one committed batch"
     );
 }
@@ -466,9 +374,9 @@ mod commands {
     use choreo::aggregate::{CommandBus, Outcome, SendOptions};
     use choreo::testing::account::AccountCommand;
 
-    use super::{drill, drill_watched, signal, stop, wait_exit};
     use crate::aggregates::{PARTITIONS, bank_topics, check_log, deposit, open, withdraw};
     use crate::common;
+    use crate::process::{drill, drill_watched, signal, stop, wait_exit};
 
     /// What the `command.restore` failpoint prints when a restore starts stalling.
     const RESTORE_STALLS: &str = "failpoint command.restore: stalling";
@@ -880,9 +788,23 @@ mod publisher {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use super::{drill, stdout_of, wait_exit};
     use crate::common;
+    use rdkafka::message::OwnedMessage;
+
+    use crate::process::{drill, stdout_of, wait_exit};
     use crate::projections::topics;
+
+    /// How often each `ce_id` is in `records`; asserts there are `expected` ids, each once.
+    fn ids_once(records: &[OwnedMessage], expected: usize) -> BTreeMap<String, usize> {
+        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+        for record in records {
+            *ids.entry(common::header_map(record)["ce_id"].clone())
+                .or_default() += 1;
+        }
+        assert_eq!(ids.len(), expected, "{ids:?}");
+        assert!(ids.values().all(|n| *n == 1), "{ids:?}");
+        ids
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn publish_retries_a_failed_send_itself_with_the_same_id() {
@@ -904,13 +826,7 @@ mod publisher {
         );
         // Twenty ids, each once: the retry reused its id, so nothing is doubled.
         let records = common::read_all(&config, &topic, 20, Duration::from_secs(30), true);
-        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
-        for record in &records {
-            *ids.entry(common::header_map(record)["ce_id"].clone())
-                .or_default() += 1;
-        }
-        assert_eq!(ids.len(), 20, "{ids:?}");
-        assert!(ids.values().all(|n| *n == 1), "{ids:?}");
+        ids_once(&records, 20);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -942,13 +858,7 @@ mod publisher {
 
         // Every record in the log once, the failed one included (sent again with its id).
         let records = common::read_all(&config, &topic, 20, Duration::from_secs(30), true);
-        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
-        for record in &records {
-            *ids.entry(common::header_map(record)["ce_id"].clone())
-                .or_default() += 1;
-        }
-        assert_eq!(ids.len(), 20, "{ids:?}");
-        assert!(ids.values().all(|n| *n == 1), "{ids:?}");
+        let ids = ids_once(&records, 20);
         assert_eq!(ids.get(&failed_id), Some(&1));
     }
 }

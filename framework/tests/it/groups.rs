@@ -4,51 +4,29 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use choreo::kafka::ConsumerStatus;
-use choreo::{EventHandlers, HandlerError, Publisher, Received, Shutdown};
-use tokio::task::JoinHandle;
+use choreo::kafka::{ConsumerStatus, RunSummary};
+use choreo::{EventHandlers, HandlerError, Publisher, Received};
 
-use crate::common::{self, UserSignedUp, signup};
+use crate::common::{self, Running, UserSignedUp, signup};
 
 type Log = Arc<Mutex<Vec<(&'static str, i32, String)>>>;
 
-type Running = (
-    JoinHandle<choreo::Result<choreo::kafka::RunSummary>>,
-    ConsumerStatus,
-);
+type Instance = Running<choreo::Result<RunSummary>, ConsumerStatus>;
 
-fn start(
-    config: &choreo::KafkaConfig,
-    group: &str,
-    instance: &'static str,
-    log: &Log,
-    shutdown: &Shutdown,
-) -> Running {
-    let (config, group, log, shutdown) = (
-        config.clone(),
-        group.to_owned(),
-        Arc::clone(log),
-        shutdown.clone(),
-    );
-    let mut handlers = EventHandlers::new(group);
-    let status = handlers.status();
-    let task = tokio::spawn(async move {
-        handlers
-            .on(move |e: Received<UserSignedUp>| {
-                let log = Arc::clone(&log);
-                async move {
-                    log.lock().expect("lock").push((
-                        instance,
-                        e.origin.partition,
-                        e.payload.user_id,
-                    ));
-                    Ok::<_, HandlerError>(())
-                }
-            })
-            .run(&config, shutdown)
-            .await
-    });
-    (task, status)
+fn start(config: &choreo::KafkaConfig, group: &str, instance: &'static str, log: &Log) -> Instance {
+    let log = Arc::clone(log);
+    common::run_handlers(
+        config,
+        EventHandlers::new(group).on(move |e: Received<UserSignedUp>| {
+            let log = Arc::clone(&log);
+            async move {
+                log.lock()
+                    .expect("lock")
+                    .push((instance, e.origin.partition, e.payload.user_id));
+                Ok::<_, HandlerError>(())
+            }
+        }),
+    )
 }
 
 /// Publishes markers (signups `marker-{phase}-{j}`) until every one of the `partitions` has
@@ -93,9 +71,9 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over_without_
     common::create_dlq(&config, &group).await;
     let publisher = Publisher::new(&config, "/test-service").expect("publisher");
     let log: Log = Arc::default();
-    let (stop_a, stop_b) = (Shutdown::new(), Shutdown::new());
-    let (a, status_a) = start(&config, &group, "a", &log, &stop_a);
-    let (b, status_b) = start(&config, &group, "b", &log, &stop_b);
+    let a = start(&config, &group, "a", &log);
+    let b = start(&config, &group, "b", &log);
+    let (status_a, status_b) = (a.status().clone(), b.status().clone());
     common::eventually(
         "both instances to own partitions",
         Duration::from_secs(60),
@@ -147,8 +125,7 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over_without_
     }
 
     // Phase 2: a leaves (graceful: finishes, commits, leaves the group); b takes over.
-    stop_a.trigger();
-    a.await.expect("join a").expect("run a");
+    a.stop().await.expect("run a");
     let before = log.lock().expect("lock").len();
     let second: Vec<UserSignedUp> = (600..1200).map(signup).collect();
     for result in futures::future::join_all(second.iter().map(|e| publisher.publish(e))).await {
@@ -165,8 +142,7 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over_without_
     handled(&log, "phase 2 handled", &ids).await;
     let phase2_markers = markers(&publisher, "2", 6).await;
     handled(&log, "the phase 2 markers handled", &phase2_markers).await;
-    stop_b.trigger();
-    b.await.expect("join b").expect("run b");
+    b.stop().await.expect("run b");
     let log = log.lock().expect("lock");
     assert!(
         log[before..].iter().all(|(i, ..)| *i == "b"),

@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use choreo::kafka::{RecordHeaders, dlq_headers};
-use choreo::{EventHandlers, HandlerError, Publisher, Received, Shutdown, UnknownTypes};
+use choreo::{EventHandlers, HandlerError, Publisher, Received, UnknownTypes};
 use rdkafka::Message;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::common::{self, UserSignedUp, signup};
+use crate::common::{self, Running, UserSignedUp, signup};
 
 /// Sends a raw record, as a foreign or broken producer would.
 async fn send_raw(
@@ -115,15 +115,9 @@ async fn bad_records_go_to_the_dead_letter_topic_with_the_reason_and_later_event
     publisher.publish(&signup(9)).await.expect("good event 9");
 
     let handled: Arc<Mutex<Vec<String>>> = Arc::default();
-    let shutdown = Shutdown::new();
-    let runner = tokio::spawn({
-        let (config, shutdown, handled, group) = (
-            config.clone(),
-            shutdown.clone(),
-            Arc::clone(&handled),
-            group.clone(),
-        );
-        async move {
+    let runner = Running::spawn({
+        let (config, handled, group) = (config.clone(), Arc::clone(&handled), group.clone());
+        move |shutdown| async move {
             EventHandlers::new(group)
                 .unknown_types(UnknownTypes::DeadLetter)
                 .on(move |e: Received<UserSignedUp>| {
@@ -148,8 +142,7 @@ async fn bad_records_go_to_the_dead_letter_topic_with_the_reason_and_later_event
     })
     .await;
     let letters = common::read_all(&config, &dlq, 7, Duration::from_secs(30), true);
-    shutdown.trigger();
-    let summary = runner.await.expect("join").expect("run");
+    let summary = runner.stop().await.expect("run");
     assert!(summary.halted.is_empty(), "{:?}", summary.halted);
     assert_eq!(
         *handled.lock().expect("lock"),
@@ -234,16 +227,14 @@ async fn a_transient_failure_longer_than_max_poll_interval_keeps_the_partition_a
     let first_failure = Arc::new(std::sync::OnceLock::<Instant>::new());
     let attempts = Arc::new(AtomicU32::new(0));
     let handled: Arc<Mutex<Vec<String>>> = Arc::default();
-    let shutdown = Shutdown::new();
-    let runner = tokio::spawn({
-        let (config, shutdown, handled, attempts, first_failure) = (
+    let runner = Running::spawn({
+        let (config, handled, attempts, first_failure) = (
             config.clone(),
-            shutdown.clone(),
             Arc::clone(&handled),
             Arc::clone(&attempts),
             Arc::clone(&first_failure),
         );
-        async move {
+        move |shutdown| async move {
             EventHandlers::new(group)
                 // max.poll.interval.ms of 7 s: far shorter than the 14 s of failures.
                 .configure(|s| {
@@ -279,8 +270,7 @@ async fn a_transient_failure_longer_than_max_poll_interval_keeps_the_partition_a
         handled.lock().expect("lock").len() >= 10
     })
     .await;
-    shutdown.trigger();
-    let summary = runner.await.expect("join").expect("run");
+    let summary = runner.stop().await.expect("run");
     let handled = handled.lock().expect("lock").clone();
     let unique: BTreeSet<&String> = handled.iter().collect();
     assert_eq!(unique.len(), 10, "every event handled: {handled:?}");
@@ -319,16 +309,14 @@ async fn a_redriven_dead_letter_goes_back_to_its_group_and_is_handled() {
     // The first attempt rejects user 7 (say, a bug since fixed); the redriven copy succeeds.
     let rejected_once = Arc::new(AtomicU32::new(0));
     let handled: Arc<Mutex<Vec<String>>> = Arc::default();
-    let shutdown = Shutdown::new();
-    let runner = tokio::spawn({
-        let (config, shutdown, handled, rejected_once, group) = (
+    let runner = Running::spawn({
+        let (config, handled, rejected_once, group) = (
             config.clone(),
-            shutdown.clone(),
             Arc::clone(&handled),
             Arc::clone(&rejected_once),
             group.clone(),
         );
-        async move {
+        move |shutdown| async move {
             EventHandlers::new(group)
                 .on(move |e: Received<UserSignedUp>| {
                     let (handled, rejected_once) =
@@ -372,8 +360,7 @@ async fn a_redriven_dead_letter_goes_back_to_its_group_and_is_handled() {
         || !handled.lock().expect("lock").is_empty(),
     )
     .await;
-    shutdown.trigger();
-    runner.await.expect("join").expect("run");
+    runner.stop().await.expect("run");
     assert_eq!(
         *handled.lock().expect("lock"),
         vec![format!("u-7@{group_id}.redrive")],
@@ -431,19 +418,13 @@ async fn two_namespaces_sharing_a_group_name_keep_their_groups_and_dead_letters_
         }
     }
 
-    let shutdown = Shutdown::new();
     let handled: [Arc<Mutex<BTreeSet<String>>>; 2] = Default::default();
     let runners: Vec<_> = stacks
         .iter()
         .zip(&handled)
         .map(|(config, handled)| {
-            let (config, shutdown, handled, group) = (
-                config.clone(),
-                shutdown.clone(),
-                Arc::clone(handled),
-                group.clone(),
-            );
-            tokio::spawn(async move {
+            let (config, handled, group) = (config.clone(), Arc::clone(handled), group.clone());
+            Running::spawn(move |shutdown| async move {
                 EventHandlers::new(group)
                     .on(move |e: Received<UserSignedUp>| {
                         let handled = Arc::clone(&handled);
@@ -473,9 +454,12 @@ async fn two_namespaces_sharing_a_group_name_keep_their_groups_and_dead_letters_
     for (config, dlq) in stacks.iter().zip(&dlqs) {
         common::read_all(config, dlq, 1, Duration::from_secs(30), true);
     }
-    shutdown.trigger();
+    // Both stopped at once.
+    for runner in &runners {
+        runner.shutdown().trigger();
+    }
     for runner in runners {
-        let summary = runner.await.expect("join").expect("run");
+        let summary = runner.stop().await.expect("run");
         assert!(summary.halted.is_empty(), "{:?}", summary.halted);
     }
     // One letter expected each; read after both stopped, to the end of each dead-letter
@@ -527,7 +511,6 @@ async fn an_error_not_marked_transient_is_retried_for_a_while_then_halts_its_par
     let publisher = Publisher::new(&config, "/test-service").expect("publisher");
     publisher.publish(&signup(0)).await.expect("publish");
     let attempts = Arc::new(AtomicU32::new(0));
-    let shutdown = Shutdown::new();
     let mut handlers = EventHandlers::new(group)
         .retry_unclassified_for(Duration::from_secs(3))
         .on({
@@ -544,10 +527,7 @@ async fn an_error_not_marked_transient_is_retried_for_a_while_then_halts_its_par
             }
         });
     let status = handlers.status();
-    let runner = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { handlers.run(&config, shutdown).await }
-    });
+    let runner = common::run_handlers(&config, handlers);
     // While it is retried, the status says so, with the error and since when.
     common::eventually(
         "the partition to show as retrying",
@@ -578,7 +558,6 @@ async fn an_error_not_marked_transient_is_retried_for_a_while_then_halts_its_par
         attempts.load(Ordering::Relaxed) >= 2,
         "it was retried first"
     );
-    shutdown.trigger();
-    let summary = runner.await.expect("join").expect("run");
+    let summary = runner.stop().await.expect("run");
     assert_eq!(summary.halted.len(), 1, "{summary:?}");
 }

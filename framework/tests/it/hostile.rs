@@ -15,7 +15,7 @@ use choreo::projection::ProjectionRunner;
 use choreo::reactor::{Outputs, ReactError, Reactor, ReactorRunner};
 use choreo::testing::echo::EchoReactor;
 use choreo::testing::{CounterBumped, CounterProjection};
-use choreo::{KafkaConfig, Publisher, Shutdown};
+use choreo::{KafkaConfig, Publisher};
 use rdkafka::Message;
 use rdkafka::message::{OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,23 +25,6 @@ use crate::aggregates;
 use crate::common;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Runs `reactor` until `shutdown`.
-fn start_reactor<R: Reactor>(
-    config: &KafkaConfig,
-    runner: ReactorRunner<R>,
-    shutdown: &Shutdown,
-) -> (
-    tokio::task::JoinHandle<choreo::Result<()>>,
-    choreo::reactor::ReactorStatus,
-) {
-    let status = runner.status();
-    let (config, shutdown) = (config.clone(), shutdown.clone());
-    (
-        tokio::spawn(async move { runner.run(&config, shutdown).await }),
-        status,
-    )
-}
 
 fn raw_producer(config: &KafkaConfig) -> FutureProducer {
     rdkafka::ClientConfig::new()
@@ -190,19 +173,17 @@ async fn foreign_records_never_stop_a_projection_or_a_reactor() {
     .await;
     publisher.publish(&bump("k2", 2)).await.expect("k2");
 
-    let shutdown = Shutdown::new();
-    let projection = ProjectionRunner::new(Arc::new(CounterProjection));
+    let projection = common::run_projection(
+        &config,
+        &pool,
+        ProjectionRunner::new(Arc::new(CounterProjection)),
+    );
     let projection_status = projection.status();
-    let projection_task = tokio::spawn({
-        let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
-        async move { projection.run(&config, &pool, shutdown).await }
-    });
-    let reactor = ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", 0);
+    let reactor = common::run_reactor(
+        &config,
+        ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", 0),
+    );
     let reactor_status = reactor.status();
-    let reactor_task = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { reactor.run(&config, shutdown).await }
-    });
     common::wait_caught_up(&pool, &config, "counters.v1", &topic, 1, WAIT).await;
     common::eventually("the reactor took every event", WAIT, || {
         reactor_status.reacted() >= 4 && reactor_status.dead_lettered() >= 2
@@ -213,14 +194,16 @@ async fn foreign_records_never_stop_a_projection_or_a_reactor() {
         "{:?}",
         projection_status.halted()
     );
-    shutdown.trigger();
-    projection_task
+    // Both stopped at once.
+    projection.shutdown().trigger();
+    reactor.shutdown().trigger();
+    projection
+        .stop()
         .await
-        .expect("join")
         .expect("the projection ran to its shutdown");
-    reactor_task
+    reactor
+        .stop()
         .await
-        .expect("join")
         .expect("the reactor ran to its shutdown");
 
     // The view: every event but the one with the bad header, the foreign ones included.
@@ -278,9 +261,9 @@ async fn foreign_records_never_stop_a_projection_or_a_reactor() {
 async fn foreign_records_never_stop_a_command_processor_or_the_bus() {
     let config = common::kafka("hostile-commands");
     aggregates::bank_topics(&config).await;
-    let shutdown = Shutdown::new();
-    let (task, status) = aggregates::start(&config, 0, &shutdown);
-    aggregates::wait_ready(&status, aggregates::PARTITIONS as usize).await;
+    let processor = aggregates::start(&config, 0);
+    let status = processor.status();
+    aggregates::wait_ready(status, aggregates::PARTITIONS as usize).await;
     let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
     let raw = raw_producer(&config);
     let key = b"h1";
@@ -331,9 +314,9 @@ async fn foreign_records_never_stop_a_command_processor_or_the_bus() {
     let reason = &common::header_map(&letters[0])[dlq_headers::ERROR];
     assert!(reason.contains("not UTF-8"), "{reason}");
     assert!(has_bad_name(&letters[0]));
-    shutdown.trigger();
-    task.await
-        .expect("join")
+    processor
+        .stop()
+        .await
         .expect("the processor ran to its shutdown");
 
     // Other producers write into the aggregate's own log: a record with a bad header name and
@@ -364,9 +347,9 @@ async fn foreign_records_never_stop_a_command_processor_or_the_bus() {
     )
     .await
     .expect("foreign event");
-    let shutdown = Shutdown::new();
-    let (task, status) = aggregates::start(&config, 0, &shutdown);
-    aggregates::wait_ready(&status, aggregates::PARTITIONS as usize).await;
+    let processor = aggregates::start(&config, 0);
+    let status = processor.status();
+    aggregates::wait_ready(status, aggregates::PARTITIONS as usize).await;
     assert_eq!(status.foreign_records_skipped(), 2);
     let reply = bus
         .send_and_wait(&aggregates::withdraw("h1", 1), SendOptions::default(), WAIT)
@@ -382,9 +365,9 @@ async fn foreign_records_never_stop_a_command_processor_or_the_bus() {
         .expect("a reply");
     assert!(aggregates::accepted(&reply), "{reply:?}");
     assert!(status.halted().is_empty(), "{:?}", status.halted());
-    shutdown.trigger();
-    task.await
-        .expect("join")
+    processor
+        .stop()
+        .await
         .expect("the processor ran to its shutdown");
 }
 
@@ -440,18 +423,17 @@ async fn an_output_the_broker_refuses_dead_letters_its_input_and_later_events_go
     for (key, len) in [("a", 10), ("huge", 2_000_000), ("b", 20)] {
         publisher.publish(&bump(key, len)).await.expect("publish");
     }
-    let shutdown = Shutdown::new();
-    let runner = ReactorRunner::new(BigReactor, "drill", 0);
-    let (task, status) = start_reactor(&config, runner, &shutdown);
+    let reactor = common::run_reactor(&config, ReactorRunner::new(BigReactor, "drill", 0));
+    let status = reactor.status();
     common::eventually(
         "the small events reacted to, the huge one set aside",
         WAIT,
         || status.reacted() >= 2 && status.dead_lettered() >= 1,
     )
     .await;
-    shutdown.trigger();
-    task.await
-        .expect("join")
+    reactor
+        .stop()
+        .await
         .expect("the reactor ran to its shutdown");
     let outputs = common::read_all(
         &config,
@@ -607,14 +589,10 @@ async fn a_command_whose_events_cannot_all_be_written_is_rejected_and_leaves_no_
         ],
     )
     .await;
-    let shutdown = Shutdown::new();
-    let processor = CommandProcessor::<Doc>::new("docs", "doc", 0, 1);
+    let processor =
+        common::run_processor(&config, CommandProcessor::<Doc>::new("docs", "doc", 0, 1));
     let status = processor.status();
-    let task = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { processor.run(&config, shutdown).await }
-    });
-    aggregates::wait_ready(&status, 1).await;
+    aggregates::wait_ready(status, 1).await;
     let bus = CommandBus::new(&config, "docs", 0).await.expect("bus");
     let send = |command: DocCommand, options: SendOptions| {
         let bus = bus.clone();
@@ -668,9 +646,9 @@ async fn a_command_whose_events_cannot_all_be_written_is_rejected_and_leaves_no_
     let last = send(write(20), SendOptions::default()).await;
     assert!(aggregates::accepted(&last), "{last:?}");
     assert!(status.halted().is_empty(), "{:?}", status.halted());
-    shutdown.trigger();
-    task.await
-        .expect("join")
+    processor
+        .stop()
+        .await
         .expect("the processor ran to its shutdown");
 
     let log = common::read_all(&config, &config.topic_name("doc.events"), 2, WAIT, true);
@@ -719,18 +697,17 @@ async fn a_dead_letter_too_large_for_its_topic_is_written_cut_rather_than_blocki
     publisher.send(&sent).await.expect("the big input");
     publisher.publish(&bump("after", 10)).await.expect("after");
 
-    let shutdown = Shutdown::new();
-    let runner = ReactorRunner::new(BigReactor, "drill", 0);
-    let (task, status) = start_reactor(&config, runner, &shutdown);
+    let reactor = common::run_reactor(&config, ReactorRunner::new(BigReactor, "drill", 0));
+    let status = reactor.status();
     common::eventually(
         "the next event reacted to, the big one dead-lettered",
         WAIT,
         || status.reacted() >= 1 && status.dead_lettered() >= 1,
     )
     .await;
-    shutdown.trigger();
-    task.await
-        .expect("join")
+    reactor
+        .stop()
+        .await
         .expect("the reactor ran to its shutdown");
 
     let letters = common::read_all(&config, &config.topic_name("announcer.dlq"), 1, WAIT, true);
@@ -795,37 +772,28 @@ async fn a_handler_dead_letter_too_large_for_its_topic_is_written_cut() {
     publisher.publish(&bump("after", 1)).await.expect("after");
 
     let handled: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn({
-        let (config, shutdown, handled, group) = (
-            config.clone(),
-            shutdown.clone(),
-            Arc::clone(&handled),
-            group.clone(),
-        );
-        async move {
-            choreo::EventHandlers::new(group)
-                .on(move |e: Received<CounterBumped>| {
-                    let handled = Arc::clone(&handled);
-                    async move {
-                        if e.payload.poison {
-                            return Err(choreo::HandlerError::poison(anyhow::anyhow!("poison")));
-                        }
-                        handled.lock().expect("lock").push(e.payload.key);
-                        Ok(())
+    let handlers = common::run_handlers(
+        &config,
+        choreo::EventHandlers::new(group.clone()).on({
+            let handled = Arc::clone(&handled);
+            move |e: Received<CounterBumped>| {
+                let handled = Arc::clone(&handled);
+                async move {
+                    if e.payload.poison {
+                        return Err(choreo::HandlerError::poison(anyhow::anyhow!("poison")));
                     }
-                })
-                .run(&config, shutdown)
-                .await
-        }
-    });
+                    handled.lock().expect("lock").push(e.payload.key);
+                    Ok(())
+                }
+            }
+        }),
+    );
     common::eventually("the next event handled", WAIT, || {
         !handled.lock().expect("lock").is_empty()
     })
     .await;
     let letters = common::read_all(&config, &dlq_name, 1, WAIT, true);
-    shutdown.trigger();
-    let summary = task.await.expect("join").expect("run");
+    let summary = handlers.stop().await.expect("run");
     assert!(summary.halted.is_empty(), "{:?}", summary.halted);
     assert_eq!(*handled.lock().expect("lock"), vec!["after".to_owned()]);
     assert_eq!(letters.len(), 1, "one dead letter");
@@ -863,16 +831,18 @@ async fn a_broker_refusal_in_a_batch_of_several_inputs_dead_letters_only_the_cul
     for (key, len) in [("a", 10), ("b", 10), ("big", 150_000), ("c", 10), ("d", 10)] {
         publisher.publish(&bump(key, len)).await.expect("publish");
     }
-    let shutdown = Shutdown::new();
-    let runner = ReactorRunner::new(BigReactor, "drill", 0).max_batch(100);
-    let (task, status) = start_reactor(&config, runner, &shutdown);
+    let reactor = common::run_reactor(
+        &config,
+        ReactorRunner::new(BigReactor, "drill", 0).max_batch(100),
+    );
+    let status = reactor.status();
     common::eventually("four outputs and one dead letter", WAIT, || {
         status.reacted() >= 4 && status.dead_lettered() >= 1
     })
     .await;
-    shutdown.trigger();
-    task.await
-        .expect("join")
+    reactor
+        .stop()
+        .await
         .expect("the reactor ran to its shutdown");
     let outputs = common::read_all(
         &config,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use choreo::kafka::{Outgoing, TopicAdmin, TopicSpec};
 use choreo::projection::{ApplyError, Projection};
 use choreo::reactor::{Outputs, ReactError, Reactor, ReactorRunner};
-use choreo::{Causation, KafkaConfig, Metadata, ProjectionRunner, Publisher, Received, Shutdown};
+use choreo::{Causation, KafkaConfig, Metadata, ProjectionRunner, Publisher, Received};
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
@@ -685,21 +685,13 @@ async fn sdk_events_in_binary_and_structured_mode_reach_a_projection_and_a_react
         .collect();
 
     // A projection and a reactor read them.
-    let shutdown = Shutdown::new();
-    let projection = ProjectionRunner::new(Arc::new(InteropView));
-    let projection_status = projection.status();
-    let projection_task = tokio::spawn({
-        let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
-        async move { projection.run(&config, &pool, shutdown).await }
-    });
+    let projection =
+        common::run_projection(&config, &pool, ProjectionRunner::new(Arc::new(InteropView)));
+    let projection_status = projection.status().clone();
     let sink = InteropSink::default();
     let handled = Arc::clone(&sink.seen);
-    let reactor = ReactorRunner::new(sink, "interop-test", 0);
-    let reactor_status = reactor.status();
-    let reactor_task = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { reactor.run(&config, shutdown).await }
-    });
+    let reactor = common::run_reactor(&config, ReactorRunner::new(sink, "interop-test", 0));
+    let reactor_status = reactor.status().clone();
     common::wait_caught_up(&pool, &config, VIEW, &topic, 3, Duration::from_secs(90)).await;
     common::eventually(
         "the reactor to handle or dead-letter every event",
@@ -707,12 +699,11 @@ async fn sdk_events_in_binary_and_structured_mode_reach_a_projection_and_a_react
         || reactor_status.reacted() + reactor_status.dead_lettered() >= cases.len() as u64,
     )
     .await;
-    shutdown.trigger();
-    projection_task
-        .await
-        .expect("join")
-        .expect("projection run");
-    reactor_task.await.expect("join").expect("reactor run");
+    // Both stopped at once.
+    projection.shutdown().trigger();
+    reactor.shutdown().trigger();
+    projection.stop().await.expect("projection run");
+    reactor.stop().await.expect("reactor run");
 
     // Nothing dead-lettered or halted: the reasons name what the reader refused.
     let rejected_by_view = dead_letters(&config, &view_dlq);

@@ -21,6 +21,8 @@ mod interop;
 mod migrations;
 #[cfg(feature = "testing")]
 mod outages;
+#[cfg(all(feature = "failpoints", feature = "testing"))]
+mod process;
 #[cfg(feature = "testing")]
 mod projections;
 mod publish;

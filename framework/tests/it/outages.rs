@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use choreo::projection::{RebuildOptions, rebuild};
 use choreo::testing::CounterProjection;
-use choreo::{ProjectionRunner, Publisher, Shutdown};
+use choreo::{ProjectionRunner, Publisher};
 
 use crate::common;
 use crate::projections::{Gate, Held, PROJECTION, fold, publish, topics, view};
@@ -80,7 +80,6 @@ async fn a_live_projection_survives_postgres_dropping_every_connection() {
     let (url, pool) = common::fresh_database("outage_live").await;
     let publisher = Publisher::new(&config, "/drill").expect("publisher");
     publish(&publisher, 0..3000).await;
-    let shutdown = Shutdown::new();
     // The fifth batch is held in its transaction: the outage lands while it is in flight,
     // with the log not yet caught up.
     let gate = Gate::at(5);
@@ -88,10 +87,7 @@ async fn a_live_projection_survives_postgres_dropping_every_connection() {
         s.max_batch = 50;
         s
     });
-    let task = tokio::spawn({
-        let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
-        async move { runner.run(&config, &pool, shutdown).await }
-    });
+    let projection = common::run_projection(&config, &pool, runner);
     gate.reached().await;
     let down = Outage::begin(&database_of(&url)).await;
     gate.release();
@@ -107,8 +103,7 @@ async fn a_live_projection_survives_postgres_dropping_every_connection() {
         Duration::from_secs(90),
     )
     .await;
-    shutdown.trigger();
-    let summary = task.await.expect("join").expect("runner");
+    let summary = projection.stop().await.expect("runner");
     assert!(
         summary.halted.is_empty(),
         "nothing halted: {:?}",
@@ -169,17 +164,13 @@ async fn a_partition_assigned_during_an_outage_waits_and_starts_when_postgres_is
     publish(&publisher, 0..3000).await;
     // max.poll.interval.ms 10 s: the rebalance callback tries the lookup for 5 s, then leaves
     // it to the background.
-    let start = |shutdown: Shutdown| {
+    let start = || {
         let runner = ProjectionRunner::new(Arc::new(CounterProjection))
             .configure(|s| s.property("max.poll.interval.ms", "10000"));
-        let status = runner.status();
-        let (config, pool) = (config.clone(), pool.clone());
-        let task = tokio::spawn(async move { runner.run(&config, &pool, shutdown).await });
-        (status, task)
+        common::run_projection(&config, &pool, runner)
     };
-    let (stop_a, stop_b) = (Shutdown::new(), Shutdown::new());
-    let (status_a, task_a) = start(stop_a.clone());
-    let (status_b, task_b) = start(stop_b.clone());
+    let (a, b) = (start(), start());
+    let (status_a, status_b) = (a.status().clone(), b.status().clone());
     common::eventually(
         "both members own partitions",
         Duration::from_secs(30),
@@ -202,8 +193,7 @@ async fn a_partition_assigned_during_an_outage_waits_and_starts_when_postgres_is
     // Postgres goes away until A has shown it waits; B leaves meanwhile, so A is assigned
     // B's partitions while their checkpoints cannot be read.
     let down = Outage::begin(&database_of(&url)).await;
-    stop_b.trigger();
-    task_b.await.expect("join b").expect("b stops");
+    b.stop().await.expect("b stops");
     publish(&publisher, 3000..6000).await;
     common::eventually(
         "A waits for the start offsets of B's partitions",
@@ -234,8 +224,7 @@ async fn a_partition_assigned_during_an_outage_waits_and_starts_when_postgres_is
     .await;
     assert!(status_a.waiting().is_empty(), "{:?}", status_a.waiting());
     assert!(status_a.is_ready());
-    stop_a.trigger();
-    let summary = task_a.await.expect("join a").expect("a");
+    let summary = a.stop().await.expect("a");
     assert!(
         summary.halted.is_empty(),
         "nothing halted: {:?}",

@@ -202,17 +202,11 @@ pub async fn view(pool: &PgPool, schema: &str) -> Fold {
 fn start_runner(
     config: &KafkaConfig,
     pool: &PgPool,
-    shutdown: &Shutdown,
-) -> (
-    tokio::task::JoinHandle<choreo::Result<choreo::kafka::RunSummary>>,
-    choreo::kafka::ConsumerStatus,
-) {
-    let runner = ProjectionRunner::new(Arc::new(CounterProjection));
-    let status = runner.status();
-    let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
-    (
-        tokio::spawn(async move { runner.run(&config, &pool, shutdown).await }),
-        status,
+) -> common::Running<choreo::Result<choreo::kafka::RunSummary>, choreo::kafka::ConsumerStatus> {
+    common::run_projection(
+        config,
+        pool,
+        ProjectionRunner::new(Arc::new(CounterProjection)),
     )
 }
 
@@ -241,8 +235,8 @@ async fn the_live_view_equals_a_fold_of_the_log_and_poison_is_dead_lettered_and_
     publisher.send(&broken).await.expect("broken payload");
     publish(&publisher, 200..300).await;
 
-    let shutdown = Shutdown::new();
-    let (task, status) = start_runner(&config, &pool, &shutdown);
+    let task = start_runner(&config, &pool);
+    let status = task.status().clone();
     common::wait_caught_up(
         &pool,
         &config,
@@ -252,8 +246,7 @@ async fn the_live_view_equals_a_fold_of_the_log_and_poison_is_dead_lettered_and_
         Duration::from_secs(60),
     )
     .await;
-    shutdown.trigger();
-    let summary = task.await.expect("join").expect("run");
+    let summary = task.stop().await.expect("run");
     assert!(
         summary.halted.is_empty() && status.halted().is_empty(),
         "{:?}",
@@ -314,8 +307,8 @@ async fn instances_joining_and_leaving_while_events_flow_apply_each_offset_exact
             round * 100
         }
     });
-    let (stop_a, stop_b, stop_c) = (Shutdown::new(), Shutdown::new(), Shutdown::new());
-    let (a, status_a) = start_runner(&config, &pool, &stop_a);
+    let a = start_runner(&config, &pool);
+    let status_a = a.status().clone();
     let (db, events) = (&pool, &topic);
     common::eventually_async(
         "A to apply events",
@@ -323,7 +316,8 @@ async fn instances_joining_and_leaving_while_events_flow_apply_each_offset_exact
         move || async move { !live_checkpoints(db, events).await.is_empty() },
     )
     .await;
-    let (b, status_b) = start_runner(&config, &pool, &stop_b);
+    let b = start_runner(&config, &pool);
+    let status_b = b.status().clone();
     common::eventually(
         "B to take partitions from A",
         Duration::from_secs(60),
@@ -333,9 +327,9 @@ async fn instances_joining_and_leaving_while_events_flow_apply_each_offset_exact
         },
     )
     .await;
-    stop_a.trigger();
-    a.await.expect("join a").expect("run a");
-    let (c, status_c) = start_runner(&config, &pool, &stop_c);
+    a.stop().await.expect("run a");
+    let c = start_runner(&config, &pool);
+    let status_c = c.status().clone();
     common::eventually(
         "C to take partitions from B",
         Duration::from_secs(60),
@@ -356,10 +350,10 @@ async fn instances_joining_and_leaving_while_events_flow_apply_each_offset_exact
         Duration::from_secs(60),
     )
     .await;
-    stop_b.trigger();
-    stop_c.trigger();
-    b.await.expect("join b").expect("run b");
-    c.await.expect("join c").expect("run c");
+    b.shutdown().trigger();
+    c.shutdown().trigger();
+    b.stop().await.expect("run b");
+    c.stop().await.expect("run c");
     assert_eq!(
         view(&pool, "counters_v1").await,
         fold(&config, &topic, published)
@@ -379,8 +373,8 @@ async fn a_checkpoint_beyond_the_end_of_the_log_halts_the_partition_with_a_clear
         .execute(&pool)
         .await
         .expect("plant a checkpoint from another life of the topic");
-    let shutdown = Shutdown::new();
-    let (task, status) = start_runner(&config, &pool, &shutdown);
+    let task = start_runner(&config, &pool);
+    let status = task.status().clone();
     common::eventually("partition 0 to halt", Duration::from_secs(30), || {
         !status.halted().is_empty()
     })
@@ -394,8 +388,7 @@ async fn a_checkpoint_beyond_the_end_of_the_log_halts_the_partition_with_a_clear
         halted[0].2
     );
     assert!(!status.is_ready());
-    shutdown.trigger();
-    let summary = task.await.expect("join").expect("run");
+    let summary = task.stop().await.expect("run");
     assert_eq!(summary.halted.len(), 1);
     let checkpoint: i64 = sqlx::query_scalar(
         "SELECT next_offset FROM choreo_meta.checkpoints WHERE projection = $1 AND partition = 0",
@@ -414,8 +407,7 @@ async fn a_rebuild_while_live_events_arrive_swaps_in_a_view_equal_to_the_fold() 
     let (_, pool) = common::fresh_database("proj_rebuild").await;
     let publisher = Publisher::new(&config, "/drill").expect("publisher");
     publish(&publisher, 0..3000).await;
-    let shutdown = Shutdown::new();
-    let (live, _) = start_runner(&config, &pool, &shutdown);
+    let live = start_runner(&config, &pool);
     common::wait_caught_up(
         &pool,
         &config,
@@ -482,8 +474,7 @@ async fn a_rebuild_while_live_events_arrive_swaps_in_a_view_equal_to_the_fold() 
         Duration::from_secs(60),
     )
     .await;
-    shutdown.trigger();
-    live.await.expect("join").expect("run");
+    live.stop().await.expect("run");
     assert_eq!(
         view(&pool, "counters_v1").await,
         fold(&config, &topic, 4000),
@@ -515,8 +506,7 @@ async fn wait_for_returns_once_the_view_has_passed_the_offsets_of_a_write() {
         .await
         .expect_err("no runner");
     assert!(matches!(err, choreo::Error::Timeout { .. }), "{err}");
-    let shutdown = Shutdown::new();
-    let (task, _) = start_runner(&config, &pool, &shutdown);
+    let task = start_runner(&config, &pool);
     wait_for(&pool, PROJECTION, &offsets, Duration::from_secs(30))
         .await
         .expect("read your writes");
@@ -529,8 +519,7 @@ async fn wait_for_returns_once_the_view_has_passed_the_offsets_of_a_write() {
         bump(7).amount,
         "the write is visible once wait_for returned"
     );
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    task.stop().await.expect("run");
 }
 
 /// A transactional producer: what command processors and reactors write with.
@@ -614,12 +603,7 @@ async fn a_rebuild_over_a_transactional_log_reads_a_second_pass_and_swaps_in_the
     copy_in_transactions(&producer, &topic, &history, 100);
     let (_, pool) = common::fresh_database("txn_rebuild").await;
 
-    let shutdown = Shutdown::new();
-    let runner = ProjectionRunner::new(Arc::new(CounterProjection));
-    let live = tokio::spawn({
-        let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
-        async move { runner.run(&config, &pool, shutdown).await }
-    });
+    let live = start_runner(&config, &pool);
     caught_up_in_transactions(&pool, &config, &topic).await;
 
     // Hold partition 0's live checkpoint: the swap will wait for it.
@@ -703,8 +687,7 @@ async fn a_rebuild_over_a_transactional_log_reads_a_second_pass_and_swaps_in_the
         "it read the later transactions: {report}"
     );
     caught_up_in_transactions(&pool, &config, &topic).await;
-    shutdown.trigger();
-    live.await.expect("join").expect("run");
+    live.stop().await.expect("run");
     let expected = history.len() + later.len();
     assert_eq!(
         view(&pool, "counters_v1").await,
@@ -727,8 +710,8 @@ async fn a_projection_reads_its_redrive_topic_in_the_namespace() {
     let redrive = admin.full_name(&spec.name);
     assert!(redrive.starts_with(config.topic_namespace().expect("namespace")));
 
-    let shutdown = Shutdown::new();
-    let (task, status) = start_runner(&config, &pool, &shutdown);
+    let task = start_runner(&config, &pool);
+    let status = task.status().clone();
     common::eventually(
         "the redrive topic to be assigned",
         Duration::from_secs(60),
@@ -768,8 +751,7 @@ async fn a_projection_reads_its_redrive_topic_in_the_namespace() {
         },
     )
     .await;
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    task.stop().await.expect("run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -788,8 +770,7 @@ async fn a_second_namespace_in_the_same_database_is_refused_and_the_first_keeps_
     .await;
 
     // The first namespace's runner claims the projection and applies its log.
-    let shutdown = Shutdown::new();
-    let (task, _) = start_runner(&first, &pool, &shutdown);
+    let task = start_runner(&first, &pool);
     common::wait_caught_up(
         &pool,
         &first,
@@ -853,6 +834,5 @@ async fn a_second_namespace_in_the_same_database_is_refused_and_the_first_keeps_
     .await
     .expect("rebuild under the owning namespace");
     assert_eq!(view(&pool, "counters_v1").await, fold(&first, &topic, 40));
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    task.stop().await.expect("run");
 }

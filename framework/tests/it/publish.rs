@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use choreo::kafka::{Outgoing, PublishErrorKind, partition_for_key};
-use choreo::{Causation, EventHandlers, HandlerError, Metadata, Publisher, Received, Shutdown};
+use choreo::{Causation, EventHandlers, HandlerError, Metadata, Publisher, Received};
 use rdkafka::Message;
 
 use crate::common::{self, UserSignedUp, signup};
@@ -37,32 +37,24 @@ async fn every_envelope_field_survives_the_round_trip_and_is_plain_cloudevents_o
 
     // Through choreo's own decoder.
     let seen: Arc<Mutex<Vec<Received<UserSignedUp>>>> = Arc::default();
-    let shutdown = Shutdown::new();
     let sink = Arc::clone(&seen);
     let group = common::unique("roundtrip-group");
     common::create_dlq(&config, &group).await;
-    let runner = tokio::spawn({
-        let config = config.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            EventHandlers::new(group)
-                .on(move |e: Received<UserSignedUp>| {
-                    let sink = Arc::clone(&sink);
-                    async move {
-                        sink.lock().expect("lock").push(e);
-                        Ok::<_, HandlerError>(())
-                    }
-                })
-                .run(&config, shutdown)
-                .await
-        }
-    });
+    let handlers = common::run_handlers(
+        &config,
+        EventHandlers::new(group).on(move |e: Received<UserSignedUp>| {
+            let sink = Arc::clone(&sink);
+            async move {
+                sink.lock().expect("lock").push(e);
+                Ok::<_, HandlerError>(())
+            }
+        }),
+    );
     common::eventually("the event to be handled", Duration::from_secs(30), || {
         !seen.lock().expect("lock").is_empty()
     })
     .await;
-    shutdown.trigger();
-    runner.await.expect("join").expect("run");
+    handlers.stop().await.expect("run");
     let got = seen.lock().expect("lock")[0].clone();
     assert_eq!(got.meta, meta, "every attribute intact");
     assert_eq!(got.payload, event);

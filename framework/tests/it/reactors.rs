@@ -10,13 +10,13 @@ use choreo::kafka::TopicSpec;
 use choreo::reactor::ReactorRunner;
 use choreo::testing::CounterBumped;
 use choreo::testing::echo::EchoReactor;
-use choreo::{KafkaConfig, Publisher, Shutdown};
+use choreo::{KafkaConfig, Publisher};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use uuid::Uuid;
 
 use crate::common;
-use crate::drills::{drill, stop, wait_exit};
+use crate::process::{drill, stop, wait_exit};
 
 const PARTITIONS: i32 = 3;
 
@@ -133,19 +133,14 @@ async fn a_reactor_commits_one_output_per_event_dead_letters_poison_and_retries_
     let poison_id = ids[30];
     let inputs: BTreeSet<Uuid> = ids.iter().copied().filter(|id| *id != poison_id).collect();
 
-    let shutdown = Shutdown::new();
     let runner = ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", 0).max_batch(8);
     let status = runner.status();
-    let task = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { runner.run(&config, shutdown).await }
-    });
+    let task = common::run_reactor(&config, runner);
     common::eventually("every event reacted to", Duration::from_secs(60), || {
         status.reacted() >= inputs.len() as u64 && status.dead_lettered() >= 1
     })
     .await;
-    shutdown.trigger();
-    task.await.expect("join").expect("reactor run");
+    task.stop().await.expect("reactor run");
 
     check_one_output_each(&config, &inputs);
     check_one_effect_each(&pool, &inputs).await;
@@ -235,37 +230,30 @@ async fn a_reactor_started_from_the_end_acts_only_on_later_events_and_keeps_that
     EchoReactor::setup(&pool).await.expect("setup");
     publish(&config, &bumps(10)).await;
 
-    let run = |shutdown: Shutdown| {
+    let run = || {
         let runner = ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", 0)
             .start_from(choreo::reactor::StartFrom::End);
-        let status = runner.status();
-        let config = config.clone();
-        (
-            tokio::spawn(async move { runner.run(&config, shutdown).await }),
-            status,
-        )
+        let task = common::run_reactor(&config, runner);
+        let status = task.status().clone();
+        (task, status)
     };
-    let shutdown = Shutdown::new();
-    let (task, status) = run(shutdown.clone());
+    let (task, status) = run();
     // The source partitions and the one of `echo.redrive`.
     common::eventually("partitions assigned", Duration::from_secs(30), || {
         status.assigned().len() == PARTITIONS as usize + 1
     })
     .await;
     // Stopped before any transaction: the start positions were committed on assignment.
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    task.stop().await.expect("run");
     let later: BTreeSet<Uuid> = publish(&config, &bumps(7)).await.into_iter().collect();
-    let shutdown = Shutdown::new();
-    let (task, status) = run(shutdown.clone());
+    let (task, status) = run();
     common::eventually(
         "the later events reacted to",
         Duration::from_secs(60),
         || status.reacted() >= later.len() as u64,
     )
     .await;
-    shutdown.trigger();
-    task.await.expect("join").expect("run");
+    task.stop().await.expect("run");
     check_one_output_each(&config, &later);
 }
 
@@ -303,13 +291,9 @@ async fn a_transiently_failing_event_holds_back_only_its_own_partition() {
 
     let reactor = EchoReactor::new(pool.clone());
     let switch = reactor.stuck_switch();
-    let shutdown = Shutdown::new();
     let runner = ReactorRunner::new(reactor, "drill", 0).max_batch(8);
     let status = runner.status();
-    let task = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move { runner.run(&config, shutdown).await }
-    });
+    let task = common::run_reactor(&config, runner);
     // The held partition shows as retrying while it waits out a back-off (between a resume
     // and the next failure it does not): waited for, not sampled once.
     common::eventually(
@@ -331,8 +315,7 @@ async fn a_transiently_failing_event_holds_back_only_its_own_partition() {
         status.reacted() >= inputs.len() as u64
     })
     .await;
-    shutdown.trigger();
-    task.await.expect("join").expect("reactor run");
+    task.stop().await.expect("reactor run");
     check_one_output_each(&config, &inputs);
     check_one_effect_each(&pool, &inputs).await;
 }
@@ -358,23 +341,18 @@ async fn a_redriven_dead_letter_is_reacted_to_once_the_bug_is_fixed() {
 
     // The bug: poison is refused and dead-lettered.
     let run = |reactor: EchoReactor| {
-        let shutdown = Shutdown::new();
-        let runner = ReactorRunner::new(reactor, "drill", 0);
-        let status = runner.status();
-        let config = config.clone();
-        let stop = shutdown.clone();
-        let task = tokio::spawn(async move { runner.run(&config, stop).await });
-        (status, shutdown, task)
+        let task = common::run_reactor(&config, ReactorRunner::new(reactor, "drill", 0));
+        let status = task.status().clone();
+        (status, task)
     };
-    let (status, shutdown, task) = run(EchoReactor::new(pool.clone()));
+    let (status, task) = run(EchoReactor::new(pool.clone()));
     common::eventually(
         "ten reacted, one dead-lettered",
         Duration::from_secs(60),
         || status.reacted() >= 10 && status.dead_lettered() >= 1,
     )
     .await;
-    shutdown.trigger();
-    task.await.expect("join").expect("reactor run");
+    task.stop().await.expect("reactor run");
     check_one_output_each(&config, &good);
 
     let group = config.topic_name("echo");
@@ -392,15 +370,14 @@ async fn a_redriven_dead_letter_is_reacted_to_once_the_bug_is_fixed() {
     // redrive topic.
     let fixed = EchoReactor::new(pool.clone());
     fixed.poison_switch().store(false, Ordering::Release);
-    let (status, shutdown, task) = run(fixed);
+    let (status, task) = run(fixed);
     common::eventually(
         "the redriven event reacted to",
         Duration::from_secs(60),
         || status.reacted() >= 1,
     )
     .await;
-    shutdown.trigger();
-    task.await.expect("join").expect("reactor run");
+    task.stop().await.expect("reactor run");
     check_one_output_each(&config, &inputs);
     check_one_effect_each(&pool, &inputs).await;
 
@@ -410,14 +387,13 @@ async fn a_redriven_dead_letter_is_reacted_to_once_the_bug_is_fixed() {
     // whatever came before, and reacted to nothing else.
     let again = EchoReactor::new(pool.clone());
     again.poison_switch().store(false, Ordering::Release);
-    let (status, shutdown, task) = run(again);
+    let (status, task) = run(again);
     let markers = publish_markers(&config).await;
     common::eventually("the markers reacted to", Duration::from_secs(60), || {
         status.reacted() >= markers.len() as u64
     })
     .await;
-    shutdown.trigger();
-    task.await.expect("join").expect("reactor run");
+    task.stop().await.expect("reactor run");
     assert_eq!(
         status.reacted(),
         markers.len() as u64,

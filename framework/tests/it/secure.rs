@@ -99,8 +99,13 @@ impl Secure {
     /// The principal's Kafka settings, built with the typed settings (SASL_SSL, SCRAM, the
     /// dev CA), in a namespace of the test's under `prefix`.
     fn kafka(&self, prefix: &str, test: &str) -> KafkaConfig {
-        self.kafka_with(&self.password(), &self.var("CHOREO_KAFKA_SSL_CA_FILE"))
+        self.kafka_own()
             .namespace(format!("{prefix}{}", common::unique(test)))
+    }
+
+    /// The principal's Kafka settings with its own password and the dev CA, no namespace.
+    fn kafka_own(&self) -> KafkaConfig {
+        self.kafka_with(&self.password(), &self.var("CHOREO_KAFKA_SSL_CA_FILE"))
     }
 
     fn kafka_with(&self, password: &str, ca_file: &str) -> KafkaConfig {
@@ -117,6 +122,35 @@ impl Secure {
             .sasl_credentials(self.var("CHOREO_KAFKA_SASL_USERNAME"), password)
             .connect_timeout(Duration::from_secs(10))
     }
+}
+
+/// TLS to `brokers` (loopback only) trusting `ca`, without a client certificate.
+fn tls(brokers: &str, ca: &str) -> KafkaConfig {
+    assert!(brokers.starts_with("127."), "loopback only: {brokers}");
+    KafkaConfig::new(brokers)
+        .security_protocol(SecurityProtocol::Ssl)
+        .ssl_ca_file(ca)
+        .connect_timeout(Duration::from_secs(10))
+}
+
+/// `check_reachable` on `config`, which must fail (`what` says why it should) within the
+/// connect timeout.
+fn refused_fast(config: &KafkaConfig, what: &str) -> choreo::Error {
+    let started = Instant::now();
+    let error = choreo::kafka::check_reachable(config).expect_err(what);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "fails within the connect timeout: {:?}",
+        started.elapsed()
+    );
+    error
+}
+
+/// A connection to `url` that PostgreSQL must refuse (`what` says why it should).
+async fn postgres_refused(url: &str, what: &str) -> choreo::Error {
+    choreo::postgres::connect(&PostgresConfig::new(url).connect_timeout(Duration::from_secs(5)))
+        .await
+        .expect_err(what)
 }
 
 /// Reads `expected` records of `topic` (every partition from the start, read_committed) with
@@ -169,34 +203,24 @@ async fn events_are_published_and_consumed_over_sasl_ssl_within_the_principals_a
     }
 
     let seen: Arc<Mutex<Vec<Received<UserSignedUp>>>> = Arc::default();
-    let shutdown = Shutdown::new();
     let sink = Arc::clone(&seen);
-    let runner = tokio::spawn({
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        async move {
-            EventHandlers::new(group)
-                .on(move |e: Received<UserSignedUp>| {
-                    let sink = Arc::clone(&sink);
-                    async move {
-                        sink.lock().expect("lock").push(e);
-                        Ok::<_, HandlerError>(())
-                    }
-                })
-                .run(&config, shutdown)
-                .await
-        }
-    });
+    let handlers = common::run_handlers(
+        &config,
+        EventHandlers::new(group).on(move |e: Received<UserSignedUp>| {
+            let sink = Arc::clone(&sink);
+            async move {
+                sink.lock().expect("lock").push(e);
+                Ok::<_, HandlerError>(())
+            }
+        }),
+    );
     common::eventually(
         "the three events handled over SASL_SSL",
         Duration::from_secs(60),
         || seen.lock().expect("lock").len() >= 3,
     )
     .await;
-    shutdown.trigger();
-    runner
-        .await
-        .expect("join")
-        .expect("handlers ran and stopped");
+    handlers.stop().await.expect("handlers ran and stopped");
     let mut emails: Vec<String> = seen
         .lock()
         .expect("lock")
@@ -222,9 +246,8 @@ async fn a_command_is_processed_in_a_transaction_and_replied_to_over_sasl_ssl() 
     // write included).
     let config = secure.kafka("bank.", "sec-agg");
     aggregates::bank_topics(&config).await;
-    let shutdown = Shutdown::new();
-    let (task, status) = aggregates::start(&config, 0, &shutdown);
-    aggregates::wait_ready(&status, aggregates::PARTITIONS as usize).await;
+    let processor = aggregates::start(&config, 0);
+    aggregates::wait_ready(processor.status(), aggregates::PARTITIONS as usize).await;
     let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
     let wait = Duration::from_secs(30);
     let opened = bus
@@ -260,10 +283,7 @@ async fn a_command_is_processed_in_a_transaction_and_replied_to_over_sasl_ssl() 
         2,
         "opened and deposited, committed"
     );
-    shutdown.trigger();
-    task.await
-        .expect("join")
-        .expect("processor stopped cleanly");
+    processor.stop().await.expect("processor stopped cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,14 +293,8 @@ async fn a_wrong_password_fails_fast_naming_authentication_and_not_the_password(
     };
     let wrong = format!("not-the-password-{}", uuid::Uuid::new_v4().simple());
     let config = secure.kafka_with(&wrong, &secure.var("CHOREO_KAFKA_SSL_CA_FILE"));
-    let started = Instant::now();
-    let error = choreo::kafka::check_reachable(&config).expect_err("a wrong password");
+    let error = refused_fast(&config, "a wrong password");
     let text = error.to_string();
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "fails within the connect timeout: {:?}",
-        started.elapsed()
-    );
     assert!(
         matches!(error, choreo::Error::KafkaRefused { .. })
             && text.to_ascii_lowercase().contains("authentication"),
@@ -304,14 +318,8 @@ async fn an_untrusted_ca_fails_fast_naming_the_certificate() {
     };
     let other_ca = secure.file("other-ca.pem");
     let config = secure.kafka_with(&secure.password(), &other_ca.to_string_lossy());
-    let started = Instant::now();
-    let error = choreo::kafka::check_reachable(&config).expect_err("an untrusted CA");
+    let error = refused_fast(&config, "an untrusted CA");
     let text = error.to_string();
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "fails within the connect timeout: {:?}",
-        started.elapsed()
-    );
     assert!(
         text.to_ascii_lowercase().contains("certificate"),
         "names the cause: {text}"
@@ -331,9 +339,7 @@ async fn a_principal_cannot_write_or_read_another_services_topics() {
     // The ledger principal aimed at the bank's namespace: its topics and groups are not
     // ledger's.
     let namespace = bank_config.topic_namespace().expect("namespace").to_owned();
-    let intruder = ledger
-        .kafka_with(&ledger.password(), &ledger.var("CHOREO_KAFKA_SSL_CA_FILE"))
-        .namespace(namespace);
+    let intruder = ledger.kafka_own().namespace(namespace);
 
     let publisher = Publisher::new(&intruder, "/ledger").expect("publisher");
     let started = Instant::now();
@@ -408,11 +414,7 @@ async fn postgres_with_verify_full_uses_tls_and_plain_connections_are_refused() 
 
     // Without TLS the server refuses (hostnossl reject), and says so.
     let plain = url.replace("sslmode=verify-full", "sslmode=disable");
-    let error = choreo::postgres::connect(
-        &PostgresConfig::new(&plain).connect_timeout(Duration::from_secs(5)),
-    )
-    .await
-    .expect_err("a plain connection");
+    let error = postgres_refused(&plain, "a plain connection").await;
     let text = error.to_string();
     assert!(text.contains("no encryption"), "{text}");
     assert!(
@@ -425,11 +427,7 @@ async fn postgres_with_verify_full_uses_tls_and_plain_connections_are_refused() 
         &secure.var("CHOREO_KAFKA_SSL_CA_FILE"),
         &secure.file("other-ca.pem").to_string_lossy(),
     );
-    let error = choreo::postgres::connect(
-        &PostgresConfig::new(&other).connect_timeout(Duration::from_secs(5)),
-    )
-    .await
-    .expect_err("an untrusted server certificate");
+    let error = postgres_refused(&other, "an untrusted server certificate").await;
     assert!(
         error
             .to_string()
@@ -484,20 +482,13 @@ async fn mutual_tls_authenticates_by_the_client_certificate_and_refuses_a_client
     let topic = common::create_events_topic(&sasl, "user", 1).await;
     let namespace = sasl.topic_namespace().expect("namespace").to_owned();
     let mtls_brokers = secure.var("CHOREO_SECURE_MTLS_BROKERS");
-    assert!(
-        mtls_brokers.starts_with("127."),
-        "loopback only: {mtls_brokers}"
-    );
     let ca = secure.var("CHOREO_KAFKA_SSL_CA_FILE");
     // The certificate's CN=bank is the principal User:bank, with the bank's ACLs.
-    let mtls = KafkaConfig::new(&mtls_brokers)
-        .security_protocol(SecurityProtocol::Ssl)
-        .ssl_ca_file(&ca)
+    let mtls = tls(&mtls_brokers, &ca)
         .ssl_client_cert(
             secure.file("bank-client.pem"),
             secure.file("bank-client.key"),
         )
-        .connect_timeout(Duration::from_secs(10))
         .namespace(namespace);
     let publisher = Publisher::new(&mtls, "/bank").expect("publisher over mutual TLS");
     publisher
@@ -507,17 +498,8 @@ async fn mutual_tls_authenticates_by_the_client_certificate_and_refuses_a_client
     assert_eq!(common::end_offsets(&sasl, &topic, 1), vec![1]);
 
     // TLS alone, no client certificate: the broker refuses the connection.
-    let anonymous = KafkaConfig::new(&mtls_brokers)
-        .security_protocol(SecurityProtocol::Ssl)
-        .ssl_ca_file(&ca)
-        .connect_timeout(Duration::from_secs(10));
-    let started = Instant::now();
-    let error = choreo::kafka::check_reachable(&anonymous).expect_err("no client certificate");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
+    let anonymous = tls(&mtls_brokers, &ca);
+    let error = refused_fast(&anonymous, "no client certificate");
     assert!(
         matches!(error, choreo::Error::KafkaRefused { .. })
             && error.to_string().contains("bad certificate"),

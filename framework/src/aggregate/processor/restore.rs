@@ -294,6 +294,33 @@ mod tests {
         apply_restored::<Tally, _>(entries, record, EVENTS_TOPIC)
     }
 
+    /// The metadata of an event of aggregate `a`, of `message_type` from `source`.
+    fn event_meta(
+        message_type: &str,
+        source: &str,
+        causation: Option<crate::Causation>,
+    ) -> Metadata {
+        Metadata::new(
+            Uuid::new_v4(),
+            message_type,
+            source,
+            "a",
+            Utc::now(),
+            causation,
+        )
+    }
+
+    /// `v1.tally.added` of 1 on `a` with `meta`, at `offset` of partition 0.
+    fn added_one(meta: &Metadata, offset: i64) -> OwnedMessage {
+        message(
+            EVENTS_TOPIC,
+            meta,
+            Some(br#"{"key":"a","amount":1}"#.to_vec()),
+            0,
+            offset,
+        )
+    }
+
     #[test]
     fn events_rebuild_the_state_version_and_duplicate_memory() {
         let mut entries = HashMap::new();
@@ -387,12 +414,9 @@ mod tests {
     #[test]
     fn an_unknown_or_undecodable_event_halts() {
         let command = add_meta("a");
-        let mut meta = Metadata::new(
-            Uuid::new_v4(),
+        let mut meta = event_meta(
             "v1.tally.reset",
             "/tally-service",
-            "a",
-            Utc::now(),
             Some(crate::Causation::from_cause(&command)),
         );
         meta.sequence = Some(1);
@@ -417,27 +441,8 @@ mod tests {
     fn a_record_this_processor_did_not_write_is_skipped() {
         let mut entries = HashMap::new();
         // No ce_sequence: written by another producer.
-        let mut meta = Metadata::new(
-            Uuid::new_v4(),
-            "v1.tally.added",
-            "/elsewhere",
-            "a",
-            Utc::now(),
-            None,
-        );
-        assert_eq!(
-            apply(
-                &mut entries,
-                &message(
-                    EVENTS_TOPIC,
-                    &meta,
-                    Some(br#"{"key":"a","amount":1}"#.to_vec()),
-                    0,
-                    0
-                )
-            ),
-            Ok(false)
-        );
+        let mut meta = event_meta("v1.tally.added", "/elsewhere", None);
+        assert_eq!(apply(&mut entries, &added_one(&meta, 0)), Ok(false));
         // No envelope at all.
         let bare = OwnedMessage::new(
             Some(b"{}".to_vec()),
@@ -452,19 +457,7 @@ mod tests {
         assert!(entries.is_empty());
         // The aggregate's own events go on from where they were.
         meta.sequence = Some(1);
-        assert_eq!(
-            apply(
-                &mut entries,
-                &message(
-                    EVENTS_TOPIC,
-                    &meta,
-                    Some(br#"{"key":"a","amount":1}"#.to_vec()),
-                    0,
-                    2
-                )
-            ),
-            Ok(true)
-        );
+        assert_eq!(apply(&mut entries, &added_one(&meta, 2)), Ok(true));
     }
 
     #[test]
