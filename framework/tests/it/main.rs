@@ -16,6 +16,8 @@ mod handlers;
 #[cfg(feature = "testing")]
 mod hostile;
 mod interop;
+#[cfg(feature = "testing")]
+mod mechanisms;
 mod migrations;
 #[cfg(feature = "testing")]
 mod outages;

@@ -1,0 +1,270 @@
+//! The mechanisms the mutation check (`scripts/mutants`) found no test for: each test here
+//! fails when one of them is removed. A reactor fenced by a newer instance with its
+//! transactional id stops as fenced; a restore halts a partition whose events log has a gap
+//! or a repeat in an aggregate's `ce_sequence`; a command retried after a restart gets the
+//! outcome remembered from the log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use choreo::aggregate::{CommandBus, SendOptions};
+use choreo::kafka::{TopicSpec, partition_for_key};
+use choreo::reactor::ReactorRunner;
+use choreo::testing::CounterBumped;
+use choreo::testing::echo::EchoReactor;
+use choreo::{Publisher, Shutdown};
+use rdkafka::Message;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use uuid::Uuid;
+
+use crate::aggregates::{
+    PARTITIONS, accepted, bank_topics, check_log, committed_events, deposit, open, start,
+    wait_ready,
+};
+use crate::common;
+
+/// One key per partition of a topic with `partitions` partitions, as `{prefix}-{n}`.
+fn a_key_per_partition(prefix: &str, partitions: i32) -> Vec<String> {
+    (0..partitions)
+        .map(|p| {
+            (0..)
+                .map(|n| format!("{prefix}-{n}"))
+                .find(|key| partition_for_key(key.as_bytes(), partitions) == p)
+                .expect("a key for every partition")
+        })
+        .collect()
+}
+
+/// One event per key; returns their ids.
+async fn publish_round(publisher: &Publisher, keys: &[String], amount: i64) -> BTreeSet<Uuid> {
+    let mut ids = BTreeSet::new();
+    for key in keys {
+        let bump = CounterBumped {
+            key: key.clone(),
+            amount,
+            poison: false,
+        };
+        ids.insert(publisher.publish(&bump).await.expect("publish").id);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_reactor_with_the_same_transactional_identity_fences_the_first_which_stops() {
+    const PARTITIONS: i32 = 3;
+    let config = common::kafka("mech-reactor-fence");
+    common::ensure_topics(
+        &config,
+        vec![
+            TopicSpec::events("counter", PARTITIONS, 1).expect("spec"),
+            TopicSpec::events("echo", PARTITIONS, 1).expect("spec"),
+            TopicSpec::dead_letters("echo", 1).expect("spec"),
+            TopicSpec::redrive("echo", 1).expect("spec"),
+        ],
+    )
+    .await;
+    let (_, pool) = common::fresh_database("mech_reactor_fence").await;
+    EchoReactor::setup(&pool).await.expect("setup");
+    let keys = a_key_per_partition("k", PARTITIONS);
+    let publisher = Publisher::new(&config, "/drill-source").expect("publisher");
+    let run = |stop: &Shutdown| {
+        let runner = ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", 0).max_batch(4);
+        let status = runner.status();
+        let (config, stop) = (config.clone(), stop.clone());
+        (
+            tokio::spawn(async move { runner.run(&config, stop).await }),
+            status,
+        )
+    };
+
+    let mut inputs: BTreeSet<Uuid> = publish_round(&publisher, &keys, 1).await;
+    let (first_stop, second_stop) = (Shutdown::new(), Shutdown::new());
+    let (first, first_status) = run(&first_stop);
+    common::eventually("the first reactor reacts", Duration::from_secs(60), || {
+        first_status.reacted() >= keys.len() as u64
+    })
+    .await;
+    // The newcomer's init_transactions fences the first one's producer before it joins the
+    // group; the first learns it at its next transaction, on a partition it still holds.
+    let (second, second_status) = run(&second_stop);
+    common::eventually("the second reactor joins", Duration::from_secs(60), || {
+        !second_status.assigned().is_empty()
+    })
+    .await;
+    inputs.extend(publish_round(&publisher, &keys, 2).await);
+    let outcome = tokio::time::timeout(Duration::from_secs(60), first)
+        .await
+        .expect("the first stops")
+        .expect("join");
+    let err = outcome.expect_err("the fenced reactor stops with an error");
+    assert!(
+        matches!(err, choreo::Error::Fenced { .. }),
+        "stopped as fenced, not as an unknown outcome (a restart would fence the newer one): {err}"
+    );
+
+    // The second takes every partition and reacts to what the first left uncommitted.
+    let echo = config.topic_name("echo.events");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while common::read_all(&config, &echo, inputs.len(), Duration::from_secs(5), true).len()
+        < inputs.len()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second reactor did not react to every event"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    second_stop.trigger();
+    second.await.expect("join").expect("the second runs on");
+    let mut per_cause: BTreeMap<Uuid, usize> = BTreeMap::new();
+    for record in common::read_all(&config, &echo, inputs.len(), Duration::from_secs(5), true) {
+        let cause = common::header_map(&record)["ce_causationid"]
+            .parse()
+            .expect("causation id");
+        *per_cause.entry(cause).or_default() += 1;
+    }
+    assert_eq!(
+        per_cause.keys().copied().collect::<BTreeSet<_>>(),
+        inputs,
+        "an output for every input"
+    );
+    assert!(
+        per_cause.values().all(|&n| n == 1),
+        "each output committed once: {per_cause:?}"
+    );
+    drop(first_stop);
+}
+
+/// Writes `record` again to its partition with a fresh `ce_id` and `ce_sequence` set to
+/// `sequence`: a write the processor never made (a second writer, a corrupted copy).
+async fn forge(producer: &FutureProducer, record: &rdkafka::message::OwnedMessage, sequence: &str) {
+    let id = Uuid::now_v7().to_string();
+    let mut headers = OwnedHeaders::new();
+    for h in record.headers().expect("headers").iter() {
+        let value = match h.key {
+            "ce_id" => Some(id.as_bytes()),
+            "ce_sequence" => Some(sequence.as_bytes()),
+            _ => h.value,
+        };
+        headers = headers.insert(Header { key: h.key, value });
+    }
+    let key = record.key().expect("key");
+    let payload = record.payload().expect("payload");
+    producer
+        .send(
+            FutureRecord::to(record.topic())
+                .partition(record.partition())
+                .key(key)
+                .payload(payload)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("forged record written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_or_a_repeat_in_an_aggregates_sequence_halts_only_its_partition() {
+    let config = common::kafka("mech-restore-sequence");
+    bank_topics(&config).await;
+    let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+    let wait = Duration::from_secs(30);
+    // One account per partition: 0 gets a repeat, 1 a gap, 2 stays whole.
+    let accounts = a_key_per_partition("acct", PARTITIONS);
+    let shutdown = Shutdown::new();
+    let (task, status) = start(&config, 0, &shutdown);
+    wait_ready(&status, PARTITIONS as usize).await;
+    for account in &accounts {
+        let reply = bus
+            .send_and_wait(&open(account), SendOptions::default(), wait)
+            .await
+            .expect("reply");
+        assert!(accepted(&reply), "{reply:?}");
+    }
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+
+    let log = committed_events(&config, accounts.len(), true);
+    let opened = |p: i32| {
+        log.iter()
+            .find(|r| r.partition() == p)
+            .expect("the account's event")
+    };
+    let producer: FutureProducer = config.client_config(&[]).create().expect("producer");
+    forge(&producer, opened(0), "1").await;
+    forge(&producer, opened(1), "3").await;
+
+    let shutdown = Shutdown::new();
+    let (task, status) = start(&config, 0, &shutdown);
+    common::eventually(
+        "two partitions halted, the third ready",
+        Duration::from_secs(60),
+        || status.halted().len() == 2 && status.ready_partitions() == vec![2],
+    )
+    .await;
+    let halted: BTreeMap<i32, String> = status.halted().into_iter().collect();
+    assert!(
+        halted[&0].contains(&format!("{} jumps from 1 to 1", accounts[0])),
+        "a repeat: {}",
+        halted[&0]
+    );
+    assert!(
+        halted[&1].contains(&format!("{} jumps from 1 to 3", accounts[1])),
+        "a gap: {}",
+        halted[&1]
+    );
+    // The whole partition goes on.
+    let reply = bus
+        .send_and_wait(&deposit(&accounts[2], 5), SendOptions::default(), wait)
+        .await
+        .expect("reply");
+    assert!(accepted(&reply), "{reply:?}");
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_retried_after_a_restart_gets_the_first_outcome_and_is_not_decided_again() {
+    let config = common::kafka("mech-restore-memory");
+    bank_topics(&config).await;
+    let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+    let wait = Duration::from_secs(30);
+    let shutdown = Shutdown::new();
+    let (task, status) = start(&config, 0, &shutdown);
+    wait_ready(&status, PARTITIONS as usize).await;
+    let opened = bus
+        .send_and_wait(&open("ada"), SendOptions::default(), wait)
+        .await
+        .expect("reply");
+    assert!(accepted(&opened), "{opened:?}");
+    let retry = SendOptions {
+        id: Some(Uuid::now_v7()),
+        ..SendOptions::default()
+    };
+    let first = bus
+        .send_and_wait(&deposit("ada", 100), retry.clone(), wait)
+        .await
+        .expect("reply");
+    assert!(accepted(&first), "{first:?}");
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+
+    // The restarted processor knows the command id only from its events log.
+    let shutdown = Shutdown::new();
+    let (task, status) = start(&config, 0, &shutdown);
+    wait_ready(&status, PARTITIONS as usize).await;
+    let again = bus
+        .send_and_wait(&deposit("ada", 100), retry, wait)
+        .await
+        .expect("reply");
+    assert_eq!(
+        again.outcome, first.outcome,
+        "the retry gets the first outcome, offsets included"
+    );
+    shutdown.trigger();
+    task.await.expect("join").expect("run");
+    let log = committed_events(&config, 2, true);
+    assert_eq!(log.len(), 2, "opened, deposited once");
+    assert_eq!(check_log(&log)["ada"], 100);
+}
