@@ -15,7 +15,7 @@ use crate::common;
 use crate::projections::{PROJECTION, applied_past, fold, publish, topics, view};
 
 /// The command that starts `choreo-drill` with the test's Kafka namespace and database.
-fn drill_command(
+pub(crate) fn drill_command(
     config: &KafkaConfig,
     database_url: &str,
     args: &[&str],
@@ -79,7 +79,10 @@ fn drill_watched(
 
 /// Spawns `command` with its stderr passed on line by line, counting for each of `markers`
 /// the lines that contain it.
-fn spawn_watched(mut command: Command, markers: &[&'static str]) -> (Child, Vec<Arc<AtomicUsize>>) {
+pub(crate) fn spawn_watched(
+    mut command: Command,
+    markers: &[&'static str],
+) -> (Child, Vec<Arc<AtomicUsize>>) {
     let mut child = command
         .stderr(Stdio::piped())
         .spawn()
@@ -358,7 +361,7 @@ async fn a_zombie_going_on_with_a_stale_batch_after_its_successor_committed_appl
 }
 
 /// A new empty directory under the system's temporary directory.
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
+pub(crate) fn tempfile_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("choreo-{}", common::unique(name)));
     std::fs::create_dir_all(&dir).expect("temporary directory");
     dir

@@ -16,7 +16,7 @@ mod handlers;
 #[cfg(feature = "testing")]
 mod hostile;
 mod interop;
-#[cfg(feature = "testing")]
+#[cfg(all(feature = "failpoints", feature = "testing"))]
 mod mechanisms;
 mod migrations;
 #[cfg(feature = "testing")]

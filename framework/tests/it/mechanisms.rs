@@ -1,10 +1,12 @@
 //! The mechanisms the mutation check (`scripts/mutants`) found no test for: each test here
-//! fails when one of them is removed. A reactor fenced by a newer instance with its
-//! transactional id stops as fenced; a restore halts a partition whose events log has a gap
-//! or a repeat in an aggregate's `ce_sequence`; a command retried after a restart gets the
-//! outcome remembered from the log.
+//! fails when one of them is removed. A processor or reactor whose producer is fenced inside
+//! its transaction (a hold point keeps the transaction open while a successor with the same
+//! identity starts) stops as fenced, and its successor goes on; a restore halts a partition
+//! whose events log has a gap or a repeat in an aggregate's `ce_sequence`; a command retried
+//! after a restart gets the outcome remembered from the log.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use choreo::aggregate::{CommandBus, SendOptions};
@@ -23,6 +25,7 @@ use crate::aggregates::{
     wait_ready,
 };
 use crate::common;
+use crate::drills::{Reaped, drill_command, spawn_watched, tempfile_dir, wait_exit};
 
 /// One key per partition of a topic with `partitions` partitions, as `{prefix}-{n}`.
 fn a_key_per_partition(prefix: &str, partitions: i32) -> Vec<String> {
@@ -51,8 +54,86 @@ async fn publish_round(publisher: &Publisher, keys: &[String], amount: i64) -> B
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_reactor_with_the_same_transactional_identity_fences_the_first_which_stops() {
+async fn a_processor_fenced_inside_its_transaction_stops_and_its_successor_goes_on() {
+    const POINT: &str = "command.before_commit";
+    const HELD: &str = "choreo failpoint command.before_commit: holding";
+    const FENCED: &str = "command processor fenced by a newer instance";
+    let config = common::kafka("mech-processor-fence");
+    bank_topics(&config).await;
+    let bus = CommandBus::new(&config, "bank", 0).await.expect("bus");
+    let wait = Duration::from_secs(30);
+    let holds = tempfile_dir("processor-fence");
+    let partitions = PARTITIONS.to_string();
+    let mut command = drill_command(
+        &config,
+        "postgres://unused",
+        &["process", "7", &partitions],
+        None,
+    );
+    command
+        .env("RUST_LOG", "choreo=info")
+        .env("CHOREO_FAILPOINT_HOLD", POINT)
+        .env("CHOREO_FAILPOINT_HOLD_DIR", &holds);
+    let (first, seen) = spawn_watched(command, &[HELD, FENCED]);
+    let mut first = Reaped(first);
+    let seen = |i: usize| seen[i].load(Ordering::Acquire);
+    // The first decides a command and holds its transaction open before the commit.
+    let id = Uuid::now_v7();
+    let pending = tokio::spawn({
+        let bus = bus.clone();
+        async move {
+            let options = SendOptions {
+                id: Some(id),
+                ..SendOptions::default()
+            };
+            bus.send_and_wait(&open("f"), options, Duration::from_secs(120))
+                .await
+        }
+    });
+    common::eventually(
+        "the first to hold its transaction before the commit",
+        Duration::from_secs(90),
+        || seen(0) > 0,
+    )
+    .await;
+    // The successor's init_transactions fences the first's producer and aborts its open
+    // transaction; it then takes the first's place in the group and restores.
+    let second_stop = Shutdown::new();
+    let (second, second_status) = start(&config, 7, &second_stop);
+    wait_ready(&second_status, PARTITIONS as usize).await;
+    std::fs::write(holds.join(POINT), b"").expect("release the first");
+    let exit = wait_exit(&mut first.0, Duration::from_secs(60));
+    assert!(!exit.success(), "the fenced processor stops with an error");
+    assert!(
+        seen(1) > 0,
+        "its commit failed as fenced and it stopped on that, without a new producer (which \
+         would fence its successor)"
+    );
+    // The successor decides the aborted command again, then goes on with new ones.
+    let reply = pending.await.expect("join").expect("the successor answers");
+    assert!(accepted(&reply), "{reply:?}");
+    let reply = bus
+        .send_and_wait(&open("g"), SendOptions::default(), wait)
+        .await
+        .expect("the successor goes on");
+    assert!(accepted(&reply), "{reply:?}");
+    second_stop.trigger();
+    second
+        .await
+        .expect("join")
+        .expect("the successor was never fenced");
+    let log = committed_events(&config, 2, true);
+    assert_eq!(log.len(), 2, "f and g opened once each");
+    check_log(&log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reactor_fenced_inside_its_transaction_stops_as_fenced_and_its_successor_goes_on() {
     const PARTITIONS: i32 = 3;
+    const POINT: &str = "reactor.before_commit";
+    const HELD: &str = "choreo failpoint reactor.before_commit: holding";
+    const FENCED: &str = "reactor echo fenced by a newer instance";
+    const UNKNOWN: &str = "transaction outcome unknown";
     let config = common::kafka("mech-reactor-fence");
     common::ensure_topics(
         &config,
@@ -64,46 +145,51 @@ async fn a_second_reactor_with_the_same_transactional_identity_fences_the_first_
         ],
     )
     .await;
-    let (_, pool) = common::fresh_database("mech_reactor_fence").await;
+    let (url, pool) = common::fresh_database("mech_reactor_fence").await;
     EchoReactor::setup(&pool).await.expect("setup");
     let keys = a_key_per_partition("k", PARTITIONS);
     let publisher = Publisher::new(&config, "/drill-source").expect("publisher");
-    let run = |stop: &Shutdown| {
-        let runner = ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", 0).max_batch(4);
-        let status = runner.status();
-        let (config, stop) = (config.clone(), stop.clone());
-        (
-            tokio::spawn(async move { runner.run(&config, stop).await }),
-            status,
-        )
-    };
+    let mut inputs = publish_round(&publisher, &keys, 1).await;
 
-    let mut inputs: BTreeSet<Uuid> = publish_round(&publisher, &keys, 1).await;
-    let (first_stop, second_stop) = (Shutdown::new(), Shutdown::new());
-    let (first, first_status) = run(&first_stop);
-    common::eventually("the first reactor reacts", Duration::from_secs(60), || {
-        first_status.reacted() >= keys.len() as u64
-    })
+    let holds = tempfile_dir("reactor-fence");
+    let mut command = drill_command(&config, &url, &["react", "0"], None);
+    command
+        .env("RUST_LOG", "choreo=info")
+        .env("CHOREO_FAILPOINT_HOLD", POINT)
+        .env("CHOREO_FAILPOINT_HOLD_DIR", &holds);
+    let (first, seen) = spawn_watched(command, &[HELD, FENCED, UNKNOWN]);
+    let mut first = Reaped(first);
+    let seen = |i: usize| seen[i].load(Ordering::Acquire);
+    common::eventually(
+        "the first to hold its transaction before the commit",
+        Duration::from_secs(90),
+        || seen(0) > 0,
+    )
     .await;
-    // The newcomer's init_transactions fences the first one's producer before it joins the
-    // group; the first learns it at its next transaction, on a partition it still holds.
-    let (second, second_status) = run(&second_stop);
-    common::eventually("the second reactor joins", Duration::from_secs(60), || {
+    // The successor (same service and ordinal) fences the first's producer, then takes its
+    // place in the group.
+    let second_stop = Shutdown::new();
+    let runner = ReactorRunner::new(EchoReactor::new(pool.clone()), "drill", 0).max_batch(20);
+    let second_status = runner.status();
+    let second = tokio::spawn({
+        let (config, stop) = (config.clone(), second_stop.clone());
+        async move { runner.run(&config, stop).await }
+    });
+    common::eventually("the successor joins", Duration::from_secs(60), || {
         !second_status.assigned().is_empty()
     })
     .await;
-    inputs.extend(publish_round(&publisher, &keys, 2).await);
-    let outcome = tokio::time::timeout(Duration::from_secs(60), first)
-        .await
-        .expect("the first stops")
-        .expect("join");
-    let err = outcome.expect_err("the fenced reactor stops with an error");
+    std::fs::write(holds.join(POINT), b"").expect("release the first");
+    let exit = wait_exit(&mut first.0, Duration::from_secs(60));
+    assert!(!exit.success(), "the fenced reactor stops with an error");
     assert!(
-        matches!(err, choreo::Error::Fenced { .. }),
-        "stopped as fenced, not as an unknown outcome (a restart would fence the newer one): {err}"
+        seen(1) > 0 && seen(2) == 0,
+        "its commit failed as fenced and it says so, not that the outcome is unknown (whose \
+         advice, a restart, would fence its successor)"
     );
+    inputs.extend(publish_round(&publisher, &keys, 2).await);
 
-    // The second takes every partition and reacts to what the first left uncommitted.
+    // The successor reacts to every event, those of the aborted transaction included.
     let echo = config.topic_name("echo.events");
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while common::read_all(&config, &echo, inputs.len(), Duration::from_secs(5), true).len()
@@ -111,12 +197,15 @@ async fn a_second_reactor_with_the_same_transactional_identity_fences_the_first_
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "the second reactor did not react to every event"
+            "the successor did not react to every event"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     second_stop.trigger();
-    second.await.expect("join").expect("the second runs on");
+    second
+        .await
+        .expect("join")
+        .expect("the successor was never fenced");
     let mut per_cause: BTreeMap<Uuid, usize> = BTreeMap::new();
     for record in common::read_all(&config, &echo, inputs.len(), Duration::from_secs(5), true) {
         let cause = common::header_map(&record)["ce_causationid"]
@@ -133,7 +222,6 @@ async fn a_second_reactor_with_the_same_transactional_identity_fences_the_first_
         per_cause.values().all(|&n| n == 1),
         "each output committed once: {per_cause:?}"
     );
-    drop(first_stop);
 }
 
 /// Writes `record` again to its partition with a fresh `ce_id` and `ce_sequence` set to
