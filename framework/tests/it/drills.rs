@@ -216,7 +216,7 @@ async fn a_zombie_going_on_with_a_stale_batch_after_its_successor_committed_appl
 }
 
 /// A new empty directory under the system's temporary directory.
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
+pub(crate) fn tempfile_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("choreo-{}", common::unique(name)));
     std::fs::create_dir_all(&dir).expect("temporary directory");
     dir

@@ -18,6 +18,8 @@ mod handlers;
 #[cfg(feature = "testing")]
 mod hostile;
 mod interop;
+#[cfg(all(feature = "failpoints", feature = "testing"))]
+mod mechanisms;
 mod migrations;
 #[cfg(feature = "testing")]
 mod outages;

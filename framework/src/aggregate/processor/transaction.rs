@@ -235,6 +235,7 @@ fn commit<A: Aggregate>(
         let _ = tpl.add_partition_offset(&shared.commands_topic, *p, Offset::Offset(*next));
     }
     send_offsets(consumer, producer, &tpl)?;
+    failpoint::hold("command.before_commit");
     failpoint::hit("command.before_commit");
     producer
         .commit_transaction(Duration::from_secs(30))

@@ -165,6 +165,7 @@ fn commit<R: Reactor>(
         let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset));
     }
     send_offsets(consumer, producer, &tpl)?;
+    failpoint::hold("reactor.before_commit");
     failpoint::hit("reactor.before_commit");
     producer
         .commit_transaction(Duration::from_secs(30))
