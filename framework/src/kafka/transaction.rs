@@ -228,3 +228,29 @@ pub(crate) fn abort_and_rewind<C: ConsumerContext>(
         })?;
     rewind(consumer, &starts(batch))
 }
+
+/// Puts a new producer from `make` in place of `producer` after a transaction whose outcome is
+/// unknown (`reason`), the `replacements`th in a row of at most `max`: it waits 500 ms more per
+/// replacement in a row (with jitter), then starts the new producer's transactions, which
+/// fences the old one (same transactional id): the old producer's open transaction is then
+/// committed or aborted for good, and what was committed can be read back.
+pub(crate) fn replace_producer(
+    producer: &mut FutureProducer,
+    make: &dyn Fn() -> Result<FutureProducer>,
+    reason: &str,
+    replacements: u32,
+    max: u32,
+) -> Result<()> {
+    let step = Duration::from_millis(500);
+    let pause = crate::backoff::Backoff::linear(step, step, step * max);
+    std::thread::sleep(pause.delay(replacements.saturating_sub(1)));
+    let fresh = make()?;
+    fresh
+        .init_transactions(Duration::from_secs(30))
+        .map_err(|e| Error::ReplacementFailed {
+            step: "starting the new producer".into(),
+            reason: format!("{e} (after a transaction failed: {reason})"),
+        })?;
+    drop(std::mem::replace(producer, fresh));
+    Ok(())
+}

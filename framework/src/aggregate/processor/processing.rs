@@ -15,11 +15,10 @@ use super::restore::restore_owned;
 use super::transaction::{SetAside, run_transaction};
 use super::{Shared, lock};
 use crate::aggregate::Aggregate;
-use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::kafka::Record;
 use crate::kafka::transaction::{
-    TxError, abort_and_rewind, check_consumer, collect_batch, rewind, starts,
+    self, TxError, abort_and_rewind, check_consumer, collect_batch, rewind, starts,
 };
 
 /// Producer replacements in a row (no commit between them) before the processor gives up:
@@ -211,21 +210,13 @@ fn replace_producer<A: Aggregate>(
         )));
     }
     tracing::warn!(%reason, replacements, "transaction outcome unknown; replacing the producer and restoring every partition");
-    // 500 ms more per replacement in a row, with jitter.
-    let pause = Backoff::linear(
-        Duration::from_millis(500),
-        Duration::from_millis(500),
-        Duration::from_millis(500) * MAX_REPLACEMENTS,
-    );
-    std::thread::sleep(pause.delay(replacements.saturating_sub(1)));
-    let fresh = make_producer()?;
-    fresh
-        .init_transactions(Duration::from_secs(30))
-        .map_err(|e| Error::ReplacementFailed {
-            step: "starting the new producer".into(),
-            reason: format!("{e} (after a transaction failed: {reason})"),
-        })?;
-    drop(std::mem::replace(producer, fresh));
+    transaction::replace_producer(
+        producer,
+        make_producer,
+        reason,
+        replacements,
+        MAX_REPLACEMENTS,
+    )?;
     restore_owned(shared, consumer)?;
     shared
         .status

@@ -16,11 +16,10 @@ use super::set_aside::{SetAside, note_refusal, position};
 use super::status::lock;
 use super::transaction::{Ended, run_transaction};
 use super::{RETRY, Shared, TopicPartition};
-use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::kafka::Record;
 use crate::kafka::transaction::{
-    TxError, abort_and_rewind, check_consumer, collect_batch, rewind, starts,
+    self, TxError, abort_and_rewind, check_consumer, collect_batch, rewind, starts,
 };
 use crate::reactor::Reactor;
 
@@ -188,15 +187,13 @@ fn replace_producer<R: Reactor>(
     }
     tracing::warn!(reactor = R::NAME, %reason, replacements,
         "transaction outcome unknown; replacing the producer and going on from the committed offsets");
-    std::thread::sleep(REPLACEMENT_PAUSE.delay(replacements.saturating_sub(1)));
-    let fresh = make_producer()?;
-    fresh
-        .init_transactions(Duration::from_secs(30))
-        .map_err(|e| Error::ReplacementFailed {
-            step: "starting the new producer".into(),
-            reason: format!("{e} (after a transaction failed: {reason})"),
-        })?;
-    drop(std::mem::replace(producer, fresh));
+    transaction::replace_producer(
+        producer,
+        make_producer,
+        reason,
+        replacements,
+        MAX_REPLACEMENTS,
+    )?;
     let mut back = starts(batch);
     let mut asked = TopicPartitionList::new();
     for tp in back.keys() {
@@ -222,13 +219,6 @@ fn replace_producer<R: Reactor>(
     }
     rewind(consumer, &back)
 }
-
-/// 500 ms more per replacement in a row, with jitter.
-const REPLACEMENT_PAUSE: Backoff = Backoff::linear(
-    Duration::from_millis(500),
-    Duration::from_millis(500),
-    Duration::from_millis(500 * MAX_REPLACEMENTS as u64),
-);
 
 /// Polls up to `size` records and takes out those of held partitions. `None`: nothing to run
 /// this turn (nothing came, or a rebalance ran meanwhile and the batch was rewound).
