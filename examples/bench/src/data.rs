@@ -1,5 +1,5 @@
-//! The dataset of BENCHMARKS.md: ~200-byte JSON events, keys spread over 100k aggregates,
-//! and the CloudEvents-like headers a hand-written client would attach.
+//! The benchmarks' dataset (README, Benchmarks): ~200-byte JSON events, keys spread over
+//! 100k aggregates, and the CloudEvents-like headers a hand-written client would attach.
 
 use choreo::Event;
 use chrono::{SecondsFormat, Utc};

@@ -1,8 +1,8 @@
 //! Run with: scripts/bench publish
 //!
 //! (or `scripts/bench consume`, `rebuild`, `rebuild-naive`, `codec`, `commands`, `send-wait`,
-//! `restore`, `failover`, `e2e-latency`; `--quick` for a smoke run.) The benchmarks of
-//! `shared/design/BENCHMARKS.md`: the framework and a hand-written rdkafka baseline doing the
+//! `restore`, `failover`, `e2e-latency`; `--quick` for a smoke run.) The benchmarks in the
+//! README's Benchmarks section: the framework and a hand-written rdkafka baseline doing the
 //! same work, in the same run, in interleaved rounds. The last line printed is
 //! `<name>: framework=<rate>/s baseline=<rate>/s ratio=<framework/baseline>`, where each rate
 //! is the side's events over the side's time, summed over its rounds; for the latency
