@@ -34,7 +34,9 @@ pub async fn run(setup: &Setup, created: &mut Vec<String>) -> anyhow::Result<Vec
         let r = u64::from(round);
         let range = setup.events * r / rounds_n..setup.events * (r + 1) / rounds_n;
         let commands = range.end - range.start;
-        let namespace = format!("{}-r{round}", setup.namespace);
+        // Under the run's namespace (dot-separated), so the admin, whose config carries that
+        // namespace, does not put it in front a second time.
+        let namespace = format!("{}.r{round}", setup.namespace);
         let topics = Topics::new(&namespace);
         topics
             .create(&setup.admin, &namespace, &[SERVICE.to_owned()], created)
