@@ -230,7 +230,8 @@ pub(crate) fn abort_and_rewind<C: ConsumerContext>(
 }
 
 /// Puts a new producer from `make` in place of `producer` after a transaction whose outcome is
-/// unknown (`reason`), the `replacements`th in a row of at most `max`: it waits 500 ms more per
+/// unknown (`reason`), the `replacements`th in a row (past `max`: `Error::TransactionUnknown`,
+/// the runtime stops): it waits 500 ms more per
 /// replacement in a row (with jitter), then starts the new producer's transactions, which
 /// fences the old one (same transactional id): the old producer's open transaction is then
 /// committed or aborted for good, and what was committed can be read back.
@@ -241,6 +242,11 @@ pub(crate) fn replace_producer(
     replacements: u32,
     max: u32,
 ) -> Result<()> {
+    if replacements > max {
+        return Err(Error::TransactionUnknown(format!(
+            "{reason}; outcomes keep being unknown, stopping after {max} producer replacements"
+        )));
+    }
     let step = Duration::from_millis(500);
     let pause = crate::backoff::Backoff::linear(step, step, step * max);
     std::thread::sleep(pause.delay(replacements.saturating_sub(1)));

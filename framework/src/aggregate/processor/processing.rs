@@ -204,11 +204,6 @@ fn replace_producer<A: Aggregate>(
     // KIP-890). A new producer with our transactional id fences the old one (its
     // transaction is then either committed or aborted for good), and a restore
     // rebuilds the state and the command positions from what was committed.
-    if replacements > MAX_REPLACEMENTS {
-        return Err(Error::TransactionUnknown(format!(
-            "{reason}; outcomes keep being unknown, stopping after {MAX_REPLACEMENTS} producer replacements"
-        )));
-    }
     tracing::warn!(%reason, replacements, "transaction outcome unknown; replacing the producer and restoring every partition");
     transaction::replace_producer(
         producer,

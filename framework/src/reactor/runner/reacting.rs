@@ -180,11 +180,6 @@ fn replace_producer<R: Reactor>(
     reason: &str,
     replacements: u32,
 ) -> Result<()> {
-    if replacements > MAX_REPLACEMENTS {
-        return Err(Error::TransactionUnknown(format!(
-            "{reason}; outcomes keep being unknown, stopping after {MAX_REPLACEMENTS} producer replacements"
-        )));
-    }
     tracing::warn!(reactor = R::NAME, %reason, replacements,
         "transaction outcome unknown; replacing the producer and going on from the committed offsets");
     transaction::replace_producer(
