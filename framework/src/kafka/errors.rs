@@ -94,10 +94,13 @@ pub(crate) fn classify(op: &str, e: &KafkaError) -> TxError {
     }
     match e {
         KafkaError::Transaction(rd) if rd.is_fatal() => {
-            if matches!(
-                rd.code(),
-                Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch
-            ) {
+            // Fencing by a newer producer with our transactional id is PRODUCER_FENCED
+            // (librdkafka: `Fenced`) since KIP-588. INVALID_PRODUCER_EPOCH means the
+            // coordinator bumped our epoch itself (it aborted a transaction that timed out
+            // while a broker restarted; seen on the three-node cluster's rolling restart):
+            // the outcome of the open transaction is settled, the producer is not usable, and
+            // a new one is what it takes.
+            if matches!(rd.code(), Code::Fenced | Code::ProducerFenced) {
                 TxError::Fenced(text)
             } else {
                 TxError::Fatal(text)

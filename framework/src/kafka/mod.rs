@@ -11,6 +11,7 @@ pub(crate) mod read_to_end;
 mod record;
 mod renewing;
 mod schema_store;
+pub(crate) mod static_member;
 mod topic_partition;
 mod topics;
 pub(crate) mod transaction;

@@ -189,12 +189,14 @@ pub(crate) fn collect_batch<C: ConsumerContext>(
     (batch, None)
 }
 
-/// A consumer fenced by a newer instance with our `group.instance.id` (or failed fatally)
-/// must stop cleanly, like a fenced producer, rather than linger without partitions.
+/// A consumer fenced as a static member (by a newer instance with our `group.instance.id`, or
+/// by a join of its own the coordinator processed twice) or failed fatally ends the loop,
+/// rather than linger without partitions; the runtime then decides whether to rejoin
+/// (`static_member::after_fence`).
 pub(crate) fn check_consumer<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Result<()> {
     match consumer.client().fatal_error() {
         Some((RDKafkaErrorCode::FencedInstanceId, reason)) => Err(Error::Fenced {
-            runtime: "consumer (static member)".into(),
+            runtime: super::static_member::FENCED_CONSUMER.into(),
             reason,
         }),
         Some((code, reason)) => Err(Error::Stopped {
@@ -227,6 +229,30 @@ pub(crate) fn abort_and_rewind<C: ConsumerContext>(
             },
         })?;
     rewind(consumer, &starts(batch))
+}
+
+/// The committed offsets of `tpl`, asked again while the group coordinator moves (a broker
+/// restart: `NotCoordinator`, `CoordinatorLoadInProgress`, a timeout) for up to `patience`,
+/// 0.5 s doubling to 5 s apart. A consumer that failed fatally is not asked again.
+pub(crate) fn committed_patiently<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &TopicPartitionList,
+    patience: Duration,
+) -> Result<TopicPartitionList, KafkaError> {
+    let started = std::time::Instant::now();
+    let mut pause =
+        crate::backoff::Backoff::doubling(Duration::from_millis(500), Duration::from_secs(5));
+    loop {
+        let error = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(committed) => return Ok(committed),
+            Err(e) => e,
+        };
+        if consumer.client().fatal_error().is_some() || started.elapsed() >= patience {
+            return Err(error);
+        }
+        tracing::warn!(%error, "reading committed offsets failed; asking again");
+        std::thread::sleep(pause.next());
+    }
 }
 
 /// Puts a new producer from `make` in place of `producer` after a transaction whose outcome is

@@ -1,8 +1,9 @@
 //! The cluster tier: a three-node Kafka cluster (`scripts/dev-services cluster-up`,
 //! replication 3, `min.insync.replicas` 2) loses a node in four ways while a publisher, a
-//! projection and a reactor work at once. After each fault: no acknowledged event lost or
-//! written twice, every reactor output committed exactly once, the view equal to a fold of
-//! the log read by a plain consumer, both runtimes back to work without a restart. Each test
+//! projection, a reactor, a command bus and a command processor work at once. After each
+//! fault: no acknowledged event lost or written twice, every reactor output committed exactly
+//! once, the view equal to a fold of the log read by a plain consumer, every accepted command's
+//! events in the log exactly once, every runtime back to work without a restart. Each test
 //! prints its figures (`cluster fault ...`).
 //!
 //! Runs when `CHOREO_CLUSTER_BROKERS` and `CHOREO_CLUSTER_DIR` are set (`scripts/dev-services
@@ -16,8 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use choreo::aggregate::{CommandBus, CommandProcessor, SendOptions};
 use choreo::kafka::TopicSpec;
 use choreo::reactor::ReactorRunner;
+use choreo::testing::account::Account;
 use choreo::testing::echo::EchoReactor;
 use choreo::testing::{CounterBumped, CounterProjection};
 use choreo::{KafkaConfig, ProjectionRunner, Publisher, Shutdown};
@@ -25,6 +28,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::aggregates::{accepted, check_log, deposit, open};
 use crate::common;
 use crate::projections::{PROJECTION, fold, view};
 
@@ -168,6 +172,94 @@ impl Load {
     }
 }
 
+/// Accounts the command load opens and deposits to.
+const ACCOUNTS: usize = 12;
+
+/// A command bus that keeps sending commands until stopped, each waited for; a command that
+/// gets no reply is sent again with the same id (the processor answers a retry with the first
+/// outcome). Returns the ids of the accepted commands and how many sends got no reply.
+struct CommandLoad {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<Uuid>, usize)>,
+}
+
+impl CommandLoad {
+    async fn start(config: &KafkaConfig) -> Self {
+        let bus = CommandBus::new(config, "bank", 0).await.expect("bus");
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            async move {
+                let (mut accepted_ids, mut unanswered) = (Vec::new(), 0);
+                let mut i = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    let account = format!("a{}", i % ACCOUNTS);
+                    let command = if i < ACCOUNTS {
+                        open(&account)
+                    } else {
+                        deposit(&account, (i % 5) as i64 + 1)
+                    };
+                    i += 1;
+                    let id = Uuid::now_v7();
+                    loop {
+                        let options = SendOptions {
+                            id: Some(id),
+                            ..SendOptions::default()
+                        };
+                        match bus
+                            .send_and_wait(&command, options, Duration::from_secs(20))
+                            .await
+                        {
+                            Ok(reply) => {
+                                if accepted(&reply) {
+                                    accepted_ids.push(id);
+                                }
+                                break;
+                            }
+                            Err(_) => unanswered += 1,
+                        }
+                    }
+                }
+                (accepted_ids, unanswered)
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> (Vec<Uuid>, usize) {
+        self.stop.store(true, Ordering::Release);
+        self.task.await.expect("command load task")
+    }
+}
+
+/// The account events committed: each accepted command's event exactly once, none for any
+/// other command, and per account contiguous sequences. Returns how many events.
+fn check_commands(config: &KafkaConfig, accepted_ids: &[Uuid]) -> usize {
+    let log = common::read_all(
+        config,
+        &config.topic_name("account.events"),
+        accepted_ids.len(),
+        Duration::from_secs(60),
+        true,
+    );
+    check_log(&log);
+    let mut per_command: BTreeMap<Uuid, usize> = BTreeMap::new();
+    for record in &log {
+        let cause: Uuid = common::header_map(record)["ce_causationid"]
+            .parse()
+            .expect("causation id");
+        *per_command.entry(cause).or_default() += 1;
+    }
+    assert_eq!(
+        per_command.keys().copied().collect::<BTreeSet<_>>(),
+        accepted_ids.iter().copied().collect::<BTreeSet<_>>(),
+        "an event for every accepted command, none for anything else"
+    );
+    let twice: Vec<_> = per_command.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "commands applied twice: {twice:?}");
+    log.len()
+}
+
 fn bump(i: usize) -> CounterBumped {
     CounterBumped {
         key: format!("k{}", i % 53),
@@ -198,6 +290,10 @@ async fn survives(name: &str, fault: Fault) {
             TopicSpec::redrive("echo", 3).expect("spec"),
             TopicSpec::dead_letters(PROJECTION, 3).expect("spec"),
             TopicSpec::redrive(PROJECTION, 3).expect("spec"),
+            TopicSpec::commands("account", PARTITIONS, 3).expect("spec"),
+            TopicSpec::events("account", PARTITIONS, 3).expect("spec"),
+            TopicSpec::replies("bank", 2, 3).expect("spec"),
+            TopicSpec::dead_letters("bank", 3).expect("spec"),
         ],
     )
     .await;
@@ -223,29 +319,53 @@ async fn survives(name: &str, fault: Fault) {
         async move { reactor.run(&config, shutdown).await }
     });
 
+    let processor = common::run_processor(
+        &config,
+        CommandProcessor::<Account>::new("bank", "account", 0, PARTITIONS),
+    );
+    let processor_status = processor.status().clone();
+
     let load = Load::start(&config);
+    let commands = CommandLoad::start(&config).await;
     common::eventually(
-        "both runtimes to work before the fault",
+        "every runtime to work before the fault",
         Duration::from_secs(90),
-        || reactor_status.reacted() > 100 && projection_status.is_ready(),
+        || {
+            reactor_status.reacted() > 100
+                && projection_status.is_ready()
+                && processor_status.transactions() > 20
+        },
     )
     .await;
 
     let started = Instant::now();
     let reacted_at_fault = reactor_status.reacted();
+    let decided_at_fault = processor_status.transactions();
     inject(fault, &admin, &topic).await;
     let fault_took = started.elapsed();
-    // Recovered: both runtimes ready and the reactor reacting again after the fault.
+    // Recovered: every runtime ready, the reactor reacting and the processor deciding again
+    // after the fault.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let ready = projection_status.is_ready();
+        let ready = projection_status.is_ready() && processor_status.is_ready();
         let reacted = reactor_status.reacted();
+        let decided = processor_status.transactions();
         let replicated = fully_replicated(&admin, &topic);
-        if ready && reacted > reacted_at_fault + 100 && replicated {
+        if ready
+            && reacted > reacted_at_fault + 100
+            && decided > decided_at_fault + 20
+            && replicated
+        {
             break;
         }
         if reacting.is_finished() {
             panic!("{name}: the reactor stopped: {:?}", (&mut reacting).await);
+        }
+        if processor.is_finished() {
+            panic!(
+                "{name}: the command processor stopped: {:?}",
+                processor.finished().await
+            );
         }
         if projecting.is_finished() {
             panic!(
@@ -255,17 +375,23 @@ async fn survives(name: &str, fault: Fault) {
         }
         assert!(
             Instant::now() < deadline,
-            "{name}: not recovered after 120 s: projection ready {ready} (halted {:?}, \
-             retrying {:?}), reactor reacted {reacted} ({reacted_at_fault} at the fault), \
-             partitions (leader, in-sync) {:?}",
+            "{name}: not recovered after 120 s: projection and processor ready {ready} \
+             (projection halted {:?}, retrying {:?}; processor ready partitions {:?}, halted \
+             {:?}), reactor reacted {reacted} ({reacted_at_fault} at the fault), processor \
+             transactions {decided} ({decided_at_fault} at the fault), partitions (leader, \
+             in-sync) {:?}",
             projection_status.halted(),
             projection_status.retrying(),
+            processor_status.ready_partitions(),
+            processor_status.halted(),
             partitions(&admin, &topic),
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let recovered = started.elapsed();
     let (acked, failed) = load.finish().await;
+    let (accepted_ids, unanswered) = commands.finish().await;
+    let command_events = check_commands(&config, &accepted_ids);
 
     // The log, read by a plain consumer: every acknowledged event once.
     let log = common::read_all(&config, &topic, acked.len(), Duration::from_secs(60), false);
@@ -301,13 +427,22 @@ async fn survives(name: &str, fault: Fault) {
     shutdown.trigger();
     projecting.await.expect("join").expect("projection run");
     reacting.await.expect("join").expect("reactor run");
+    let rejoins = (reactor_status.rejoins(), processor_status.rejoins());
+    let replacements = (
+        reactor_status.producer_replacements(),
+        processor_status.producer_restarts(),
+    );
+    processor.stop().await.expect("processor run");
 
     println!(
         "cluster fault {name}: acknowledged {}, publish errors {failed}, in the log {}, lost {lost}, \
-         duplicated {duplicated}, reactor outputs {outputs}; fault {:.1} s, recovered {:.1} s \
-         after it began",
+         duplicated {duplicated}, reactor outputs {outputs}; commands accepted {}, sends without \
+         a reply {unanswered}, their events {command_events} (each once); rejoins (reactor, \
+         processor) {rejoins:?}, producer replacements {replacements:?}; fault {:.1} s, \
+         recovered {:.1} s after it began",
         acked.len(),
         log.len(),
+        accepted_ids.len(),
         fault_took.as_secs_f64(),
         recovered.as_secs_f64()
     );

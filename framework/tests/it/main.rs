@@ -31,4 +31,5 @@ mod publish;
 #[cfg(all(feature = "failpoints", feature = "testing"))]
 mod reactors;
 mod secure;
+mod static_members;
 mod topics;

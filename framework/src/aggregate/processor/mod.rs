@@ -54,6 +54,7 @@ use crate::error::{Error, Result};
 use crate::event::EventSet;
 use crate::kafka::client;
 use crate::kafka::consumer::panic_message;
+use crate::kafka::static_member::{Rejoins, is_fenced_consumer, probe_producer};
 use crate::message::topics;
 use crate::shutdown::Shutdown;
 
@@ -127,13 +128,42 @@ impl<A: Aggregate> CommandProcessor<A> {
         self.check_topics(kafka, [&commands_topic, &events_topic], &dlq_topic)
             .await?;
         learn_schemas::<A>(kafka).await?;
+        // A consumer fenced by a join of its own gets new clients (kafka/static_member.rs).
+        let mut rejoins = Rejoins::default();
+        loop {
+            let ended = self
+                .run_once(
+                    kafka,
+                    &shutdown,
+                    [&commands_topic, &events_topic, &dlq_topic],
+                )
+                .await;
+            match ended {
+                Err(fenced) if is_fenced_consumer(&fenced) && !shutdown.is_triggered() => {
+                    let why = rejoins.after_fence(fenced)?;
+                    tracing::warn!(reason = %why, "command processor: rejoining the group");
+                    self.status.rejoining();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One membership: new clients and state, until the thread ends.
+    async fn run_once(
+        &self,
+        kafka: &KafkaConfig,
+        shutdown: &Shutdown,
+        [commands_topic, events_topic, dlq_topic]: [&String; 3],
+    ) -> Result<()> {
+        let group = kafka.topic_name(&self.service);
         let identity = format!("{group}-{}", self.ordinal);
         let shared = Arc::new(Shared::<A> {
             group: group.clone(),
             source: format!("/{}", self.service),
-            commands_topic,
-            events_topic,
-            dlq_topic,
+            commands_topic: commands_topic.clone(),
+            events_topic: events_topic.clone(),
+            dlq_topic: dlq_topic.clone(),
             partitions: self.partitions,
             state: Mutex::new(HashMap::new()),
             halted: Mutex::new(HashMap::new()),
@@ -145,7 +175,7 @@ impl<A: Aggregate> CommandProcessor<A> {
             handle: tokio::runtime::Handle::current(),
             rebalances: AtomicU64::new(0),
             assigned_at: Mutex::new(HashMap::new()),
-            snapshots: self.snapshots,
+            snapshots: self.snapshots.clone(),
             since_snapshot: Mutex::new(HashMap::new()),
             reply_topics: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
@@ -235,7 +265,7 @@ fn restore_consumer(kafka: &KafkaConfig, group: &str) -> Result<BaseConsumer> {
     })
 }
 
-/// The consumer of the commands topic, a member of the processor's group.
+/// The consumer of the commands topic, the static member `identity` of the processor's group.
 fn command_consumer<A: Aggregate>(
     kafka: &KafkaConfig,
     group: &str,
@@ -278,7 +308,13 @@ fn start_thread<A: Aggregate>(
                 processing_loop(&shared, &consumer, &mut producer, &make_producer, max_batch)
             }));
             let result = match outcome {
-                Ok(result) => result,
+                Ok(Err(e)) => Err(probe_producer(
+                    &consumer,
+                    &producer,
+                    &shared.commands_topic,
+                    e,
+                )),
+                Ok(ok) => ok,
                 Err(panic) => Err(Error::Panicked {
                     what: "command processor".into(),
                     message: panic_message(&*panic),

@@ -204,6 +204,10 @@ fn replace_producer<A: Aggregate>(
     // KIP-890). A new producer with our transactional id fences the old one (its
     // transaction is then either committed or aborted for good), and a restore
     // rebuilds the state and the command positions from what was committed.
+    // A producer fenced by another instance with our identity may report only an epoch
+    // error; its join has then fenced our consumer too, which ends the loop instead (a new
+    // producer would fence that instance back).
+    check_consumer(consumer)?;
     tracing::warn!(%reason, replacements, "transaction outcome unknown; replacing the producer and restoring every partition");
     transaction::replace_producer(
         producer,

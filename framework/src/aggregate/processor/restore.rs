@@ -31,13 +31,13 @@ impl<A: Aggregate> ProcessorContext<A> {
         // 1. A read_committed consumer waits out pending transactional offset commits.
         let mut ask = TopicPartitionList::new();
         ask.add_partition(&shared.commands_topic, p);
-        let committed = consumer
-            .committed_offsets(ask, Duration::from_secs(30))
-            .map_err(|e| format!("cannot read the committed command offset: {e}"))?
-            .elements()
-            .first()
-            .map(|e| e.offset())
-            .unwrap_or(Offset::Invalid);
+        let committed =
+            crate::kafka::transaction::committed_patiently(consumer, &ask, Duration::from_secs(60))
+                .map_err(|e| format!("cannot read the committed command offset: {e}"))?
+                .elements()
+                .first()
+                .map(|e| e.offset())
+                .unwrap_or(Offset::Invalid);
         // 2. Only then the end of the events partition (its last stable offset).
         let (low, end) = shared
             .restore

@@ -28,6 +28,17 @@ pub(super) struct Snapshotter<A> {
     decode: DecodeEntries<A>,
 }
 
+// Not derived: `A` need not be `Clone` for function pointers to be.
+impl<A> Clone for Snapshotter<A> {
+    fn clone(&self) -> Self {
+        Self {
+            settings: self.settings.clone(),
+            encode: self.encode,
+            decode: self.decode,
+        }
+    }
+}
+
 fn encode_entries<A: Serialize>(
     entries: &[(&String, &Entry<A>)],
     topic: &str,

@@ -23,6 +23,7 @@ pub(super) struct StatusInner {
     pub(super) snapshots_loaded: AtomicU64,
     pub(super) snapshots_written: AtomicU64,
     pub(super) producer_restarts: AtomicU64,
+    pub(super) rejoins: AtomicU64,
     pub(super) parked_reused: AtomicU64,
     pub(super) foreign_skipped: AtomicU64,
 }
@@ -97,6 +98,12 @@ impl ProcessorStatus {
     pub fn producer_restarts(&self) -> u64 {
         self.inner.producer_restarts.load(Ordering::Relaxed)
     }
+
+    /// Times the processor rejoined its group with new clients (and restored its partitions)
+    /// after its consumer was fenced by a join of its own (no other instance held its id).
+    pub fn rejoins(&self) -> u64 {
+        self.inner.rejoins.load(Ordering::Relaxed)
+    }
 }
 
 /// Where the processor stands in its group. One lock for both fields, so a reader never sees
@@ -124,6 +131,15 @@ impl ProcessorStatus {
     /// `p`'s restore finished (ready or halted), or `p` was revoked.
     pub(super) fn restored(&self, p: i32) {
         lock(&self.inner.membership).restoring.retain(|q| *q != p);
+    }
+
+    /// The processor rejoins its group with new clients and state: a partition halted before
+    /// is restored again like any other.
+    pub(super) fn rejoining(&self) {
+        self.inner.rejoins.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.halted).clear();
+        lock(&self.inner.ready).clear();
+        self.left();
     }
 
     /// The processor left its group: not ready until a new run joins again.

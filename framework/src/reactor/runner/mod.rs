@@ -12,9 +12,11 @@
 //! retried, never skipped, and one stuck event does not stop the instance's other partitions.
 //! Errors of the transaction itself are handled as in the command processor
 //! (ARCHITECTURE.md, "Command processing"): abortable → abort and rewind; an output refused
-//! for its content → abort, and the input is dead-lettered when the batch runs again; fenced →
-//! stop, never recreate; unknown (a timed-out commit) → stop, and a restart fences the old
-//! producer.
+//! for its content → abort, and the input is dead-lettered when the batch runs again; fenced
+//! by another producer → stop, never recreate; unknown (a timed-out commit, an epoch the
+//! coordinator bumped) → a new producer, then on from the committed offsets. A consumer fenced
+//! as a static member by a join of its own rejoins with new clients
+//! (`kafka/static_member.rs`).
 
 mod clients;
 mod holds;
@@ -42,6 +44,7 @@ use crate::error::{Error, Result};
 use crate::event::EventSet;
 use crate::kafka::SchemaStore;
 use crate::kafka::consumer::panic_message;
+use crate::kafka::static_member::{Rejoins, is_fenced_consumer, probe_producer};
 use crate::message::topics;
 use crate::shutdown::Shutdown;
 use rebalance::ReactorContext;
@@ -139,40 +142,52 @@ impl<R: Reactor> ReactorRunner<R> {
         // move once its session times out). The transactional id stays `{group}-{ordinal}`:
         // fencing follows the instance, not its subscription.
         let member = format!("{identity}-{}", clients::subscription_tag(&sources));
-        let shared = Arc::new(Shared {
-            reactor: Arc::clone(&self.reactor),
-            group: group.clone(),
-            source: format!("/{}", self.service),
-            dlq_topic,
-            redrive,
-            config: kafka.clone(),
-            status: self.status.clone(),
-            shutdown: shutdown.clone(),
-            handle: tokio::runtime::Handle::current(),
-            rebalances: AtomicU64::new(0),
-            assigned_at: Mutex::new(HashMap::new()),
-            fatal: Mutex::new(None),
-            stopped: AtomicBool::new(false),
-            start: self.start,
-            schemas: SchemaStore::new(kafka),
-        });
-        let consumer = clients::consumer(kafka, &shared, &member)?;
-        let make_producer: MakeProducer = Box::new({
-            let (kafka, identity) = (kafka.clone(), identity.clone());
-            move || clients::producer(&kafka, &identity)
-        });
-        let done = spawn_thread(
-            &identity,
-            shared,
-            consumer,
-            make_producer,
-            sources,
-            self.max_batch,
-        )?;
-        done.await.map_err(|_| Error::TaskFailed {
-            task: "the reactor thread".into(),
-            reason: "it ended without a result".into(),
-        })?
+        // A consumer fenced by a join of its own gets new clients (static_member.rs).
+        let mut rejoins = Rejoins::default();
+        loop {
+            let shared = Arc::new(Shared {
+                reactor: Arc::clone(&self.reactor),
+                group: group.clone(),
+                source: format!("/{}", self.service),
+                dlq_topic: dlq_topic.clone(),
+                redrive: redrive.clone(),
+                config: kafka.clone(),
+                status: self.status.clone(),
+                shutdown: shutdown.clone(),
+                handle: tokio::runtime::Handle::current(),
+                rebalances: AtomicU64::new(0),
+                assigned_at: Mutex::new(HashMap::new()),
+                fatal: Mutex::new(None),
+                stopped: AtomicBool::new(false),
+                start: self.start,
+                schemas: SchemaStore::new(kafka),
+            });
+            let consumer = clients::consumer(kafka, &shared, &member)?;
+            let make_producer: MakeProducer = Box::new({
+                let (kafka, identity) = (kafka.clone(), identity.clone());
+                move || clients::producer(&kafka, &identity)
+            });
+            let done = spawn_thread(
+                &identity,
+                shared,
+                consumer,
+                make_producer,
+                sources.clone(),
+                self.max_batch,
+            )?;
+            let ended = done.await.map_err(|_| Error::TaskFailed {
+                task: "the reactor thread".into(),
+                reason: "it ended without a result".into(),
+            })?;
+            match ended {
+                Err(fenced) if is_fenced_consumer(&fenced) && !shutdown.is_triggered() => {
+                    let why = rejoins.after_fence(fenced)?;
+                    tracing::warn!(reactor = R::NAME, reason = %why, "rejoining the group");
+                    self.status.inner.rejoins.fetch_add(1, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -216,7 +231,8 @@ fn spawn_thread<R: Reactor>(
                 reacting::reacting_loop(&shared, clients, &sources, max_batch)
             }));
             let result = match outcome {
-                Ok(result) => result,
+                Ok(Err(e)) => Err(probe_producer(&consumer, &producer, &sources[0], e)),
+                Ok(ok) => ok,
                 Err(panic) => Err(Error::Panicked {
                     what: format!("reactor {}", R::NAME),
                     message: panic_message(&*panic),

@@ -180,6 +180,10 @@ fn replace_producer<R: Reactor>(
     reason: &str,
     replacements: u32,
 ) -> Result<()> {
+    // A producer fenced by another instance with our identity may report only an epoch
+    // error; its join has then fenced our consumer too, which ends the loop instead (a new
+    // producer would fence that instance back).
+    check_consumer(consumer)?;
     tracing::warn!(reactor = R::NAME, %reason, replacements,
         "transaction outcome unknown; replacing the producer and going on from the committed offsets");
     transaction::replace_producer(
@@ -197,8 +201,7 @@ fn replace_producer<R: Reactor>(
             .set_offset(Offset::Invalid)
             .ok();
     }
-    let committed = consumer
-        .committed_offsets(asked, Duration::from_secs(30))
+    let committed = transaction::committed_patiently(consumer, &asked, Duration::from_secs(120))
         .map_err(|e| Error::ReplacementFailed {
             step: "reading the committed offsets".into(),
             reason: format!("{e} (after a transaction failed: {reason})"),

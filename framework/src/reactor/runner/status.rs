@@ -15,6 +15,7 @@ pub(super) struct StatusInner {
     pub(super) dead_lettered: AtomicU64,
     pub(super) transactions: AtomicU64,
     pub(super) producer_replacements: AtomicU64,
+    pub(super) rejoins: AtomicU64,
     pub(super) assigned: Mutex<Vec<(String, i32)>>,
     pub(super) retrying: Mutex<Vec<(String, i32, String)>>,
 }
@@ -47,6 +48,12 @@ impl ReactorStatus {
     /// out, a broker lost mid-transaction): the reactor goes on from the committed offsets.
     pub fn producer_replacements(&self) -> u64 {
         self.inner.producer_replacements.load(Ordering::Relaxed)
+    }
+
+    /// Times the reactor rejoined its group with new clients after its consumer was fenced
+    /// by a join of its own (no other instance held its id).
+    pub fn rejoins(&self) -> u64 {
+        self.inner.rejoins.load(Ordering::Relaxed)
     }
 
     /// The partitions this instance owns now.
